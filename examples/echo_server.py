@@ -1,0 +1,68 @@
+"""An echo server on trionet's native API.
+
+    python examples/echo_server.py --port 7007 --max-connections 1000 --inactivity-timeout 30
+
+Prints where it listens; Ctrl-C (or SIGTERM) stops it gracefully: the port
+closes at once, connections get ``--grace`` seconds to finish, and a second
+Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import trio
+
+import trionet
+
+
+async def echo(conn: trionet.Connection) -> None:
+    while data := await conn.receive_some():
+        await conn.send_all(data)
+
+
+async def stop_on_signal(server: trionet.Server, grace: float, cancel: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if server.stopping:
+                cancel.cancel()  # second signal: stop now
+                return
+            print(f"{signal.Signals(signum).name}: shutting down (grace {grace} s)", flush=True)
+            server.shutdown(grace)
+
+
+async def main(args: argparse.Namespace) -> None:
+    net = trionet.NetProcessor(max_connections=args.max_connections)
+    opts = trionet.AcceptOptions(
+        host=args.host, port=args.port, inactivity_timeout=args.inactivity_timeout
+    )
+    async with trio.open_nursery() as nursery:
+        server: trionet.Server = await nursery.start(net.serve, echo, opts)
+        for listener in server.listeners:
+            print(f"echo server listening on {listener.address[0]} port {listener.port}", flush=True)
+        nursery.start_soon(stop_on_signal, server, args.grace, nursery.cancel_scope)
+        await server.wait_closed()
+        nursery.cancel_scope.cancel()
+    stats = net.statistics()
+    print(f"stopped after {stats.total_accepts} connections", flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Echo server on trionet (native API).")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7007, help="port (default 7007; 0 = any)")
+    p.add_argument("--max-connections", type=int, default=None, help="connection limit")
+    p.add_argument(
+        "--inactivity-timeout", type=float, default=None, help="seconds of idle before closing"
+    )
+    p.add_argument("--grace", type=float, default=5.0, help="shutdown grace seconds (default 5)")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    try:
+        trio.run(main, parse_args())
+    except ValueError as exc:  # bad option values name themselves
+        sys.exit(f"echo_server: {exc}")

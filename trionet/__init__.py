@@ -1,0 +1,28 @@
+"""trionet: Apache Traffic Server's Net module and Netty's connect path, on trio.
+
+Per-port accept tasks, connection throttling, inactivity and active timeouts as
+cancel scopes, connect with timeout and cancellation, statistics -- in trio's
+structured-concurrency style. ``trionet.iocore`` keeps ATS's
+``handleEvent(event, data)`` contract for code written against it.
+"""
+
+from ._connection import Connection as Connection
+from ._errors import AcceptError as AcceptError
+from ._errors import ConnectError as ConnectError
+from ._errors import ConnectTimeoutError as ConnectTimeoutError
+from ._errors import ProxyProtocolError as ProxyProtocolError
+from ._errors import ResolveError as ResolveError
+from ._errors import ThrottledError as ThrottledError
+from ._errors import TLSError as TLSError
+from ._errors import TrionetError as TrionetError
+from ._errors import UnsupportedOptionError as UnsupportedOptionError
+from ._listen import Listener as Listener
+from ._options import AcceptOptions as AcceptOptions
+from ._options import ConnectOptions as ConnectOptions
+from ._options import SocketOptions as SocketOptions
+from ._server import NetProcessor as NetProcessor
+from ._server import Server as Server
+from ._stats import NetStatistics as NetStatistics
+from ._tls import TLSInfo as TLSInfo
+
+__version__ = "0.1.0"

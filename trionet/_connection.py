@@ -1,0 +1,424 @@
+"""``Connection``: the one stream object a trionet user holds for a TCP (or TLS)
+connection, inbound or outbound (ATS ``UnixNetVConnection``, Netty ``Channel``).
+
+It talks to the trio socket directly instead of wrapping a ``trio.SocketStream``:
+the hot path (``receive_some`` / ``send_all``) is where statistics are counted and
+activity is recorded for the inactivity timeout, and doing it here costs a few
+attribute stores per call instead of another stream layer.
+
+Activity is recorded as a timestamp only; nothing is scheduled per I/O call.
+The processor's :class:`~trionet._timeouts.TimeoutCop` re-arms lazily when a
+deadline comes up (see that module for why).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import socket as _stdlib_socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any, Final, Literal, final
+
+import trio
+
+from ._options import _check_seconds
+
+if TYPE_CHECKING:
+    from ._stats import Counters
+    from ._timeouts import TimeoutCop
+    from ._tls import TLSInfo
+
+__all__ = ["Connection", "TimedOut"]
+
+TimedOut = Literal["inactivity", "active", "evicted"]
+
+DEFAULT_RECEIVE_SIZE: Final = 65536
+_INF: Final = math.inf
+
+# errnos after which the connection is broken (the peer went away), as opposed
+# to an errno that means we misused a closed socket.
+_CLOSED_ERRNOS: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
+
+Address = Any  # what getpeername() returns: (host, port) or (host, port, flow, scope)
+
+
+class _Owner:
+    """What a connection needs from whoever created it (a NetProcessor):
+    counters, the timeout cop, and a release callback run exactly once on close.
+    Kept as a tiny interface so the connection does not import the server."""
+
+    __slots__ = ("cop", "counters", "release")
+
+    def __init__(
+        self,
+        counters: Counters,
+        cop: TimeoutCop,
+        release: Callable[[Connection], None],
+    ) -> None:
+        self.counters = counters
+        self.cop = cop
+        self.release = release
+
+
+@final
+class Connection(trio.abc.HalfCloseableStream):
+    """A TCP connection, inbound (from :meth:`NetProcessor.serve`) or outbound
+    (from :meth:`NetProcessor.connect`).
+
+    A :class:`trio.abc.HalfCloseableStream`: ``receive_some``, ``send_all``,
+    ``send_eof``, ``wait_send_all_might_not_block``, ``aclose``.
+
+    Attributes:
+      id: unique per processor, increasing.
+      remote_address / local_address: the peer's and our address. With the
+        PROXY protocol these are the addresses the header carries; the socket's
+        own are then in ``peer_address`` / ``sock_address``.
+      opened_at: ``trio.current_time()`` when the connection was set up.
+      bytes_received / bytes_sent: payload bytes (after TLS decryption).
+      timed_out: ``None``, or why the connection was ended by the processor:
+        ``"inactivity"``, ``"active"`` or ``"evicted"``.
+      tls: a :class:`TLSInfo` for TLS connections, else ``None``.
+      socket: the underlying ``trio.socket.SocketType``.
+      inbound: ``True`` for accepted connections.
+    """
+
+    __slots__ = (
+        "_active_deadline",
+        "_client_key",
+        "_closed",
+        "_cop_armed",
+        "_cop_gen",
+        "_idle",
+        "_inactivity_timeout",
+        "_last_activity",
+        "_now",
+        "_owner",
+        "_receiving",
+        "_scopes",
+        "_sending",
+        "_ssl",
+        "_timeout_hook",
+        "bytes_received",
+        "bytes_sent",
+        "id",
+        "inbound",
+        "local_address",
+        "opened_at",
+        "peer_address",
+        "proxy_tlvs",
+        "remote_address",
+        "sock_address",
+        "socket",
+        "timed_out",
+        "tls",
+    )
+
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        *,
+        conn_id: int,
+        owner: _Owner,
+        inbound: bool,
+        peer_address: Address = None,
+    ) -> None:
+        self.socket = sock
+        self.id = conn_id
+        self.inbound = inbound
+        self._owner = owner
+        # Bound once: the clock's current_time is what trio.current_time() calls,
+        # minus two lookups, and it honours MockClock in tests.
+        self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        now = self._now()
+        self.opened_at = now
+        self._last_activity = now
+        self.peer_address = peer_address if peer_address is not None else _peername(sock)
+        self.sock_address: Address = sock.getsockname()
+        self.remote_address: Address = self.peer_address
+        self.local_address: Address = self.sock_address
+        self.proxy_tlvs: dict[int, bytes] = {}
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.timed_out: TimedOut | None = None
+        self.tls: TLSInfo | None = None
+        self._ssl: trio.SSLStream[Any] | None = None
+        self._inactivity_timeout: float | None = None
+        self._active_deadline = _INF
+        self._cop_gen = 0
+        self._cop_armed = False
+        self._idle = False
+        self._closed = False
+        self._client_key: str | None = None
+        self._receiving = False
+        self._sending = False
+        self._scopes: list[trio.CancelScope] = []
+        self._timeout_hook: Callable[[TimedOut], None] | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<trionet.Connection #{self.id} {self.remote_address!r} {state}>"
+
+    # ------------------------------------------------------------------ I/O
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._ssl is not None:
+            return bytes(await self._ssl.receive_some(max_bytes))
+        return await self._raw_receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._ssl is not None:
+            await self._ssl.send_all(data)
+            return
+        await self._raw_send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._ssl is not None:
+            await self._ssl.wait_send_all_might_not_block()
+            return
+        await self._raw_wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if self._ssl is not None:
+            # TLS has no half-close: close_notify ends both directions.
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError("a TLS connection cannot half-close (send_eof)")
+        await self._raw_send_eof()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._ssl is not None and self.timed_out is None:
+            # Send close_notify if we can do so promptly; never hang on a dead peer.
+            with trio.move_on_after(1.0) as scope:
+                scope.shield = True
+                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._ssl.aclose()
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Close the socket at once (no TLS close_notify) and release the
+        connection's slot. Idempotent; safe from synchronous code."""
+        if self._closed:
+            return
+        self._closed = True
+        self.socket.close()
+        self._owner.release(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --------------------------------------------------- raw socket I/O (TCP)
+    # These are also the transport under trio.SSLStream for TLS connections, so
+    # handshake and record bytes count as activity exactly like plain bytes.
+    async def _raw_receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"max_bytes={max_bytes!r}: must be an int >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this connection")
+        self._receiving = True
+        try:
+            try:
+                data = await self.socket.recv(max_bytes)
+            except OSError as exc:
+                raise self._translate(exc) from exc
+        finally:
+            self._receiving = False
+        counters = self._owner.counters
+        counters.calls_to_read += 1
+        if data:
+            n = len(data)
+            counters.read_bytes += n
+            self.bytes_received += n
+            self._last_activity = self._now()
+        else:
+            counters.calls_to_read_nodata += 1
+        return data
+
+    async def _raw_send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this connection")
+        self._sending = True
+        try:
+            if self.socket.did_shutdown_SHUT_WR:
+                raise trio.ClosedResourceError("can't send data after sending EOF")
+            with memoryview(data) as view:
+                total = len(view)
+                if not total:
+                    await trio.lowlevel.checkpoint()
+                    if self._closed:
+                        raise trio.ClosedResourceError("connection was closed")
+                    return
+                counters = self._owner.counters
+                sent = 0
+                while sent < total:
+                    try:
+                        n = await self.socket.send(view[sent:] if sent else view)
+                    except OSError as exc:
+                        raise self._translate(exc) from exc
+                    # Every send that moves bytes into the kernel is activity, so a
+                    # slow but steady reader keeps a long send_all alive (Netty's
+                    # observeOutput); a send that is stuck records nothing.
+                    sent += n
+                    counters.calls_to_write += 1
+                    counters.write_bytes += n
+                    self.bytes_sent += n
+                    self._last_activity = self._now()
+        finally:
+            self._sending = False
+
+    async def _raw_wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this connection")
+        self._sending = True
+        try:
+            if self._closed:
+                raise trio.ClosedResourceError("connection was closed")
+            try:
+                await self.socket.wait_writable()
+            except OSError as exc:
+                raise self._translate(exc) from exc
+        finally:
+            self._sending = False
+
+    async def _raw_send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this connection")
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("connection was closed")
+        if self.socket.did_shutdown_SHUT_WR:
+            return
+        try:
+            self.socket.shutdown(_stdlib_socket.SHUT_WR)
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: OSError) -> Exception:
+        if self._closed or exc.errno in _CLOSED_ERRNOS:
+            return trio.ClosedResourceError("connection was closed")
+        return trio.BrokenResourceError(f"connection #{self.id} broken: {exc}")
+
+    # ----------------------------------------------------------- socket options
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        """``setsockopt`` on the underlying socket."""
+        self.socket.setsockopt(level, option, value)
+
+    def getsockopt(self, level: int, option: int, buflen: int | None = None) -> int | bytes:
+        """``getsockopt`` on the underlying socket."""
+        if buflen is None:
+            return self.socket.getsockopt(level, option)
+        return self.socket.getsockopt(level, option, buflen)
+
+    # ---------------------------------------------------------------- timeouts
+    @property
+    def inactivity_timeout(self) -> float | None:
+        """Seconds without activity after which the connection is timed out.
+
+        Activity is a receive that returns data or a send that moves bytes into
+        the kernel. Setting it restarts the idle clock; ``None`` cancels it
+        (ATS ``set_inactivity_timeout`` / ``cancel_inactivity_timeout``).
+        """
+        return self._inactivity_timeout
+
+    @inactivity_timeout.setter
+    def inactivity_timeout(self, value: float | None) -> None:
+        _check_seconds("Connection", "inactivity_timeout", value)
+        self._inactivity_timeout = None if value is None else float(value)
+        self._last_activity = self._now()
+        self._owner.cop.rearm(self)
+
+    @property
+    def active_timeout(self) -> float | None:
+        """Seconds the connection may still live, counted from when it was set,
+        whatever its activity; ``None`` cancels it (ATS ``set_active_timeout``)."""
+        if self._active_deadline == _INF:
+            return None
+        return max(0.0, self._active_deadline - self._now())
+
+    @active_timeout.setter
+    def active_timeout(self, value: float | None) -> None:
+        _check_seconds("Connection", "active_timeout", value)
+        self._active_deadline = _INF if value is None else self._now() + value
+        self._owner.cop.rearm(self)
+
+    @property
+    def last_activity(self) -> float:
+        """``trio.current_time()`` of the last receive or send that moved bytes."""
+        return self._last_activity
+
+    def _deadline(self) -> tuple[float, TimedOut]:
+        """The earliest pending deadline and which timeout it belongs to."""
+        idle = self._inactivity_timeout
+        inactive_at = _INF if idle is None else self._last_activity + idle
+        if self._active_deadline <= inactive_at:
+            return self._active_deadline, "active"
+        return inactive_at, "inactivity"
+
+    @contextmanager
+    def enforce_timeouts(self) -> Iterator[trio.CancelScope]:
+        """Run a block under this connection's timeouts.
+
+        When the inactivity or active timeout passes (or the connection is
+        evicted), the block is cancelled, the connection closed, and
+        :attr:`timed_out` says why; the block then exits quietly, like
+        ``trio.move_on_after`` (check ``conn.timed_out`` afterwards). Handlers run
+        by :meth:`NetProcessor.serve` are already inside such a block.
+        """
+        with trio.CancelScope() as scope:
+            if self.timed_out is not None:
+                scope.cancel()
+            self._scopes.append(scope)
+            try:
+                yield scope
+            finally:
+                self._scopes.remove(scope)
+
+    def _fire_timeout(self, why: TimedOut) -> None:
+        """Called by the cop (or the eviction logic): end the connection."""
+        if self._closed:
+            return
+        counters = self._owner.counters
+        if why == "inactivity":
+            counters.inactivity_timeouts += 1
+        elif why == "active":
+            counters.active_timeouts += 1
+        else:
+            counters.keep_alive_evictions += 1
+        if self._timeout_hook is not None and why != "evicted":
+            # The iocore shim turns timeouts into VC_EVENT_*_TIMEOUT events and
+            # keeps the connection open (ATS semantics); it re-arms itself.
+            self._timeout_hook(why)
+            return
+        self.timed_out = why
+        # Cancel first: the blocked task is rescheduled with Cancelled now, so
+        # closing the socket next cannot turn it into a ClosedResourceError.
+        for scope in self._scopes:
+            scope.cancel()
+        self.close()
+
+    # -------------------------------------------------------- keep-alive idle
+    @property
+    def idle(self) -> bool:
+        """Mark a keep-alive connection as idle between requests. With
+        ``NetProcessor(max_idle_connections=N)``, the oldest idle connections are
+        evicted (``timed_out == "evicted"``) when more than N are idle."""
+        return self._idle
+
+    @idle.setter
+    def idle(self, value: bool) -> None:
+        value = bool(value)
+        if value != self._idle and not self._closed:
+            self._idle = value
+            self._owner.cop.set_idle(self, value)
+
+
+def _peername(sock: trio.socket.SocketType) -> Address:
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None

@@ -1,0 +1,160 @@
+"""Opening listening sockets from :class:`AcceptOptions` (ATS ``NetAccept::init_accept``,
+``Server::listen``).
+
+Listening sockets are plain non-blocking stdlib sockets rather than trio
+sockets: the accept loop calls ``accept()`` on them directly so it can take
+several pending connections per wake-up (see ``_server._accept_loop``), which
+trio's socket wrapper -- one scheduler round trip per ``accept`` -- cannot.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import dataclass
+from typing import Any, final
+
+import trio
+
+from ._errors import UnsupportedOptionError
+from ._options import AcceptOptions
+from ._sockopt import apply_listen_options, apply_socket_options
+
+__all__ = ["Listener", "open_listeners"]
+
+
+@final
+@dataclass(eq=False)
+class Listener:
+    """One listening socket of a server.
+
+    Attributes:
+      socket: the non-blocking ``socket.socket`` (owned by the server).
+      options: the :class:`AcceptOptions` it was opened from.
+      address: the bound address, as ``getsockname()`` returns it.
+    """
+
+    socket: socket.socket
+    options: AcceptOptions
+    address: Any
+
+    @property
+    def port(self) -> int:
+        return int(self.address[1])
+
+    @property
+    def family(self) -> int:
+        return int(self.socket.family)
+
+    def __repr__(self) -> str:
+        return f"<trionet.Listener {self.address!r}>"
+
+
+async def open_listeners(opts: AcceptOptions) -> list[Listener]:
+    """Bind and listen on every address ``opts`` names. On failure nothing stays open.
+
+    Raises:
+      OSError: binding failed (EADDRINUSE, EACCES...), with the address in the message.
+      UnsupportedOptionError: an option the platform or our privileges lack.
+    """
+    if opts.fd is not None:
+        return [adopt_listener(opts.fd, opts)]
+    addresses = await _bind_addresses(opts)
+    listeners: list[Listener] = []
+    try:
+        port = opts.port
+        for family, sockaddr in addresses:
+            # Port 0 on several addresses: every socket gets the port the first got.
+            listener = _open_one(family, (sockaddr[0], port, *sockaddr[2:]), opts)
+            if listener is None:
+                continue
+            listeners.append(listener)
+            port = listener.port
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    if not listeners:
+        raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {opts!r}")
+    return listeners
+
+
+async def _bind_addresses(opts: AcceptOptions) -> list[tuple[int, Any]]:
+    if opts.localhost_only:
+        candidates = [(socket.AF_INET, ("127.0.0.1", 0)), (socket.AF_INET6, ("::1", 0, 0, 0))]
+        return [c for c in candidates if opts.family in (None, c[0])]
+    infos = await trio.socket.getaddrinfo(
+        opts.host,
+        opts.port,
+        opts.family or socket.AF_UNSPEC,
+        socket.SOCK_STREAM,
+        0,
+        socket.AI_PASSIVE | socket.AI_ADDRCONFIG,
+    )
+    seen: list[tuple[int, Any]] = []
+    for family, _, _, _, sockaddr in infos:
+        key = (int(family), sockaddr)
+        if key not in seen:
+            seen.append(key)
+    # IPv6 first: with IPV6_V6ONLY both sockets coexist, and a wildcard v6 bind
+    # is the one most likely to be refused (no IPv6 on the host), which we skip.
+    seen.sort(key=lambda item: item[0] != socket.AF_INET6)
+    return seen
+
+
+def _open_one(family: int, sockaddr: Any, opts: AcceptOptions) -> Listener | None:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if hasattr(socket, "SO_REUSEADDR"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        apply_listen_options(sock, opts)
+        apply_socket_options(sock, opts.socket)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                # This host has no IPv6 on that address: serve IPv4 only.
+                sock.close()
+                return None
+            raise OSError(exc.errno, f"cannot listen on {_fmt(sockaddr)}: {exc.strerror}") from exc
+        sock.listen(opts.backlog)
+        sock.setblocking(False)
+        return Listener(sock, opts, sock.getsockname())
+    except BaseException:
+        sock.close()
+        raise
+
+
+def adopt_listener(fd: int, opts: AcceptOptions) -> Listener:
+    """Serve a listening socket someone else opened (systemd, a parent process,
+    ATS's ``main_accept(cont, fd, opt)``). The fd is taken over: the server closes
+    it when it stops.
+
+    Raises:
+      ValueError: ``fd`` is closed, not a socket, not TCP, or not listening.
+    """
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ValueError(f"fd {fd} cannot be served: {exc.strerror or exc}") from exc
+    try:
+        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"fd {fd} is not a TCP socket ({sock.family!r}, {sock.type!r})")
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ValueError(f"fd {fd} is a socket but is not listening")
+        try:
+            apply_socket_options(sock, opts.socket)
+        except UnsupportedOptionError:
+            raise
+        sock.setblocking(False)
+        return Listener(sock, opts, sock.getsockname())
+    except BaseException:
+        sock.detach()  # not ours to close when we refuse it
+        raise
+
+
+def _fmt(sockaddr: Any) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

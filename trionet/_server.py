@@ -1,0 +1,479 @@
+"""``NetProcessor`` and ``Server``: accept loops, connection tasks, throttle,
+accept-error classes, graceful shutdown (ATS ``UnixNetProcessor`` + ``NetAccept``).
+
+Task layout of one ``serve()`` call::
+
+    serve()
+    └── handler nursery            (cancel scope = shutdown grace deadline)
+        ├── accept nursery         (cancel scope = stop accepting)
+        │   └── one accept task per listening socket
+        └── one task per connection: `with conn scope: await handler(conn)`
+
+The accept nursery sits *inside* the handler nursery's body, so stopping the
+accept tasks (shutdown, or a fatal accept error) leaves the connection tasks
+running until they finish or the grace deadline cancels them; cancelling
+``serve()`` itself cancels everything at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import math
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, final
+
+import trio
+
+from ._connection import Connection, _Owner
+from ._errors import AcceptError
+from ._listen import Listener, open_listeners
+from ._options import AcceptOptions, _check_int, _check_seconds, _to_networks
+from ._sockopt import apply_socket_options
+from ._stats import Counters, NetStatistics
+from ._throttle import THROTTLE_MODES, Throttle, ThrottleMode
+from ._timeouts import TimeoutCop
+
+__all__ = ["Handler", "NetProcessor", "Server"]
+
+logger = logging.getLogger("trionet.server")
+
+Handler = Callable[[Connection], Awaitable[object]]
+
+# ATS accept_error_seriousness(): how the accept loop reacts to each errno.
+#   ignore    -- the client gave up before we accepted (ECONNABORTED)
+#   transient -- try again at once
+#   resource  -- out of descriptors/memory: warn (rate-limited), pause, keep serving
+#   (anything else is fatal: serve() raises AcceptError naming port and errno)
+_ACCEPT_IGNORE: Final = frozenset({errno.ECONNABORTED})
+_ACCEPT_TRANSIENT: Final = frozenset({errno.EAGAIN, errno.ECONNRESET, errno.EPIPE, errno.EPROTO})
+_ACCEPT_RESOURCE: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EINTR}
+    | ({errno.ENOSR} if hasattr(errno, "ENOSR") else set())
+)
+
+# ATS accepts up to `additional_accepts` connections per wake-up; trio's own
+# accept loop takes one per scheduler pass. 32 keeps a connect flood from
+# starving established connections while halving scheduler round trips per accept.
+DEFAULT_ACCEPT_BATCH: Final = 32
+THROTTLE_LOG_INTERVAL: Final = 600.0  # ATS: "too many connections" once per 10 min
+RESOURCE_LOG_INTERVAL: Final = 10.0
+
+
+class _RateLimitedLog:
+    """Log at most once per ``interval`` seconds (wall clock), counting what was suppressed."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def __call__(self, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, self._suppressed)
+        self._last, self._suppressed = now, 0
+        logger.log(level, msg, *args)
+
+
+@final
+class NetProcessor:
+    """Global limits, timeouts and statistics for a set of servers and outbound
+    connections (ATS's ``netProcessor``).
+
+    Args:
+      max_connections: open connections allowed, inbound and outbound together
+        (ATS ``proxy.config.net.connections_throttle``); ``None`` for no limit.
+      throttle: what an accept task does at the limit. ``"pause"`` (default):
+        stop calling ``accept()`` until a connection closes, leaving new clients
+        in the kernel backlog. ``"close"`` (ATS): accept and close at once,
+        counting ``connections_throttled_in``.
+      per_client_max_connections: inbound connections allowed from one client
+        address (ATS ``per_client.max_connections_in``); excess ones are closed.
+      per_client_exempt: networks (``"10.0.0.0/8"``...) exempt from the per-client limit.
+      accept_batch: connections accepted in a row before the accept task yields.
+      accept_error_pause: seconds to pause after EMFILE/ENFILE/ENOBUFS/ENOMEM.
+      default_inactivity_timeout: applied to connections with no inactivity
+        timeout of their own (ATS ``default_inactivity_timeout``). Default
+        ``None``: like trio's ``serve_tcp``, trionet does not end idle
+        connections unless asked; the iocore shim applies ATS's 86400 s.
+      max_idle_connections: keep-alive eviction -- when more connections than
+        this are marked ``conn.idle``, the oldest idle ones are closed.
+      propagate_handler_errors: let a handler's exception crash ``serve()``
+        (trio ``serve_listeners`` behaviour) instead of logging and counting it.
+    """
+
+    def __init__(
+        self,
+        max_connections: int | None = None,
+        throttle: ThrottleMode = "pause",
+        per_client_max_connections: int | None = None,
+        per_client_exempt: Iterable[Any] = (),
+        accept_batch: int = DEFAULT_ACCEPT_BATCH,
+        accept_error_pause: float = 0.05,
+        default_inactivity_timeout: float | None = None,
+        max_idle_connections: int | None = None,
+        propagate_handler_errors: bool = False,
+    ) -> None:
+        o = "NetProcessor"
+        if max_connections is not None:
+            _check_int(o, "max_connections", max_connections, 1)
+        if throttle not in THROTTLE_MODES:
+            raise ValueError(f"{o}.throttle={throttle!r}: must be one of {THROTTLE_MODES}")
+        if per_client_max_connections is not None:
+            _check_int(o, "per_client_max_connections", per_client_max_connections, 1)
+        exempt = _to_networks(o, "per_client_exempt", per_client_exempt)
+        _check_int(o, "accept_batch", accept_batch, 1)
+        _check_seconds(o, "accept_error_pause", accept_error_pause)
+        _check_seconds(o, "default_inactivity_timeout", default_inactivity_timeout)
+        if max_idle_connections is not None:
+            _check_int(o, "max_idle_connections", max_idle_connections, 0)
+        self.throttle_mode: ThrottleMode = throttle
+        self.accept_batch = accept_batch
+        self.accept_error_pause = accept_error_pause
+        self.default_inactivity_timeout = default_inactivity_timeout
+        self.propagate_handler_errors = bool(propagate_handler_errors)
+        self._throttle = Throttle(max_connections, per_client_max_connections, exempt)
+        self._counters = Counters()
+        self._cop = TimeoutCop(self._counters, max_idle_connections)
+        self._owner = _Owner(self._counters, self._cop, self._release)
+        self._ids = itertools.count(1)
+        self._slot_freed = trio.lowlevel.ParkingLot()
+        self._throttle_log = _RateLimitedLog(THROTTLE_LOG_INTERVAL)
+        self._resource_log = _RateLimitedLog(RESOURCE_LOG_INTERVAL)
+
+    @property
+    def max_connections(self) -> int | None:
+        return self._throttle.max_connections
+
+    def statistics(self) -> NetStatistics:
+        """A frozen snapshot of this processor's statistics."""
+        return self._counters.snapshot()
+
+    # ------------------------------------------------------- connection slots
+    def _new_connection(
+        self,
+        sock: trio.socket.SocketType,
+        *,
+        inbound: bool,
+        client: str | None,
+        peer_address: Any = None,
+        inactivity_timeout: float | None = None,
+        active_timeout: float | None = None,
+    ) -> Connection:
+        """Wrap a connected socket and count it as open. The caller has already
+        checked the throttle; ``client`` is the per-client key (None: not counted)."""
+        conn = Connection(
+            sock,
+            conn_id=next(self._ids),
+            owner=self._owner,
+            inbound=inbound,
+            peer_address=peer_address,
+        )
+        conn._client_key = client
+        self._throttle.acquire(client)
+        self._counters.connections_currently_open += 1
+        if inactivity_timeout is None and self.default_inactivity_timeout is not None:
+            inactivity_timeout = self.default_inactivity_timeout
+            self._counters.default_inactivity_timeout_applied += 1
+        if inactivity_timeout is not None:
+            conn._inactivity_timeout = float(inactivity_timeout)
+        if active_timeout is not None:
+            conn._active_deadline = conn.opened_at + active_timeout
+        if inactivity_timeout is not None or active_timeout is not None:
+            self._cop.rearm(conn)
+        return conn
+
+    def _release(self, conn: Connection) -> None:
+        """Called exactly once per connection, from ``Connection.close``."""
+        self._throttle.release(conn._client_key)
+        self._counters.connections_currently_open -= 1
+        self._cop.closed(conn)
+        if self._slot_freed:
+            self._slot_freed.unpark_all()
+
+    # ------------------------------------------------------------------ serve
+    async def serve(
+        self,
+        handler: Handler,
+        *listen: int | AcceptOptions,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``handler`` on every port or :class:`AcceptOptions` in ``listen``.
+
+        Binds every listen spec, then runs one accept task per listening socket
+        and one task per connection running ``await handler(conn)``; reports the
+        :class:`Server` through ``task_status.started`` (so
+        ``server = await nursery.start(net.serve, handler, 0)`` gives the bound
+        ports). Returns after :meth:`Server.shutdown` once every connection is
+        closed.
+
+        Resource handling:
+          Each connection is closed when its handler returns, raises, is
+          cancelled or times out; listening sockets are closed when the server
+          stops. Cancelling ``serve()`` closes everything at once.
+
+        Error handling:
+          A handler's exception is logged (``trionet.server``, with traceback)
+          and counted in ``handler_errors``; the server keeps serving (unless
+          ``propagate_handler_errors``). Accept errors are classed as ATS does;
+          a fatal one ends ``serve()`` with :class:`AcceptError`.
+
+        Raises:
+          OSError: a listen spec could not be bound (before ``started``).
+          UnsupportedOptionError: an option the platform cannot provide.
+          AcceptError: a fatal accept error.
+        """
+        if not listen:
+            raise ValueError("serve() needs at least one port or AcceptOptions to listen on")
+        if not callable(handler):
+            raise TypeError(f"handler={handler!r} is not callable")
+        specs = [AcceptOptions.coerce(spec) for spec in listen]
+        listeners: list[Listener] = []
+        try:
+            for spec in specs:
+                listeners.extend(await open_listeners(spec))
+        except BaseException:
+            for listener in listeners:
+                listener.socket.close()
+            raise
+        server = Server(self, listeners)
+        await server._run(handler, task_status)
+
+    # ------------------------------------------------------ accept (per port)
+    async def _accept_loop(self, server: Server, listener: Listener, handler: Handler) -> None:
+        sock = listener.socket
+        opts = listener.options
+        exempt = opts.backdoor
+        pause = self.throttle_mode == "pause"
+        throttle = self._throttle
+        batch = self.accept_batch
+        in_row = 0
+        self._counters.accepts_currently_open += 1
+        try:
+            while True:
+                if pause and not exempt and throttle.at_limit():
+                    # Event-driven: parked until a connection closes (_release).
+                    await self._slot_freed.park()
+                    continue
+                try:
+                    client, addr = sock.accept()
+                except BlockingIOError:
+                    in_row = 0
+                    await trio.lowlevel.wait_readable(sock)
+                    continue
+                except OSError as exc:
+                    in_row = 0
+                    await self._accept_error(exc, listener)
+                    continue
+                self._admit(server, client, addr, listener, handler)
+                in_row += 1
+                if in_row >= batch:
+                    # ATS additional_accepts: a flood must not starve established
+                    # connections, so yield after a batch even if more are pending.
+                    in_row = 0
+                    await trio.lowlevel.checkpoint()
+        finally:
+            self._counters.accepts_currently_open -= 1
+
+    async def _accept_error(self, exc: OSError, listener: Listener) -> None:
+        code = exc.errno
+        if code in _ACCEPT_IGNORE:
+            await trio.lowlevel.checkpoint()
+        elif code in _ACCEPT_TRANSIENT:
+            self._counters.accept_errors_transient += 1
+            await trio.lowlevel.checkpoint()
+        elif code in _ACCEPT_RESOURCE:
+            self._counters.accept_errors_resource += 1
+            self._resource_log(
+                logging.WARNING,
+                "accept on port %d failed: %s; pausing %.0f ms and retrying",
+                listener.port,
+                exc,
+                self.accept_error_pause * 1000,
+            )
+            await trio.sleep(self.accept_error_pause)
+        else:
+            name = errno.errorcode.get(code or 0, str(code))
+            raise AcceptError(
+                code, f"accept on port {listener.port} failed with {name}: {exc.strerror}"
+            ) from exc
+
+    def _admit(
+        self,
+        server: Server,
+        client: socket.socket,
+        addr: Any,
+        listener: Listener,
+        handler: Handler,
+    ) -> None:
+        """Decide about one accepted socket; start its task or close it."""
+        opts = listener.options
+        throttle = self._throttle
+        host: str | None = addr[0] if isinstance(addr, tuple) else None
+        if not opts.backdoor:
+            if throttle.at_limit():  # only reachable in "close" mode
+                client.close()
+                self._counters.connections_throttled_in += 1
+                self._throttle_log(logging.WARNING, "too many connections, throttling")
+                return
+            if host is not None and throttle.client_at_limit(host):
+                client.close()
+                self._counters.per_client_connections_throttled_in += 1
+                logger.debug("per-client limit reached for %s, closing", host)
+                return
+        else:
+            host = None  # backdoor connections are not counted per client
+        self._counters.total_accepts += 1
+        try:
+            if not _INHERITS_OPTIONS:
+                apply_socket_options(client, opts.socket)
+            tsock = trio.socket.from_stdlib_socket(client)
+        except OSError as exc:  # the peer may already be gone
+            client.close()
+            logger.debug("dropping connection from %r: %s", addr, exc)
+            return
+        conn = self._new_connection(
+            tsock,
+            inbound=True,
+            client=host,
+            peer_address=addr,
+            inactivity_timeout=opts.inactivity_timeout,
+            active_timeout=opts.active_timeout,
+        )
+        server._start_connection(conn, handler, listener)
+
+    async def _run_connection(
+        self, conn: Connection, handler: Handler, opts: AcceptOptions
+    ) -> None:
+        scope = trio.CancelScope()
+        conn._scopes.append(scope)
+        try:
+            with scope:
+                await handler(conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The peer reset or the connection was closed under the handler:
+            # the connection's ending, not a bug in the handler.
+            logger.debug("connection #%d ended: %r", conn.id, exc)
+        except Exception as exc:
+            self._counters.handler_errors += 1
+            if self.propagate_handler_errors:
+                raise
+            logger.error(
+                "handler %r failed on connection #%d from %r",
+                handler,
+                conn.id,
+                conn.remote_address,
+                exc_info=exc,
+            )
+        finally:
+            if conn._ssl is not None and not conn.closed:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+            conn.close()
+
+
+# Linux copies a listening socket's options (TCP_NODELAY, SO_KEEPALIVE, SO_LINGER,
+# buffer sizes, IP_TOS, SO_MARK, TCP_NOTSENT_LOWAT) to every socket accept()
+# returns, so setting them on the listener applies them to accepted sockets with
+# no syscalls per connection; tests/test_options.py checks this with getsockopt.
+# Elsewhere they are set on each accepted socket, as ATS does.
+_INHERITS_OPTIONS: Final = hasattr(socket, "AF_NETLINK")
+
+
+@final
+class Server:
+    """A running ``serve()`` call: its listeners, statistics and shutdown.
+
+    Obtained from ``task_status.started``:
+    ``server = await nursery.start(net.serve, handler, 8080)``.
+    """
+
+    def __init__(self, processor: NetProcessor, listeners: list[Listener]) -> None:
+        self.processor = processor
+        self.listeners: tuple[Listener, ...] = tuple(listeners)
+        self._handler_scope: trio.CancelScope | None = None
+        self._accept_scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._fatal: AcceptError | None = None
+        self._stopping = False
+        self._closed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<trionet.Server ports={self.ports}>"
+
+    @property
+    def ports(self) -> list[int]:
+        """The bound port numbers, in listen order, without repeats."""
+        return list(dict.fromkeys(listener.port for listener in self.listeners))
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`shutdown` was called (or a fatal accept error stopped it)."""
+        return self._stopping
+
+    def statistics(self) -> NetStatistics:
+        """The statistics of this server's processor (servers of one processor
+        share them; use one processor per server to tell them apart)."""
+        return self.processor.statistics()
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop the server gracefully: close the listening sockets now, let
+        running handlers finish for up to ``grace`` seconds, then cancel the
+        rest. Returns at once; ``serve()`` returns (and :meth:`wait_closed`
+        wakes) when everything is closed. Calling it again can only shorten the
+        grace period."""
+        _check_seconds("Server.shutdown", "grace", grace)
+        self._stopping = True
+        self._accept_scope.cancel()
+        if self._handler_scope is not None:
+            deadline = trio.current_time() + grace
+            self._handler_scope.deadline = min(self._handler_scope.deadline, deadline)
+
+    async def wait_closed(self) -> None:
+        """Wait until ``serve()`` has closed every listener and connection."""
+        await self._closed.wait()
+
+    def _start_connection(self, conn: Connection, handler: Handler, listener: Listener) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self.processor._run_connection, conn, handler, listener.options)
+
+    async def _accept_task(self, listener: Listener, handler: Handler) -> None:
+        try:
+            await self.processor._accept_loop(self, listener, handler)
+        except AcceptError as exc:
+            logger.error("%s; stopping the server", exc)
+            self._fatal = exc
+            self._stopping = True
+            self._accept_scope.cancel()
+            if self._handler_scope is not None:
+                self._handler_scope.cancel()
+        finally:
+            trio.lowlevel.notify_closing(listener.socket)
+            listener.socket.close()
+
+    async def _run(self, handler: Handler, task_status: trio.TaskStatus[Server]) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._handler_scope = nursery.cancel_scope
+                with self._accept_scope:
+                    async with trio.open_nursery() as accepts:
+                        for listener in self.listeners:
+                            accepts.start_soon(self._accept_task, listener, handler)
+                        task_status.started(self)
+                # Not accepting any more; connection tasks finish (or the
+                # shutdown grace deadline cancels them) before the nursery exits.
+        finally:
+            for listener in self.listeners:
+                listener.socket.close()
+            self._closed.set()
+        if self._fatal is not None:
+            raise self._fatal

@@ -1,0 +1,98 @@
+"""Connection accounting for the throttle: synchronous, no I/O, testable alone.
+
+ATS checks ``check_net_throttle(ACCEPT)`` against
+``proxy.config.net.connections_throttle`` before each accept and keeps a
+per-client count for ``per_client.max_connections_in``. This is the same
+bookkeeping as data: what is open, per client, and whether one more may be
+admitted. The accept loop decides what to do with a "no" (wait or close).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Final, Literal
+
+__all__ = ["ThrottleMode", "Throttle"]
+
+ThrottleMode = Literal["pause", "close"]
+THROTTLE_MODES: Final = ("pause", "close")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Throttle:
+    """Counts open connections, globally and per client address.
+
+    Args:
+      max_connections: limit on open connections (inbound + outbound), or None.
+      per_client_max: limit on inbound connections from one address, or None.
+      exempt: networks whose clients the per-client limit does not apply to.
+    """
+
+    __slots__ = (
+        "_exempt",
+        "_exempt_cache",
+        "max_connections",
+        "open",
+        "per_client",
+        "per_client_max",
+    )
+
+    def __init__(
+        self,
+        max_connections: int | None = None,
+        per_client_max: int | None = None,
+        exempt: Iterable[Network] = (),
+    ) -> None:
+        self.max_connections = max_connections
+        self.per_client_max = per_client_max
+        self._exempt = tuple(exempt)
+        self._exempt_cache: dict[str, bool] = {}
+        self.open = 0
+        self.per_client: dict[str, int] = {}
+
+    def at_limit(self) -> bool:
+        """True when one more connection would exceed ``max_connections``."""
+        limit = self.max_connections
+        return limit is not None and self.open >= limit
+
+    def client_at_limit(self, host: str) -> bool:
+        """True when ``host`` already has ``per_client_max`` inbound connections
+        and is not in an exempt network."""
+        limit = self.per_client_max
+        if limit is None or self.per_client.get(host, 0) < limit:
+            return False
+        return not self._is_exempt(host)
+
+    def _is_exempt(self, host: str) -> bool:
+        cached = self._exempt_cache.get(host)
+        if cached is None:
+            try:
+                addr = ipaddress.ip_address(host.split("%", 1)[0])
+            except ValueError:
+                cached = False
+            else:
+                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                    addr = addr.ipv4_mapped
+                cached = any(addr in net for net in self._exempt)
+            if len(self._exempt_cache) > 4096:
+                self._exempt_cache.clear()
+            self._exempt_cache[host] = cached
+        return cached
+
+    def acquire(self, host: str | None) -> None:
+        """Count one more open connection (``host`` for inbound ones, else None)."""
+        self.open += 1
+        if host is not None and self.per_client_max is not None:
+            self.per_client[host] = self.per_client.get(host, 0) + 1
+
+    def release(self, host: str | None) -> None:
+        """Undo one :meth:`acquire` with the same ``host``."""
+        self.open -= 1
+        if host is not None and self.per_client_max is not None:
+            left = self.per_client.get(host, 0) - 1
+            if left > 0:
+                self.per_client[host] = left
+            else:
+                self.per_client.pop(host, None)
