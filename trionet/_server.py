@@ -256,32 +256,28 @@ class NetProcessor:
         throttle = self._throttle
         batch = self.accept_batch
         in_row = 0
-        self._counters.accepts_currently_open += 1
-        try:
-            while True:
-                if pause and not exempt and throttle.at_limit():
-                    # Event-driven: parked until a connection closes (_release).
-                    await self._slot_freed.park()
-                    continue
-                try:
-                    client, addr = sock.accept()
-                except BlockingIOError:
-                    in_row = 0
-                    await trio.lowlevel.wait_readable(sock)
-                    continue
-                except OSError as exc:
-                    in_row = 0
-                    await self._accept_error(exc, listener)
-                    continue
-                self._admit(server, client, addr, listener, handler)
-                in_row += 1
-                if in_row >= batch:
-                    # ATS additional_accepts: a flood must not starve established
-                    # connections, so yield after a batch even if more are pending.
-                    in_row = 0
-                    await trio.lowlevel.checkpoint()
-        finally:
-            self._counters.accepts_currently_open -= 1
+        while True:
+            if pause and not exempt and throttle.at_limit():
+                # Event-driven: parked until a connection closes (_release).
+                await self._slot_freed.park()
+                continue
+            try:
+                client, addr = sock.accept()
+            except BlockingIOError:
+                in_row = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                in_row = 0
+                await self._accept_error(exc, listener)
+                continue
+            self._admit(server, client, addr, listener, handler)
+            in_row += 1
+            if in_row >= batch:
+                # ATS additional_accepts: a flood must not starve established
+                # connections, so yield after a batch even if more are pending.
+                in_row = 0
+                await trio.lowlevel.checkpoint()
 
     async def _accept_error(self, exc: OSError, listener: Listener) -> None:
         code = exc.errno
@@ -456,6 +452,7 @@ class Server:
             if self._handler_scope is not None:
                 self._handler_scope.cancel()
         finally:
+            self.processor._counters.accepts_currently_open -= 1
             trio.lowlevel.notify_closing(listener.socket)
             listener.socket.close()
 
@@ -467,6 +464,7 @@ class Server:
                 with self._accept_scope:
                     async with trio.open_nursery() as accepts:
                         for listener in self.listeners:
+                            self.processor._counters.accepts_currently_open += 1
                             accepts.start_soon(self._accept_task, listener, handler)
                         task_status.started(self)
                 # Not accepting any more; connection tasks finish (or the
