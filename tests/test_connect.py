@@ -1,0 +1,433 @@
+"""NetProcessor.connect: resolution fast path, happy eyeballs, connect timeout,
+errors naming the address, cancellation at every stage, outbound throttle.
+
+All networking is on loopback. A handshake that never completes is made with a
+listening socket whose accept queue is full (backlog 0 plus one queued
+connection): the kernel then drops further SYNs, so a connect stays in
+SYN_SENT until we give up. Timing uses the autojump MockClock.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import trio
+
+import trionet
+from trionet import _connect
+from trionet._errors import ENET_THROTTLING
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@contextmanager
+def stalled_listener() -> Iterator[int]:
+    """A 127.0.0.1 port where connects never complete: listen(0) accepts one
+    queued connection, which we make, so the kernel drops every later SYN."""
+    lst = socket.socket()
+    filler = socket.socket()
+    try:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(0)
+        filler.settimeout(2.0)
+        filler.connect(lst.getsockname())
+        yield lst.getsockname()[1]
+    finally:
+        filler.close()
+        lst.close()
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A 127.0.0.1 port that is bound but not listening: connect gets ECONNREFUSED."""
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+    finally:
+        s.close()
+
+
+async def echo(conn: trionet.Connection) -> None:
+    while data := await conn.receive_some():
+        await conn.send_all(data)
+
+
+async def start_echo(nursery: trio.Nursery, host: str = "127.0.0.1") -> int:
+    """An echo server on its own processor (so it does not share our counts)."""
+    server_net = trionet.NetProcessor()
+    opts = trionet.AcceptOptions(host=host)
+    server: trionet.Server = await nursery.start(server_net.serve, echo, opts)
+    return server.ports[0]
+
+
+class RecordingResolver:
+    """Answers from a table and records every call."""
+
+    def __init__(self, table: dict[str, list[tuple[int, Any]]]) -> None:
+        self.table = table
+        self.calls: list[tuple[str, int, int]] = []
+
+    async def resolve(self, host: str, port: int, family: int) -> list[tuple[int, Any]]:
+        self.calls.append((host, port, family))
+        await trio.lowlevel.checkpoint()
+        return self.table[host]
+
+
+class SlowResolver:
+    """Never answers (until cancelled)."""
+
+    def __init__(self) -> None:
+        self.started = trio.Event()
+
+    async def resolve(self, host: str, port: int, family: int) -> list[tuple[int, Any]]:
+        self.started.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+class FailingResolver:
+    async def resolve(self, host: str, port: int, family: int) -> list[tuple[int, Any]]:
+        await trio.lowlevel.checkpoint()
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
+def v4(port: int) -> tuple[int, Any]:
+    return (socket.AF_INET, ("127.0.0.1", port))
+
+
+def assert_nothing_open(net: trionet.NetProcessor, fds_before: int) -> None:
+    assert open_fds() == fds_before
+    assert net.statistics().connections_currently_open == 0
+    assert net._throttle.open == 0
+
+
+# ------------------------------------------------------------------ basics
+async def test_connect_ip_literal_round_trip() -> None:
+    net = trionet.NetProcessor()
+    async with trio.open_nursery() as nursery:
+        port = await start_echo(nursery)
+        conn = await net.connect("127.0.0.1", port)
+        assert conn.inbound is False
+        assert conn.remote_address == ("127.0.0.1", port)
+        assert conn.local_address[0] == "127.0.0.1"
+        assert net.statistics().connections_currently_open == 1
+        await conn.send_all(b"hello, trionet")
+        got = b""
+        while len(got) < 14:
+            got += await conn.receive_some()
+        assert got == b"hello, trionet"
+        await conn.aclose()
+        stats = net.statistics()
+        assert stats.connections_currently_open == 0
+        assert (stats.connects_total, stats.connect_failures, stats.connect_timeouts) == (1, 0, 0)
+        assert (stats.write_bytes, stats.read_bytes) == (14, 14)
+        nursery.cancel_scope.cancel()
+
+
+async def test_connect_ipv6_literal_bracketed_or_not() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    net = trionet.NetProcessor()
+    async with trio.open_nursery() as nursery:
+        try:
+            port = await start_echo(nursery, "::1")
+        except OSError as exc:
+            pytest.skip(f"cannot bind ::1: {exc}")
+        for host in ("::1", "[::1]"):
+            async with await net.connect(host, port) as conn:
+                assert conn.remote_address[:2] == ("::1", port)
+                await conn.send_all(b"v6")
+                assert await conn.receive_some() == b"v6"
+        nursery.cancel_scope.cancel()
+    assert net.statistics().connects_total == 2
+
+
+async def test_ip_literal_never_calls_the_resolver() -> None:
+    net = trionet.NetProcessor()
+    async with trio.open_nursery() as nursery:
+        port = await start_echo(nursery)
+        resolver = RecordingResolver({"echo.test": [v4(port)]})
+        opts = trionet.ConnectOptions(resolver=resolver)
+        async with await net.connect("127.0.0.1", port, opts):
+            pass
+        assert resolver.calls == []
+        async with await net.connect("echo.test", port, opts) as conn:
+            assert conn.remote_address == ("127.0.0.1", port)
+        assert resolver.calls == [("echo.test", port, 0)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_resolver_is_asked_for_the_requested_family() -> None:
+    net = trionet.NetProcessor()
+    async with trio.open_nursery() as nursery:
+        port = await start_echo(nursery)
+        resolver = RecordingResolver({"echo.test": [(socket.AF_INET6, ("::1", 1, 0, 0)), v4(port)]})
+        opts = trionet.ConnectOptions(resolver=resolver, family=socket.AF_INET)
+        async with await net.connect("echo.test", port, opts) as conn:
+            # the AF_INET6 answer is filtered out even though the resolver gave it
+            assert conn.remote_address == ("127.0.0.1", port)
+        assert resolver.calls == [("echo.test", port, socket.AF_INET)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_refused_names_the_address_and_keeps_errno() -> None:
+    net = trionet.NetProcessor()
+    fds = open_fds()
+    with refused_port() as port, pytest.raises(trionet.ConnectError) as info:
+        await net.connect("127.0.0.1", port)
+    err = info.value
+    assert isinstance(err, OSError)
+    assert err.errno == errno.ECONNREFUSED
+    assert isinstance(err.__cause__, ConnectionRefusedError)
+    assert str(err) == f"Connection refused: 127.0.0.1:{port}"
+    stats = net.statistics()
+    assert (stats.connects_total, stats.connect_failures, stats.connect_timeouts) == (1, 1, 0)
+    assert_nothing_open(net, fds)
+
+
+async def test_refused_via_name_names_the_name() -> None:
+    net = trionet.NetProcessor()
+    with refused_port() as port:
+        resolver = RecordingResolver({"db.internal": [v4(port)]})
+        with pytest.raises(trionet.ConnectError, match=rf": db\.internal:{port}$") as info:
+            await net.connect("db.internal", port, trionet.ConnectOptions(resolver=resolver))
+    assert info.value.errno == errno.ECONNREFUSED
+
+
+async def test_resolve_error_is_chained_to_gaierror() -> None:
+    net = trionet.NetProcessor()
+    opts = trionet.ConnectOptions(resolver=FailingResolver())
+    with pytest.raises(trionet.ResolveError) as info:
+        await net.connect("nosuch.test", 80, opts)
+    assert isinstance(info.value, trionet.ConnectError)
+    assert isinstance(info.value.__cause__, socket.gaierror)
+    assert info.value.errno == socket.EAI_NONAME
+    assert str(info.value) == "cannot resolve (Name or service not known): nosuch.test:80"
+    assert net.statistics().connect_failures == 1
+
+
+async def test_resolver_with_no_usable_address() -> None:
+    net = trionet.NetProcessor()
+    opts = trionet.ConnectOptions(resolver=RecordingResolver({"empty.test": []}))
+    with pytest.raises(trionet.ResolveError, match=r"^no usable address found: empty\.test:80$"):
+        await net.connect("empty.test", 80, opts)
+
+
+async def test_resolver_returning_garbage_is_a_type_error() -> None:
+    net = trionet.NetProcessor()
+    opts = trionet.ConnectOptions(resolver=RecordingResolver({"bad.test": [("1.2.3.4", 80)]}))
+    with pytest.raises(TypeError, match=r"\('1\.2\.3\.4', 80\)"):
+        await net.connect("bad.test", 80, opts)
+    assert net._throttle.open == 0
+
+
+# ---------------------------------------------------------- connect timeout
+async def test_connect_timeout_message_and_exact_time(autojump_clock: trio.abc.Clock) -> None:
+    net = trionet.NetProcessor()
+    with stalled_listener() as port:
+        fds = open_fds()
+        resolver = RecordingResolver({"example.com": [v4(port)]})
+        opts = trionet.ConnectOptions(connect_timeout=5.0, resolver=resolver)
+        start = trio.current_time()
+        with pytest.raises(trionet.ConnectTimeoutError) as info:
+            await net.connect("example.com", 80, opts)
+        assert trio.current_time() - start == pytest.approx(5.0)
+        assert_nothing_open(net, fds)
+    err = info.value
+    assert str(err) == "connection timed out after 5000 ms: example.com:80"
+    assert isinstance(err, TimeoutError)
+    assert isinstance(err, trionet.ConnectError)
+    assert err.errno == errno.ETIMEDOUT
+    stats = net.statistics()
+    assert (stats.connects_total, stats.connect_failures, stats.connect_timeouts) == (1, 0, 1)
+
+
+async def test_connect_timeout_covers_resolution(autojump_clock: trio.abc.Clock) -> None:
+    net = trionet.NetProcessor()
+    fds = open_fds()
+    opts = trionet.ConnectOptions(connect_timeout=0.25, resolver=SlowResolver())
+    start = trio.current_time()
+    with pytest.raises(trionet.ConnectTimeoutError) as info:
+        await net.connect("slow.test", 443, opts)
+    assert trio.current_time() - start == pytest.approx(0.25)
+    assert str(info.value) == "connection timed out after 250 ms: slow.test:443"
+    assert_nothing_open(net, fds)
+
+
+# ----------------------------------------------------------- cancellation
+async def test_cancel_during_resolution_leaks_nothing(autojump_clock: trio.abc.Clock) -> None:
+    net = trionet.NetProcessor()
+    fds = open_fds()
+    resolver = SlowResolver()
+    opts = trionet.ConnectOptions(resolver=resolver, connect_timeout=None)
+    with trio.move_on_after(3.0) as scope:
+        await net.connect("slow.test", 80, opts)
+    assert scope.cancelled_caught and resolver.started.is_set()
+    assert_nothing_open(net, fds)
+    stats = net.statistics()
+    assert (stats.connects_total, stats.connect_failures, stats.connect_timeouts) == (1, 0, 0)
+
+
+async def test_cancel_mid_handshake_closes_the_socket(autojump_clock: trio.abc.Clock) -> None:
+    net = trionet.NetProcessor()
+    with stalled_listener() as port:
+        fds = open_fds()
+        opened: list[trio.socket.SocketType] = []
+
+        def factory(family: int) -> trio.socket.SocketType:
+            sock = trio.socket.socket(family, socket.SOCK_STREAM)
+            opened.append(sock)
+            return sock
+
+        opts = trionet.ConnectOptions(connect_timeout=None)
+        with trio.move_on_after(7.0) as scope:
+            await _connect.connect(net, "127.0.0.1", port, opts, _socket_factory=factory)
+        assert scope.cancelled_caught
+        assert len(opened) == 1 and opened[0].fileno() == -1  # it was opened and closed
+        assert_nothing_open(net, fds)
+
+
+# --------------------------------------------------------------- throttle
+async def test_outbound_connections_count_toward_max_connections() -> None:
+    net = trionet.NetProcessor(max_connections=2)
+    async with trio.open_nursery() as nursery:
+        port = await start_echo(nursery)
+        first = await net.connect("127.0.0.1", port)
+        second = await net.connect("127.0.0.1", port)
+        with pytest.raises(trionet.ThrottledError) as info:
+            await net.connect("127.0.0.1", port)
+        assert info.value.errno == ENET_THROTTLING
+        assert str(info.value) == (
+            f"too many connections (2 open), not connecting: 127.0.0.1:{port}"
+        )
+        stats = net.statistics()
+        assert stats.connections_throttled_out == 1
+        assert stats.connections_currently_open == 2
+        assert stats.connects_total == 2  # the throttled call is not an attempt
+        await first.aclose()
+        third = await net.connect("127.0.0.1", port)  # the freed slot is usable
+        assert net.statistics().connections_currently_open == 2
+        await second.aclose()
+        await third.aclose()
+        assert net.statistics().connections_currently_open == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_pending_connect_holds_a_slot(autojump_clock: trio.abc.Clock) -> None:
+    net = trionet.NetProcessor(max_connections=1)
+    resolver = SlowResolver()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.connect, "slow.test", 80, trionet.ConnectOptions(resolver=resolver))
+        await resolver.started.wait()
+        with pytest.raises(trionet.ThrottledError):
+            await net.connect("127.0.0.1", 80)
+        nursery.cancel_scope.cancel()
+    assert net._throttle.open == 0
+    assert net.statistics().connections_throttled_out == 1
+
+
+# ------------------------------------------------------------ connection
+async def test_timeouts_from_options_and_processor_default() -> None:
+    net = trionet.NetProcessor(default_inactivity_timeout=300.0)
+    async with trio.open_nursery() as nursery:
+        port = await start_echo(nursery)
+        opts = trionet.ConnectOptions(inactivity_timeout=10.0, active_timeout=60.0)
+        async with await net.connect("127.0.0.1", port, opts) as conn:
+            assert conn.inactivity_timeout == 10.0
+            assert conn.active_timeout == pytest.approx(60.0, abs=1.0)
+        async with await net.connect("127.0.0.1", port) as conn:
+            assert conn.inactivity_timeout == 300.0
+            assert conn.active_timeout is None
+        assert net.statistics().default_inactivity_timeout_applied == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_inactivity_timeout_ends_an_outbound_connection(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    net = trionet.NetProcessor()
+    async with trio.open_nursery() as nursery:
+        port = await start_echo(nursery)
+        conn = await net.connect("127.0.0.1", port, trionet.ConnectOptions(inactivity_timeout=2.0))
+        start = trio.current_time()
+        with conn.enforce_timeouts():
+            await conn.receive_some()  # the echo server sends nothing unasked
+        assert trio.current_time() - start == pytest.approx(2.0)
+        assert conn.timed_out == "inactivity" and conn.closed
+        stats = net.statistics()
+        assert (stats.inactivity_timeouts, stats.connections_currently_open) == (1, 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_local_address_and_port_are_bound() -> None:
+    net = trionet.NetProcessor()
+    async with trio.open_nursery() as nursery:
+        port = await start_echo(nursery)
+        opts = trionet.ConnectOptions(local_address="127.0.0.1")
+        async with await net.connect("127.0.0.1", port, opts) as conn:
+            assert conn.local_address[0] == "127.0.0.1"
+        with socket.socket() as probe:  # find a free local port to bind
+            probe.bind(("127.0.0.1", 0))
+            local_port = probe.getsockname()[1]
+        opts = trionet.ConnectOptions(local_address="127.0.0.1", local_port=local_port)
+        async with await net.connect("127.0.0.1", port, opts) as conn:
+            assert conn.local_address == ("127.0.0.1", local_port)
+        nursery.cancel_scope.cancel()
+
+
+async def test_bind_failure_is_a_connect_error() -> None:
+    net = trionet.NetProcessor()
+    fds = open_fds()
+    with socket.socket() as taken, refused_port() as port:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        opts = trionet.ConnectOptions(local_address="127.0.0.1", local_port=taken.getsockname()[1])
+        fds = open_fds()
+        with pytest.raises(trionet.ConnectError) as info:
+            await net.connect("127.0.0.1", port, opts)
+        assert info.value.errno == errno.EADDRINUSE
+        assert str(info.value) == f"Address already in use: 127.0.0.1:{port}"
+        assert_nothing_open(net, fds)
+
+
+# ------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("host", "port", "options", "exc", "match"),
+    [
+        ("", 80, None, TypeError, "host=''"),
+        (b"x", 80, None, TypeError, "host=b'x'"),
+        ("h", "80", None, TypeError, "port='80'"),
+        ("h", True, None, TypeError, "port=True"),
+        ("h", 0, None, ValueError, "port=0"),
+        ("h", 65536, None, ValueError, "port=65536"),
+        ("h", 80, {"connect_timeout": 1}, TypeError, "options="),
+        ("::1", 80, trionet.ConnectOptions(family=socket.AF_INET), ValueError, "host='::1'"),
+        (
+            "h",
+            80,
+            trionet.ConnectOptions(family=socket.AF_INET6, local_address="127.0.0.1"),
+            ValueError,
+            "local_address='127.0.0.1'",
+        ),
+    ],
+)
+async def test_bad_arguments(host: Any, port: Any, options: Any, exc: type, match: str) -> None:
+    net = trionet.NetProcessor()
+    with pytest.raises(exc, match=match):
+        await net.connect(host, port, options)
+    assert net._throttle.open == 0
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan")])
+def test_connect_timeout_must_be_positive(timeout: float) -> None:
+    with pytest.raises(ValueError, match="connect_timeout"):
+        trionet.ConnectOptions(connect_timeout=timeout)
