@@ -431,3 +431,185 @@ async def test_bad_arguments(host: Any, port: Any, options: Any, exc: type, matc
 def test_connect_timeout_must_be_positive(timeout: float) -> None:
     with pytest.raises(ValueError, match="connect_timeout"):
         trionet.ConnectOptions(connect_timeout=timeout)
+
+
+# ---------------------------------------------------------- happy eyeballs
+A6 = (socket.AF_INET6, ("2001:db8::1", 80, 0, 0))
+B6 = (socket.AF_INET6, ("2001:db8::2", 80, 0, 0))
+A4 = (socket.AF_INET, ("192.0.2.1", 80))
+B4 = (socket.AF_INET, ("192.0.2.2", 80))
+
+
+class FakeNet:
+    """A fake connect layer: each sockaddr has a scripted outcome
+    (seconds until it connects, or until it fails with an errno, or never)."""
+
+    def __init__(self, script: dict[Any, tuple[float, int | None]]) -> None:
+        self.script = script
+        self.opened: list[FakeSocket] = []
+        self.log: list[tuple[float, str, str]] = []
+
+    def factory(self, family: int) -> FakeSocket:
+        sock = FakeSocket(self, family)
+        self.opened.append(sock)
+        return sock
+
+
+class FakeSocket:
+    def __init__(self, net: FakeNet, family: int) -> None:
+        self.net = net
+        self.family = family
+        self.closed = False
+        self.target: str | None = None
+
+    async def connect(self, sockaddr: Any) -> None:
+        self.target = sockaddr[0]
+        self.net.log.append((trio.current_time(), "start", sockaddr[0]))
+        after, code = self.net.script.get(sockaddr[0], (float("inf"), None))
+        await trio.sleep(after)
+        if code is not None:
+            self.net.log.append((trio.current_time(), "fail", sockaddr[0]))
+            raise OSError(code, os.strerror(code))
+        self.net.log.append((trio.current_time(), "up", sockaddr[0]))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def no_prepare(sock: Any) -> None:
+    await trio.lowlevel.checkpoint()
+
+
+async def race(fake: FakeNet, addresses: list[Any], delay: float | None = 0.25) -> Any:
+    return await _connect.happy_eyeballs(
+        addresses,
+        target="dual.test:80",
+        delay=delay,
+        prepare=no_prepare,
+        socket_factory=fake.factory,
+    )
+
+
+def test_interleave_alternates_families_starting_with_the_first() -> None:
+    assert _connect.interleave([A6, B6, A4, B4]) == [A6, A4, B6, B4]
+    assert _connect.interleave([A4, A6, B6]) == [A4, A6, B6]
+    assert _connect.interleave([A4, B4, A4]) == [A4, B4]  # duplicates dropped
+    assert _connect.interleave([]) == []
+
+
+async def test_attempts_are_staggered_and_first_success_wins(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # A6 and A4 hang; B6 (third in RFC 8305 order) connects 0.1 s after it starts.
+    fake = FakeNet({"2001:db8::2": (0.1, None)})
+    sock, address = await race(fake, [A6, B6, A4, B4])
+    assert address == B6 and sock.target == "2001:db8::2"
+    assert fake.log == [
+        (0.0, "start", "2001:db8::1"),
+        (0.25, "start", "192.0.2.1"),
+        (0.5, "start", "2001:db8::2"),
+        (pytest.approx(0.6), "up", "2001:db8::2"),
+    ]
+    # B4 never started (the race was over at 0.6 < 0.75); the losers are closed.
+    assert len(fake.opened) == 3
+    assert [s.closed for s in fake.opened] == [True, True, False]
+
+
+async def test_a_failure_starts_the_next_attempt_at_once(autojump_clock: trio.abc.Clock) -> None:
+    fake = FakeNet({"2001:db8::1": (0.05, errno.ENETUNREACH), "192.0.2.1": (0.03, None)})
+    _, address = await race(fake, [A6, A4])
+    assert address == A4
+    assert fake.log == [
+        (0.0, "start", "2001:db8::1"),
+        (pytest.approx(0.05), "fail", "2001:db8::1"),
+        (pytest.approx(0.05), "start", "192.0.2.1"),  # not at 0.25
+        (pytest.approx(0.08), "up", "192.0.2.1"),
+    ]
+    assert [s.closed for s in fake.opened] == [True, False]
+
+
+async def test_delay_none_tries_one_address_at_a_time(autojump_clock: trio.abc.Clock) -> None:
+    fake = FakeNet({"2001:db8::1": (3.0, errno.ETIMEDOUT), "192.0.2.1": (1.0, None)})
+    _, address = await race(fake, [A6, A4], delay=None)
+    assert address == A4
+    assert [(t, what) for t, what, _ in fake.log] == [
+        (0.0, "start"),
+        (3.0, "fail"),
+        (3.0, "start"),
+        (4.0, "up"),
+    ]
+
+
+async def test_delay_zero_starts_everything_at_once(autojump_clock: trio.abc.Clock) -> None:
+    fake = FakeNet({"192.0.2.2": (0.5, None)})
+    _, address = await race(fake, [A6, B6, A4, B4], delay=0)
+    assert address == B4
+    assert [t for t, what, _ in fake.log if what == "start"] == [0.0] * 4
+    assert [s.closed for s in fake.opened] == [True, True, True, False]
+
+
+async def test_all_attempts_fail(autojump_clock: trio.abc.Clock) -> None:
+    fake = FakeNet(
+        {
+            "2001:db8::1": (0.1, errno.ENETUNREACH),
+            "192.0.2.1": (0.1, errno.ECONNREFUSED),
+        }
+    )
+    with pytest.raises(trionet.ConnectError) as info:
+        await race(fake, [A6, A4])
+    err = info.value
+    assert str(err) == (
+        "all 2 attempts failed ([2001:db8::1]:80: Network is unreachable; "
+        "192.0.2.1:80: Connection refused): dual.test:80"
+    )
+    assert err.errno == errno.ENETUNREACH  # errnos differ: the first attempt's
+    assert isinstance(err.__cause__, ExceptionGroup)
+    assert [e.errno for e in err.__cause__.exceptions] == [errno.ENETUNREACH, errno.ECONNREFUSED]
+    assert all(s.closed for s in fake.opened)
+
+
+async def test_cancel_between_attempts_closes_every_socket(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    fake = FakeNet({})  # every attempt hangs
+    with trio.move_on_after(0.6):
+        await race(fake, [A6, B6, A4, B4])
+    assert [t for t, _, _ in fake.log] == [0.0, 0.25, 0.5]
+    assert len(fake.opened) == 3 and all(s.closed for s in fake.opened)
+
+
+async def test_cancel_right_after_a_win_closes_the_winner(autojump_clock: trio.abc.Clock) -> None:
+    fake = FakeNet({"2001:db8::1": (1.0, None)})
+    with trio.move_on_after(1.0):  # the deadline and the success coincide
+        await race(fake, [A6])
+    assert all(s.closed for s in fake.opened)
+
+
+async def test_real_sockets_a_stalled_address_loses_to_the_next(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    net = trionet.NetProcessor()
+    opened: list[trio.socket.SocketType] = []
+
+    def factory(family: int) -> trio.socket.SocketType:
+        opened.append(trio.socket.socket(family, socket.SOCK_STREAM))
+        return opened[-1]
+
+    fds = open_fds()
+    async with trio.open_nursery() as nursery:
+        good = await start_echo(nursery)
+        with stalled_listener() as stalled:
+            resolver = RecordingResolver({"two.test": [v4(stalled), v4(good)]})
+            start = trio.current_time()
+            opts = trionet.ConnectOptions(resolver=resolver, happy_eyeballs_delay=0.25)
+            conn = await _connect.connect(net, "two.test", good, opts, _socket_factory=factory)
+            assert trio.current_time() - start == pytest.approx(0.25)
+            assert conn.remote_address == ("127.0.0.1", good)
+            assert len(opened) == 2
+            assert opened[0].fileno() == -1  # the stalled attempt was closed
+            assert opened[1] is conn.socket
+            await conn.send_all(b"x")
+            assert await conn.receive_some() == b"x"
+            await conn.aclose()
+        nursery.cancel_scope.cancel()
+    assert_nothing_open(net, fds)
