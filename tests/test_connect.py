@@ -613,3 +613,74 @@ async def test_real_sockets_a_stalled_address_loses_to_the_next(
             await conn.aclose()
         nursery.cancel_scope.cancel()
     assert_nothing_open(net, fds)
+
+
+async def test_unsupported_option_stops_the_race_and_closes_everything(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    fake = FakeNet({})  # the first attempt hangs
+    calls = 0
+
+    async def prepare(sock: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await trio.lowlevel.checkpoint()
+        if calls == 2:
+            raise trionet.UnsupportedOptionError("SocketOptions.mark: this platform has no SO_MARK")
+
+    with pytest.raises(trionet.UnsupportedOptionError, match="SO_MARK"):
+        await _connect.happy_eyeballs(
+            [A6, A4], target="x:80", delay=0.25, prepare=prepare, socket_factory=fake.factory
+        )
+    assert len(fake.opened) == 2 and all(s.closed for s in fake.opened)
+
+
+async def test_a_failed_connect_wakes_a_paused_accept_loop() -> None:
+    # max_connections=1 and a connect() in progress holds the only slot, so the
+    # server's accept loop pauses; when the connect ends, the loop resumes.
+    net = trionet.NetProcessor(max_connections=1)
+    handled = trio.Event()
+
+    async def handler(conn: trionet.Connection) -> None:
+        handled.set()
+
+    resolver = SlowResolver()
+    async with trio.open_nursery() as nursery:
+        server: trionet.Server = await nursery.start(
+            net.serve, handler, trionet.AcceptOptions(host="127.0.0.1")
+        )
+        pending = trio.CancelScope()
+
+        async def pending_connect() -> None:
+            with pending:
+                await net.connect("slow.test", 80, trionet.ConnectOptions(resolver=resolver))
+
+        nursery.start_soon(pending_connect)
+        await resolver.started.wait()
+        with socket.create_connection(("127.0.0.1", server.ports[0]), timeout=2.0):
+            await trio.sleep(0.05)
+            assert not handled.is_set()  # paused: the slot is the connect's
+            pending.cancel()
+            with trio.fail_after(5):
+                await handled.wait()
+        assert net.statistics().total_accepts == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_nothing_is_read_until_the_caller_reads() -> None:
+    async def greeter(conn: trionet.Connection) -> None:
+        await conn.send_all(b"220 hello\r\n")
+        await conn.receive_some()
+
+    server_net = trionet.NetProcessor()
+    net = trionet.NetProcessor()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            server_net.serve, greeter, trionet.AcceptOptions(host="127.0.0.1")
+        )
+        async with await net.connect("127.0.0.1", server.ports[0]) as conn:
+            await trio.sleep(0.05)  # the greeting is in our receive buffer by now
+            assert (conn.bytes_received, net.statistics().calls_to_read) == (0, 0)
+            assert await conn.receive_some() == b"220 hello\r\n"
+            assert net.statistics().calls_to_read == 1
+        nursery.cancel_scope.cancel()

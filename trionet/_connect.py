@@ -93,6 +93,12 @@ async def connect(
 
     See :meth:`NetProcessor.connect` for the contract; ``_socket_factory`` is
     for tests (a fake connect layer).
+
+    Statistics: ``connects_total`` counts every call admitted past the
+    throttle; of those, ``connect_timeouts`` the ones that timed out and
+    ``connect_failures`` the ones that failed otherwise (resolution included).
+    A cancelled call is neither. A refused call counts only in
+    ``connections_throttled_out``.
     """
     host, port, opts = _check_arguments(host, port, options)
     target = format_target(host, port)
@@ -105,50 +111,14 @@ async def connect(
             ENET_THROTTLING,
             f"too many connections ({throttle.max_connections} open), not connecting: {target}",
         )
-    # The attempt holds a slot from here on, so concurrent connects (and the
+    # The call holds a slot from here on, so concurrent connects (and the
     # accept loops) cannot overshoot max_connections while we resolve and race.
-    throttle.acquire(None)
+    # _establish hands it over to the Connection it creates.
+    slot = _Slot(net)
     counters.connects_total += 1
-    reserved = True
     try:
         with trio.move_on_after(_timeout_seconds(opts)):
-            addresses = await _resolve(host, port, opts)
-            sock, address = await happy_eyeballs(
-                addresses,
-                target=target,
-                delay=opts.happy_eyeballs_delay,
-                prepare=lambda s: _prepare_socket(s, opts),
-                socket_factory=_socket_factory or _open_tcp_socket,
-            )
-            # Hand the slot over to the connection; no checkpoint between the
-            # release and _new_connection's acquire, so nothing can take it.
-            throttle.release(None)
-            reserved = False
-            try:
-                conn = net._new_connection(
-                    sock,
-                    inbound=False,
-                    client=None,
-                    peer_address=address[1],
-                    inactivity_timeout=opts.inactivity_timeout,
-                    active_timeout=opts.active_timeout,
-                )
-            except BaseException:
-                sock.close()
-                raise
-            try:
-                # ---- TLS hook -------------------------------------------------
-                # The TLS handshake (opts.ssl_context / server_hostname /
-                # alpn_protocols) belongs here: after the TCP connection is a
-                # counted Connection, still inside the connect-timeout scope, so
-                # a stalled handshake times out as ConnectTimeoutError and an
-                # error or cancellation closes `conn` (below) and frees its slot.
-                await trio.lowlevel.checkpoint_if_cancelled()
-                # ----------------------------------------------------------------
-            except BaseException:
-                conn.close()
-                raise
-            return conn
+            return await _establish(net, host, port, opts, slot, _socket_factory)
         counters.connect_timeouts += 1
         raise named_error(
             ConnectTimeoutError,
@@ -160,10 +130,79 @@ async def connect(
             counters.connect_failures += 1
         raise
     finally:
-        if reserved:
-            throttle.release(None)
-            if net._slot_freed:
-                net._slot_freed.unpark_all()
+        slot.release()
+
+
+@final
+class _Slot:
+    """The throttle slot a ``connect()`` in progress holds."""
+
+    __slots__ = ("_net", "held")
+
+    def __init__(self, net: NetProcessor) -> None:
+        self._net = net
+        net._throttle.acquire(None)
+        self.held = True
+
+    def hand_over(self) -> None:
+        """Give the slot up for the Connection about to be created, whose own
+        acquire follows with no checkpoint between (so no task can take it)."""
+        if self.held:
+            self.held = False
+            self._net._throttle.release(None)
+
+    def release(self) -> None:
+        """Give the slot back (the connect failed): wake paused accept loops."""
+        if self.held:
+            self.hand_over()
+            if self._net._slot_freed:
+                self._net._slot_freed.unpark_all()
+
+
+async def _establish(
+    net: NetProcessor,
+    host: str,
+    port: int,
+    opts: ConnectOptions,
+    slot: _Slot,
+    socket_factory: SocketFactory | None,
+) -> Connection:
+    """Resolve, race, wrap: everything the connect timeout covers."""
+    addresses = await _resolve(host, port, opts)
+    sock, address = await happy_eyeballs(
+        addresses,
+        target=format_target(host, port),
+        delay=opts.happy_eyeballs_delay,
+        prepare=lambda s: _prepare_socket(s, opts),
+        socket_factory=socket_factory or _open_tcp_socket,
+    )
+    slot.hand_over()
+    try:
+        conn = net._new_connection(
+            sock,
+            inbound=False,
+            client=None,
+            peer_address=address[1],
+            inactivity_timeout=opts.inactivity_timeout,
+            active_timeout=opts.active_timeout,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        # ---- TLS hook -------------------------------------------------------
+        # The TLS handshake (opts.ssl_context / server_hostname / alpn_protocols)
+        # goes here: the TCP connection is already a counted Connection, and we
+        # are still inside connect()'s timeout scope, so a stalled handshake
+        # ends as ConnectTimeoutError, and an error or a cancellation closes
+        # `conn` (below), which frees its slot. Until then ssl_context is not
+        # acted on.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        # ----------------------------------------------------------------------
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _check_arguments(
