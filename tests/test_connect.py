@@ -684,3 +684,39 @@ async def test_nothing_is_read_until_the_caller_reads() -> None:
             assert await conn.receive_some() == b"220 hello\r\n"
             assert net.statistics().calls_to_read == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_connect_timeout_covers_every_attempt(autojump_clock: trio.abc.Clock) -> None:
+    net = trionet.NetProcessor()
+    opened: list[trio.socket.SocketType] = []
+
+    def factory(family: int) -> trio.socket.SocketType:
+        opened.append(trio.socket.socket(family, socket.SOCK_STREAM))
+        return opened[-1]
+
+    with stalled_listener() as one, stalled_listener() as two:
+        fds = open_fds()
+        resolver = RecordingResolver({"stuck.test": [v4(one), v4(two)]})
+        opts = trionet.ConnectOptions(resolver=resolver, connect_timeout=1.0)
+        start = trio.current_time()
+        with pytest.raises(
+            trionet.ConnectTimeoutError, match=r"^connection timed out after 1000 ms"
+        ):
+            await _connect.connect(net, "stuck.test", 80, opts, _socket_factory=factory)
+        assert trio.current_time() - start == pytest.approx(1.0)
+        assert len(opened) == 2 and all(s.fileno() == -1 for s in opened)
+        assert_nothing_open(net, fds)
+
+
+async def test_localhost_with_the_default_resolver() -> None:
+    # "localhost" may resolve to ::1 and 127.0.0.1; the server is on 127.0.0.1
+    # only, so a ::1 attempt is refused and the race moves on.
+    net = trionet.NetProcessor()
+    async with trio.open_nursery() as nursery:
+        port = await start_echo(nursery)
+        async with await net.connect("localhost", port) as conn:
+            assert conn.remote_address == ("127.0.0.1", port)
+            await conn.send_all(b"ok")
+            assert await conn.receive_some() == b"ok"
+        nursery.cancel_scope.cancel()
+    assert net.statistics().connect_failures == 0
