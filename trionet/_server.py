@@ -28,10 +28,11 @@ from typing import Any, Final, final
 
 import trio
 
+from . import _connect
 from ._connection import Connection, _Owner
 from ._errors import AcceptError
 from ._listen import Listener, open_listeners
-from ._options import AcceptOptions, _check_int, _check_seconds, _to_networks
+from ._options import AcceptOptions, ConnectOptions, _check_int, _check_seconds, _to_networks
 from ._sockopt import apply_socket_options
 from ._stats import Counters, NetStatistics
 from ._throttle import THROTTLE_MODES, Throttle, ThrottleMode
@@ -246,6 +247,45 @@ class NetProcessor:
             raise
         server = Server(self, listeners)
         await server._run(handler, task_status)
+
+    # ---------------------------------------------------------------- connect
+    async def connect(
+        self, host: str, port: int, options: ConnectOptions | None = None
+    ) -> Connection:
+        """Open a TCP connection to ``host:port`` (Netty ``Bootstrap.connect``).
+
+        Returns once the TCP handshake is complete (Netty's ``channelActive``);
+        nothing is read until the caller reads. An IP literal is used as is;
+        a name goes through ``options.resolver`` (default ``getaddrinfo``), and
+        every address it returns is raced with RFC 8305 happy eyeballs.
+        ``options.connect_timeout`` covers resolution and every attempt together.
+
+        Args:
+          host: a host name or an IPv4/IPv6 literal (``"[::1]"`` accepted).
+          port: 1..65535.
+          options: a :class:`ConnectOptions`; ``None`` for the defaults.
+
+        Returns:
+          A :class:`Connection` (``inbound=False``), counted in
+          ``connections_currently_open`` and toward ``max_connections`` until
+          closed, with the options' inactivity/active timeouts (or the
+          processor's ``default_inactivity_timeout``).
+
+        Resource handling:
+          Every socket opened on the way is closed on failure, timeout or
+          cancellation, at any stage; the caller owns the returned connection.
+
+        Raises:
+          ThrottledError: ``max_connections`` reached (``connections_throttled_out``).
+          ResolveError: the name could not be resolved.
+          ConnectTimeoutError: ``connect_timeout`` passed
+            (``connection timed out after 5000 ms: example.com:80``).
+          ConnectError: every attempt failed (``errno`` kept, ``__cause__`` the
+            ``OSError``); the message ends with ``: host:port``.
+          UnsupportedOptionError: a socket option the platform cannot provide.
+          TypeError / ValueError: bad ``host``, ``port`` or ``options``.
+        """
+        return await _connect.connect(self, host, port, options)
 
     # ------------------------------------------------------ accept (per port)
     async def _accept_loop(self, server: Server, listener: Listener, handler: Handler) -> None:
