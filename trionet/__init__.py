@@ -20,6 +20,8 @@ from ._listen import Listener as Listener
 from ._options import AcceptOptions as AcceptOptions
 from ._options import ConnectOptions as ConnectOptions
 from ._options import SocketOptions as SocketOptions
+from ._proxy_protocol import ProxyHeader as ProxyHeader
+from ._proxy_protocol import parse_proxy_header as parse_proxy_header
 from ._resolve import CachingResolver as CachingResolver
 from ._resolve import GetaddrinfoResolver as GetaddrinfoResolver
 from ._resolve import Resolver as Resolver

@@ -162,12 +162,15 @@ class Connection(trio.abc.HalfCloseableStream):
     # ------------------------------------------------------------------ I/O
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._ssl is not None:
-            return bytes(await self._ssl.receive_some(max_bytes))
+            data = bytes(await self._ssl.receive_some(max_bytes))
+            self.bytes_received += len(data)  # plaintext; see trionet._tls._RawTransport
+            return data
         return await self._raw_receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._ssl is not None:
             await self._ssl.send_all(data)
+            self.bytes_sent += memoryview(data).nbytes  # plaintext, as above
             return
         await self._raw_send_all(data)
 
