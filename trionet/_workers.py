@@ -529,6 +529,10 @@ class WorkerSupervisor:
         self._stopping.set()
         for proc in self._procs.values():
             _signal(proc, signal.SIGTERM)
+        # No worker will be started again: drop our copies of the sockets, so
+        # that once the workers close theirs new clients are refused rather
+        # than queued on a socket nobody accepts from.
+        self._plan.close()
         if self._nursery is not None:
             self._nursery.start_soon(self._kill_after, self.grace + EXIT_MARGIN)
 
@@ -606,7 +610,12 @@ class WorkerSupervisor:
                 await self._stopping.wait()
 
     async def _run_one(self, wid: int, restarts: int) -> int:
-        proc, control = await self._spawn(wid, restarts)
+        try:
+            proc, control = await self._spawn(wid, restarts)
+        except OSError as exc:  # EAGAIN from fork, ENOMEM...: retry with back-off
+            if not self._stopping.is_set():
+                logger.error("worker %d could not be started: %s", wid, exc)
+            return 1
         self._procs[wid] = proc
         logger.info("worker %d started (pid %d)", wid, proc.pid)
         try:
