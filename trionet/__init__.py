@@ -16,6 +16,8 @@ from ._errors import ThrottledError as ThrottledError
 from ._errors import TLSError as TLSError
 from ._errors import TrionetError as TrionetError
 from ._errors import UnsupportedOptionError as UnsupportedOptionError
+from ._inherit import InheritedListeners as InheritedListeners
+from ._inherit import inherited_listeners as inherited_listeners
 from ._listen import Listener as Listener
 from ._options import AcceptOptions as AcceptOptions
 from ._options import ConnectOptions as ConnectOptions
@@ -29,5 +31,8 @@ from ._server import NetProcessor as NetProcessor
 from ._server import Server as Server
 from ._stats import NetStatistics as NetStatistics
 from ._tls import TLSInfo as TLSInfo
+from ._workers import WorkerContext as WorkerContext
+from ._workers import WorkerSupervisor as WorkerSupervisor
+from ._workers import run_workers as run_workers
 
 __version__ = "0.1.0"
