@@ -23,6 +23,8 @@ from ._options import SocketOptions as SocketOptions
 from ._server import NetProcessor as NetProcessor
 from ._server import Server as Server
 from ._stats import NetStatistics as NetStatistics
+from ._stats_page import StatsCollector as StatsCollector
+from ._stats_page import serve_stats as serve_stats
 from ._tls import TLSInfo as TLSInfo
 
 __version__ = "0.1.0"
