@@ -111,7 +111,7 @@ def fetch_stats(port: int) -> dict[str, int]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_echo_command_runs_and_stops_gracefully(sig: int) -> None:
     with Running("-m", "trionet", "echo", "--port", "0", "--stats-port", "0") as run:
-        port = int(run.expect(r"trionet echo: echo listening on 127\.0\.0\.1:(\d+)")[1])
+        port = int(run.expect(r"trionet echo: listening on 127\.0\.0\.1:(\d+)")[1])
         stats_port = int(run.expect(r"statistics on http://127\.0\.0\.1:(\d+)/stats")[1])
         assert echo_roundtrip(port, b"hello trionet") == b"hello trionet"
         records = fetch_stats(stats_port)

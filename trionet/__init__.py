@@ -20,6 +20,10 @@ from ._listen import Listener as Listener
 from ._options import AcceptOptions as AcceptOptions
 from ._options import ConnectOptions as ConnectOptions
 from ._options import SocketOptions as SocketOptions
+from ._proxy import ProxyStatistics as ProxyStatistics
+from ._proxy import SpliceResult as SpliceResult
+from ._proxy import TcpProxy as TcpProxy
+from ._proxy import splice as splice
 from ._server import NetProcessor as NetProcessor
 from ._server import Server as Server
 from ._stats import NetStatistics as NetStatistics

@@ -220,7 +220,7 @@ class _Plan:
     listen: AcceptOptions
     stats: AcceptOptions | None
     grace: float
-    describe: Callable[[], str]
+    suffix: str  # after "listening on ADDRESS"
 
 
 async def _echo(conn: Connection) -> None:
@@ -265,7 +265,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if args.stats_port is not None:
         stats = AcceptOptions(host=args.stats_host, port=args.stats_port, inactivity_timeout=10.0)
     if args.command == "echo":
-        return _Plan("echo", net, _echo, listen, stats, args.grace, lambda: "echo")
+        return _Plan("echo", net, _echo, listen, stats, args.grace, "")
     raise NotImplementedError(args.command)
 
 
@@ -296,7 +296,7 @@ async def _run(plan: _Plan) -> None:
         server: Server = await nursery.start(net.serve, plan.handler, plan.listen)
         servers = [server]
         for listener in server.listeners:
-            _say(plan, f"{plan.describe()} listening on {_address(listener.address)}")
+            _say(plan, f"listening on {_address(listener.address)}{plan.suffix}")
         if plan.stats is not None:
             page: Server = await nursery.start(net.serve_stats, plan.stats)
             servers.append(page)

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Final, Literal, final
+from typing import TYPE_CHECKING, Final, Literal, final
 
 import trio
 
-__all__ = ["SpliceResult", "splice"]
+from ._connection import Connection
+from ._errors import ConnectError
+from ._options import ConnectOptions
+
+if TYPE_CHECKING:
+    from ._server import NetProcessor
+
+__all__ = ["ProxyStatistics", "SpliceResult", "TcpProxy", "splice"]
 
 logger = logging.getLogger("trionet.proxy")
 
@@ -110,3 +117,104 @@ async def splice(
         nursery.start_soon(backward.run, nursery.cancel_scope)
     ending: Ending = "reset" if forward.broken or backward.broken else "eof"
     return SpliceResult(forward.copied, backward.copied, ending)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ProxyStatistics:
+    """What a :class:`TcpProxy` has done (bytes are in the processor's
+    ``read_bytes`` / ``write_bytes``, which count both sides).
+
+    Attributes:
+      sessions: client connections handled.
+      sessions_open: sessions currently splicing (a gauge).
+      upstream_failures: sessions whose upstream connect failed (refused,
+        unresolvable, throttled), including ``upstream_timeouts``.
+      upstream_timeouts: upstream connects that hit the connect timeout.
+      resets: sessions ended by a reset (or close) on either side.
+      timeouts: sessions ended by an inactivity or active timeout on either side.
+    """
+
+    sessions: int = 0
+    sessions_open: int = 0
+    upstream_failures: int = 0
+    upstream_timeouts: int = 0
+    resets: int = 0
+    timeouts: int = 0
+
+
+@final
+class TcpProxy:
+    """A ``serve()`` handler that forwards each client connection upstream.
+
+    ``await nursery.start(net.serve, TcpProxy(net, "10.0.0.5", 80), 8080)``
+
+    For every client connection it connects to ``host:port`` through
+    ``net.connect`` (so the upstream connection counts toward
+    ``max_connections`` and has its own timeouts) and :func:`splice` joins the
+    two until both directions have ended.
+
+    Args:
+      net: the processor that connects upstream (usually the one serving).
+      host, port: the upstream server.
+      options: :class:`ConnectOptions` for the upstream side: connect timeout,
+        inactivity/active timeouts, socket options, TLS.
+      chunk: the most bytes held in memory per direction.
+
+    Error handling:
+      An upstream that cannot be reached (``ConnectError``: refused,
+      unresolvable, connect timeout, throttled) is logged at INFO and
+      counted; the client connection is then closed. Resets end the session
+      quietly (counted). Timeouts on either side end the whole session.
+    """
+
+    def __init__(
+        self,
+        net: NetProcessor,
+        host: str,
+        port: int,
+        options: ConnectOptions | None = None,
+        *,
+        chunk: int = DEFAULT_CHUNK,
+    ) -> None:
+        if options is not None and not isinstance(options, ConnectOptions):
+            raise TypeError(f"options={options!r}: expected ConnectOptions or None")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk={chunk!r}: must be an int >= 1")
+        self.net, self.host, self.port = net, host, port
+        self.options = options
+        self.chunk = chunk
+        self._counts = dict.fromkeys(ProxyStatistics.__slots__, 0)
+
+    def __repr__(self) -> str:
+        return f"<trionet.TcpProxy to {self.host}:{self.port}>"
+
+    def statistics(self) -> ProxyStatistics:
+        """A frozen snapshot of the proxy's session counts."""
+        return ProxyStatistics(**self._counts)
+
+    async def __call__(self, client: Connection) -> None:
+        counts = self._counts
+        counts["sessions"] += 1
+        upstream = await self._connect(client)
+        if upstream is None:
+            return
+        counts["sessions_open"] += 1
+        try:
+            async with upstream:
+                with upstream.enforce_timeouts():
+                    result = await splice(client, upstream, self.chunk)
+                    counts["resets"] += result.ending == "reset"
+        finally:
+            counts["sessions_open"] -= 1
+            if client.timed_out is not None or upstream.timed_out is not None:
+                counts["timeouts"] += 1
+
+    async def _connect(self, client: Connection) -> Connection | None:
+        try:
+            return await self.net.connect(self.host, self.port, self.options)
+        except ConnectError as exc:
+            self._counts["upstream_failures"] += 1
+            self._counts["upstream_timeouts"] += isinstance(exc, TimeoutError)
+            logger.info("connection #%d from %r: %s", client.id, client.remote_address, exc)
+            return None
