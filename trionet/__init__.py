@@ -24,6 +24,9 @@ from ._proxy import ProxyStatistics as ProxyStatistics
 from ._proxy import SpliceResult as SpliceResult
 from ._proxy import TcpProxy as TcpProxy
 from ._proxy import splice as splice
+from ._resolve import CachingResolver as CachingResolver
+from ._resolve import GetaddrinfoResolver as GetaddrinfoResolver
+from ._resolve import Resolver as Resolver
 from ._server import NetProcessor as NetProcessor
 from ._server import Server as Server
 from ._stats import NetStatistics as NetStatistics
