@@ -22,6 +22,10 @@ from ._listen import Listener as Listener
 from ._options import AcceptOptions as AcceptOptions
 from ._options import ConnectOptions as ConnectOptions
 from ._options import SocketOptions as SocketOptions
+from ._proxy import ProxyStatistics as ProxyStatistics
+from ._proxy import SpliceResult as SpliceResult
+from ._proxy import TcpProxy as TcpProxy
+from ._proxy import splice as splice
 from ._proxy_protocol import ProxyHeader as ProxyHeader
 from ._proxy_protocol import parse_proxy_header as parse_proxy_header
 from ._resolve import CachingResolver as CachingResolver
@@ -30,6 +34,8 @@ from ._resolve import Resolver as Resolver
 from ._server import NetProcessor as NetProcessor
 from ._server import Server as Server
 from ._stats import NetStatistics as NetStatistics
+from ._stats_page import StatsCollector as StatsCollector
+from ._stats_page import serve_stats as serve_stats
 from ._tls import TLSInfo as TLSInfo
 from ._workers import WorkerContext as WorkerContext
 from ._workers import WorkerSupervisor as WorkerSupervisor

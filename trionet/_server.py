@@ -251,6 +251,21 @@ class NetProcessor:
         server = Server(self, listeners)
         await server._run(handler, task_status)
 
+    async def serve_stats(
+        self,
+        port: int | AcceptOptions = 0,
+        *,
+        host: str | None = "127.0.0.1",
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve this processor's statistics over HTTP (``/stats`` JSON with
+        ATS record names, ``/metrics`` for Prometheus), on loopback unless
+        ``host`` says otherwise: ``await nursery.start(net.serve_stats, 9100)``
+        reports the :class:`Server`. See :func:`trionet.serve_stats`."""
+        from ._stats_page import serve_stats  # the stats page builds on this module
+
+        await serve_stats(self.statistics, port, host=host, task_status=task_status)
+
     # ---------------------------------------------------------------- connect
     async def connect(
         self, host: str, port: int, options: ConnectOptions | None = None
