@@ -118,6 +118,7 @@ def parse_proxy_header(
     Raises:
       ProxyProtocolError: ``data`` cannot start a valid header; the message
         says which field was wrong.
+      TypeError / ValueError: ``max_length`` is not an int >= 16.
     """
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise TypeError(f"max_length={max_length!r}: must be an int")
@@ -390,7 +391,8 @@ def apply_proxy_header(conn: Connection, header: ProxyHeader) -> None:
     if header.source is not None:
         conn.remote_address = header.source
         conn.local_address = header.destination
-    conn.proxy_tlvs = header.tlvs
+    if header.tlvs:  # else keep the connection's shared empty mapping
+        conn.proxy_tlvs = header.tlvs
 
 
 async def _recv(conn: Connection, size: int, flags: int) -> bytes:
