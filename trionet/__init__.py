@@ -20,6 +20,9 @@ from ._listen import Listener as Listener
 from ._options import AcceptOptions as AcceptOptions
 from ._options import ConnectOptions as ConnectOptions
 from ._options import SocketOptions as SocketOptions
+from ._resolve import CachingResolver as CachingResolver
+from ._resolve import GetaddrinfoResolver as GetaddrinfoResolver
+from ._resolve import Resolver as Resolver
 from ._server import NetProcessor as NetProcessor
 from ._server import Server as Server
 from ._stats import NetStatistics as NetStatistics

@@ -216,8 +216,10 @@ class Connection(trio.abc.HalfCloseableStream):
     async def _raw_receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
-        elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-            raise ValueError(f"max_bytes={max_bytes!r}: must be an int >= 1")
+        elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+            raise TypeError(f"max_bytes={max_bytes!r}: must be an int")
+        elif max_bytes < 1:
+            raise ValueError(f"max_bytes={max_bytes!r}: must be >= 1")
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this connection")
         self._receiving = True

@@ -28,10 +28,11 @@ from typing import Any, Final, final
 
 import trio
 
+from . import _connect
 from ._connection import Connection, _Owner
 from ._errors import AcceptError
 from ._listen import Listener, open_listeners
-from ._options import AcceptOptions, _check_int, _check_seconds, _to_networks
+from ._options import AcceptOptions, ConnectOptions, _check_int, _check_seconds, _to_networks
 from ._sockopt import apply_socket_options
 from ._stats import Counters, NetStatistics
 from ._throttle import THROTTLE_MODES, Throttle, ThrottleMode
@@ -247,6 +248,45 @@ class NetProcessor:
         server = Server(self, listeners)
         await server._run(handler, task_status)
 
+    # ---------------------------------------------------------------- connect
+    async def connect(
+        self, host: str, port: int, options: ConnectOptions | None = None
+    ) -> Connection:
+        """Open a TCP connection to ``host:port`` (Netty ``Bootstrap.connect``).
+
+        Returns once the TCP handshake is complete (Netty's ``channelActive``);
+        nothing is read until the caller reads. An IP literal is used as is;
+        a name goes through ``options.resolver`` (default ``getaddrinfo``), and
+        every address it returns is raced with RFC 8305 happy eyeballs.
+        ``options.connect_timeout`` covers resolution and every attempt together.
+
+        Args:
+          host: a host name or an IPv4/IPv6 literal (``"[::1]"`` accepted).
+          port: 1..65535.
+          options: a :class:`ConnectOptions`; ``None`` for the defaults.
+
+        Returns:
+          A :class:`Connection` (``inbound=False``), counted in
+          ``connections_currently_open`` and toward ``max_connections`` until
+          closed, with the options' inactivity/active timeouts (or the
+          processor's ``default_inactivity_timeout``).
+
+        Resource handling:
+          Every socket opened on the way is closed on failure, timeout or
+          cancellation, at any stage; the caller owns the returned connection.
+
+        Raises:
+          ThrottledError: ``max_connections`` reached (``connections_throttled_out``).
+          ResolveError: the name could not be resolved.
+          ConnectTimeoutError: ``connect_timeout`` passed
+            (``connection timed out after 5000 ms: example.com:80``).
+          ConnectError: every attempt failed (``errno`` kept, ``__cause__`` the
+            ``OSError``); the message ends with ``: host:port``.
+          UnsupportedOptionError: a socket option the platform cannot provide.
+          TypeError / ValueError: bad ``host``, ``port`` or ``options``.
+        """
+        return await _connect.connect(self, host, port, options)
+
     # ------------------------------------------------------ accept (per port)
     async def _accept_loop(self, server: Server, listener: Listener, handler: Handler) -> None:
         sock = listener.socket
@@ -256,32 +296,28 @@ class NetProcessor:
         throttle = self._throttle
         batch = self.accept_batch
         in_row = 0
-        self._counters.accepts_currently_open += 1
-        try:
-            while True:
-                if pause and not exempt and throttle.at_limit():
-                    # Event-driven: parked until a connection closes (_release).
-                    await self._slot_freed.park()
-                    continue
-                try:
-                    client, addr = sock.accept()
-                except BlockingIOError:
-                    in_row = 0
-                    await trio.lowlevel.wait_readable(sock)
-                    continue
-                except OSError as exc:
-                    in_row = 0
-                    await self._accept_error(exc, listener)
-                    continue
-                self._admit(server, client, addr, listener, handler)
-                in_row += 1
-                if in_row >= batch:
-                    # ATS additional_accepts: a flood must not starve established
-                    # connections, so yield after a batch even if more are pending.
-                    in_row = 0
-                    await trio.lowlevel.checkpoint()
-        finally:
-            self._counters.accepts_currently_open -= 1
+        while True:
+            if pause and not exempt and throttle.at_limit():
+                # Event-driven: parked until a connection closes (_release).
+                await self._slot_freed.park()
+                continue
+            try:
+                client, addr = sock.accept()
+            except BlockingIOError:
+                in_row = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                in_row = 0
+                await self._accept_error(exc, listener)
+                continue
+            self._admit(server, client, addr, listener, handler)
+            in_row += 1
+            if in_row >= batch:
+                # ATS additional_accepts: a flood must not starve established
+                # connections, so yield after a batch even if more are pending.
+                in_row = 0
+                await trio.lowlevel.checkpoint()
 
     async def _accept_error(self, exc: OSError, listener: Listener) -> None:
         code = exc.errno
@@ -456,6 +492,7 @@ class Server:
             if self._handler_scope is not None:
                 self._handler_scope.cancel()
         finally:
+            self.processor._counters.accepts_currently_open -= 1
             trio.lowlevel.notify_closing(listener.socket)
             listener.socket.close()
 
@@ -467,6 +504,7 @@ class Server:
                 with self._accept_scope:
                     async with trio.open_nursery() as accepts:
                         for listener in self.listeners:
+                            self.processor._counters.accepts_currently_open += 1
                             accepts.start_soon(self._accept_task, listener, handler)
                         task_status.started(self)
                 # Not accepting any more; connection tasks finish (or the
