@@ -233,6 +233,23 @@ def _idle_cpu_checks(cells: dict[tuple[str, str], Cell], scenario: str, window: 
     return lines
 
 
+def _stderr_notes(records: list[dict[str, Any]]) -> list[str]:
+    """Failed runs, and anything a server or the load generator wrote on stderr."""
+    notes = []
+    for rec in records:
+        where = f"rep {rec.get('rep', 0)} {rec['scenario']} {rec['variant']}"
+        if "failure" in rec:
+            notes.append(f"- {where}: run failed: {rec['failure']}")
+        for who, text in (
+            ("server", rec.get("server_stderr")),
+            ("load generator", rec.get("result", {}).get("stderr")),
+        ):
+            if text:
+                first = text.splitlines()[0][:200]
+                notes.append(f"- {where}: {who} stderr: `{first}`")
+    return ["## Failures and stderr", "", *notes, ""] if notes else []
+
+
 def _comparison_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| comparison | scenario | metric | ratio of medians | per-rep ratios | target | "
@@ -279,6 +296,7 @@ def markdown(
         if SCENARIOS[s].mode == "idle":
             out += [f"## Idle connections ({s})", "", *_idle_table(cells, s), ""]
             out += [*_idle_cpu_checks(cells, s, profile["idle_window"]), ""]
+    out += _stderr_notes(records)
     rows = comparison_rows(cells, records)
     if rows:
         out += ["## Comparisons (ratio of medians)", "", *_comparison_table(rows), ""]
