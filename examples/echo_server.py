@@ -41,7 +41,9 @@ async def main(args: argparse.Namespace) -> None:
     async with trio.open_nursery() as nursery:
         server: trionet.Server = await nursery.start(net.serve, echo, opts)
         for listener in server.listeners:
-            print(f"echo server listening on {listener.address[0]} port {listener.port}", flush=True)
+            print(
+                f"echo server listening on {listener.address[0]} port {listener.port}", flush=True
+            )
         nursery.start_soon(stop_on_signal, server, args.grace, nursery.cancel_scope)
         await server.wait_closed()
         nursery.cancel_scope.cancel()

@@ -162,12 +162,15 @@ class Connection(trio.abc.HalfCloseableStream):
     # ------------------------------------------------------------------ I/O
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._ssl is not None:
-            return bytes(await self._ssl.receive_some(max_bytes))
+            data = bytes(await self._ssl.receive_some(max_bytes))
+            self.bytes_received += len(data)  # plaintext; see trionet._tls._RawTransport
+            return data
         return await self._raw_receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._ssl is not None:
             await self._ssl.send_all(data)
+            self.bytes_sent += memoryview(data).nbytes  # plaintext, as above
             return
         await self._raw_send_all(data)
 
@@ -216,8 +219,10 @@ class Connection(trio.abc.HalfCloseableStream):
     async def _raw_receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
-        elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-            raise ValueError(f"max_bytes={max_bytes!r}: must be an int >= 1")
+        elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+            raise TypeError(f"max_bytes={max_bytes!r}: must be an int")
+        elif max_bytes < 1:
+            raise ValueError(f"max_bytes={max_bytes!r}: must be >= 1")
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this connection")
         self._receiving = True
