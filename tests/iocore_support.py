@@ -12,6 +12,7 @@ import trionet
 from trionet.iocore import (
     EVENT_CONT,
     NET_EVENT_ACCEPT,
+    NET_EVENT_OPEN,
     Continuation,
     NetAcceptAction,
     NetVConnection,
@@ -73,17 +74,32 @@ def pattern(seed: int, n: int, offset: int = 0) -> bytes:
     return bytes((seed + offset + i) & 0xFF for i in range(n))
 
 
+class Opener(Continuation):
+    """Records what connect_re / connect_s deliver."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[int, object]] = []
+        self.arrived = trio.Event()
+        self.set_handler(self.main_event)
+
+    def main_event(self, event: int, data: object) -> int:
+        assert self.mutex.held()
+        self.events.append((event, data))
+        self.arrived.set()
+        return EVENT_CONT
+
+
 async def outbound_vc(
     unp: UnixNetProcessor, port: int, sockopts: trionet.SocketOptions | None = None
 ) -> NetVConnection:
-    """An outbound VC to 127.0.0.1:port, run in the processor's nursery."""
-    from trionet._sockopt import apply_socket_options
-
-    sock = trio.socket.socket()
-    if sockopts is not None:
-        apply_socket_options(sock, sockopts)  # type: ignore[arg-type]
-    await sock.connect(("127.0.0.1", port))
-    conn = unp.net._new_connection(sock, inbound=False, client=None)
-    vc = NetVConnection(conn, unp)
-    unp._spawn(vc._run)
+    """An outbound VC to 127.0.0.1:port, opened with connect_re."""
+    opener = Opener()
+    opts = trionet.ConnectOptions(socket=sockopts or trionet.SocketOptions())
+    unp.connect_re(opener, ("127.0.0.1", port), opts)
+    with trio.fail_after(5):
+        await opener.arrived.wait()
+    [(event, vc)] = opener.events
+    assert event == NET_EVENT_OPEN, opener.events
+    assert isinstance(vc, NetVConnection)
     return vc

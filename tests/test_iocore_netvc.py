@@ -20,7 +20,6 @@ from dataclasses import dataclass, replace
 
 import pytest
 import trio
-from iocore_support import LOCAL, listen, outbound_vc, running
 
 import trionet
 from trionet.iocore import (
@@ -43,6 +42,8 @@ from trionet.iocore import (
     NetVConnection,
     event_name,
 )
+
+from .iocore_support import LOCAL, listen, outbound_vc, running
 
 
 @dataclass(frozen=True)

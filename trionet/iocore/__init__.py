@@ -68,6 +68,7 @@ from ._continuation import ContinuationError as ContinuationError
 from ._continuation import ProxyMutex as ProxyMutex
 from ._event import Event as Event
 from ._event import EventProcessor as EventProcessor
+from ._processor import ConnectAction as ConnectAction
 from ._processor import NetAcceptAction as NetAcceptAction
 from ._processor import UnixNetProcessor as UnixNetProcessor
 from ._processor import open_net_processor as open_net_processor

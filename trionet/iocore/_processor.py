@@ -34,20 +34,25 @@ from typing import Any, Final, final
 import trio
 
 from .._connection import Connection
-from .._errors import AcceptError
-from .._options import AcceptOptions, _check_seconds
+from .._errors import AcceptError, ConnectError, ConnectTimeoutError, ThrottledError
+from .._options import AcceptOptions, ConnectOptions, _check_seconds
 from .._server import NetProcessor, Server
 from ._codes import (
+    ENET_CONNECT_FAILED,
+    ENET_CONNECT_TIMEOUT,
+    ENET_THROTTLING,
     EVENT_ERROR,
     NET_EVENT_ACCEPT,
     NET_EVENT_ACCEPT_FAILED,
     NET_EVENT_ACCEPT_SUCCEED,
+    NET_EVENT_OPEN,
+    NET_EVENT_OPEN_FAILED,
 )
 from ._continuation import Action, Continuation, Skipped, call_locked
 from ._event import EventProcessor
 from ._vconnection import DEFAULT_INACTIVITY_TIMEOUT, NetVConnection
 
-__all__ = ["NetAcceptAction", "UnixNetProcessor", "open_net_processor"]
+__all__ = ["ConnectAction", "NetAcceptAction", "UnixNetProcessor", "open_net_processor"]
 
 logger = logging.getLogger("trionet.iocore")
 
@@ -88,6 +93,52 @@ class NetAcceptAction(Action):
             self.server.shutdown(math.inf)  # stop accepting; running VCs go on
         else:
             self._scope.cancel()  # still binding: abandon it
+
+
+@final
+class ConnectAction(Action):
+    """The :class:`Action` ``connect_re`` / ``connect_s`` return. Cancelling it
+    before ``NET_EVENT_OPEN`` / ``NET_EVENT_OPEN_FAILED`` abandons the connect
+    (resolution, attempts and handshake alike: every socket is closed, the
+    slot released) and nothing is delivered; after it, it has no effect on the VC.
+    """
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, cont: Continuation) -> None:
+        super().__init__(cont)
+        self._scope = trio.CancelScope()
+
+    def _on_cancel(self) -> None:
+        self._scope.cancel()
+
+
+def _errno_re(exc: OSError) -> int:
+    """connect_re's failure code: the errno, or ATS's net errnos."""
+    if isinstance(exc, ConnectTimeoutError):
+        return -ENET_CONNECT_TIMEOUT
+    if isinstance(exc, ThrottledError):
+        return -ENET_THROTTLING
+    return -(exc.errno or ENET_CONNECT_FAILED)
+
+
+def _errno_s(exc: OSError) -> int:
+    """connect_s's failure code (ATS 8.x): timeout, or 'failed'."""
+    if isinstance(exc, ConnectTimeoutError):
+        return -ENET_CONNECT_TIMEOUT
+    return -ENET_CONNECT_FAILED
+
+
+def _split_addr(addr: object) -> tuple[str, int]:
+    if (
+        isinstance(addr, tuple)
+        and len(addr) in (2, 4)
+        and isinstance(addr[0], str)
+        and isinstance(addr[1], int)
+        and not isinstance(addr[1], bool)
+    ):
+        return addr[0], addr[1]
+    raise TypeError(f"addr={addr!r}: must be a (host, port) tuple")
 
 
 @final
@@ -201,7 +252,7 @@ class UnixNetProcessor:
     async def _notify(self, action: Action, event: int, data: object) -> None:
         ret = await call_locked(action.continuation, event, data, lambda: not action.cancelled)
         if ret is None:
-            logger.error("acceptor %r broke the contract; accepting goes on", action.continuation)
+            logger.error("%r broke the contract; the processor goes on", action.continuation)
 
     async def _accepted(self, action: NetAcceptAction, conn: Connection) -> None:
         """serve()'s handler: ATS ``acceptEvent`` -- wrap, announce, run."""
@@ -216,6 +267,91 @@ class UnixNetProcessor:
             return
         if ret is None:
             vc._contract_close(action.continuation, NET_EVENT_ACCEPT)
+        await vc._run()
+
+    # ------------------------------------------------------------ connect
+    def connect_re(
+        self,
+        cont: Continuation,
+        addr: tuple[str, int],
+        options: ConnectOptions | None = None,
+    ) -> ConnectAction:
+        """Connect to ``addr`` (ATS ``connect_re``) through
+        :meth:`NetProcessor.connect`; later deliver ``NET_EVENT_OPEN`` with the
+        :class:`NetVConnection` (after the TCP -- and TLS -- handshake) or
+        ``NET_EVENT_OPEN_FAILED`` with ``-errno``: ``-ECONNREFUSED`` etc.,
+        ``-ENET_CONNECT_TIMEOUT``, ``-ENET_THROTTLING``, or
+        ``-ENET_CONNECT_FAILED`` when there is no errno (resolution, TLS).
+
+        Returns:
+          A :class:`ConnectAction`; cancel it to abandon the connect.
+
+        Raises:
+          TypeError: ``addr`` is not ``(host, port)`` or ``cont`` not a Continuation.
+        """
+        host, port = _split_addr(addr)
+        action = ConnectAction(cont)
+        self._spawn(self._connect_task, action, host, port, options, _errno_re)
+        return action
+
+    def connect_s(
+        self,
+        cont: Continuation,
+        addr: tuple[str, int],
+        timeout: float = 30.0,
+        options: ConnectOptions | None = None,
+    ) -> ConnectAction:
+        """ATS 8.x ``connect_s``: :meth:`connect_re` with a ``timeout``-second
+        connect timeout, failing with ``-ENET_CONNECT_TIMEOUT`` when it passes
+        and ``-ENET_CONNECT_FAILED`` for any other failure.
+
+        Raises:
+          TypeError / ValueError: bad ``addr`` or ``timeout``.
+        """
+        host, port = _split_addr(addr)
+        opts = dataclasses.replace(options or ConnectOptions(), connect_timeout=timeout)
+        action = ConnectAction(cont)
+        self._spawn(self._connect_task, action, host, port, opts, _errno_s)
+        return action
+
+    async def _connect_task(
+        self,
+        action: ConnectAction,
+        host: str,
+        port: int,
+        options: ConnectOptions | None,
+        code_of: Callable[[OSError], int],
+    ) -> None:
+        conn: Connection | None = None
+        failure: int | None = None
+        with action._scope:
+            try:
+                conn = await self.net.connect(host, port, options)
+            except (ConnectError, OSError) as exc:
+                failure = code_of(exc)
+                logger.debug("connect_re to %s:%d failed: %s", host, port, exc)
+            except (TypeError, ValueError) as exc:  # bad host/port/options
+                logger.error("connect_re to %r:%r: %s", host, port, exc)
+                failure = -ENET_CONNECT_FAILED
+        if action.cancelled:
+            if conn is not None:
+                conn.close()
+            return
+        if conn is None:
+            if failure is not None:
+                await self._notify(action, NET_EVENT_OPEN_FAILED, failure)
+            return
+        await self._opened(action, conn)
+
+    async def _opened(self, action: ConnectAction, conn: Connection) -> None:
+        vc = NetVConnection(conn, self)
+        ret = await call_locked(
+            action.continuation, NET_EVENT_OPEN, vc, lambda: not action.cancelled
+        )
+        if ret is Skipped.SKIPPED:
+            vc.do_io_close()
+        elif ret is None:
+            vc._contract_close(action.continuation, NET_EVENT_OPEN)
         await vc._run()
 
 
