@@ -42,7 +42,21 @@ An :class:`AcceptOptions` with ``fd=`` (e.g. from
 shared the second way.
 
 Limits are per worker: each worker's ``NetProcessor(max_connections=...)``
-counts its own connections only, so N workers allow N times the limit.
+counts its own connections only, so N workers allow N times the limit; the
+same goes for ``per_client_max_connections`` (a client's connections spread
+over the workers) and for statistics (each worker counts its own).
+
+Lifecycle. A worker that exits while no shutdown was asked for -- crash,
+SIGKILL, or ``main`` returning -- is restarted with an exponential back-off
+(:class:`RestartBackoff`) and logged on ``trionet.workers``. SIGTERM/SIGINT to
+the supervisor become one SIGTERM per worker: ``ctx.shutdown_requested`` is set
+and ``ctx.serve`` shuts its server down gracefully. Workers watch a control
+socket to the supervisor and stop by themselves if it dies. POSIX only.
+
+Caveat of SO_REUSEPORT: connections already queued on a worker's listening
+socket (accepted by the kernel, not yet by the worker) are reset when that
+worker dies; Linux >= 5.14 migrates them to a sibling when
+``net.ipv4.tcp_migrate_req=1``. The ``"inherit"`` mode has no such loss.
 """
 
 from __future__ import annotations
@@ -492,6 +506,7 @@ class WorkerSupervisor:
         self._nursery: trio.Nursery | None = None
         self._failed = False
         self._plan = _Plan()
+        self._ports: list[int] = []
 
     @property
     def pids(self) -> dict[int, int]:
@@ -506,7 +521,7 @@ class WorkerSupervisor:
     @property
     def ports(self) -> list[int]:
         """The ports the workers serve (resolved when port 0 was asked)."""
-        return list(dict.fromkeys(_port_of(opts, self._plan) for opts in self.listen))
+        return list(self._ports)
 
     @property
     def stopping(self) -> bool:
@@ -560,6 +575,7 @@ class WorkerSupervisor:
         """
         self._plan = await _plan_listeners(self.specs, self.sharing)
         self.listen = tuple(self._plan.listen)
+        self._ports = list(dict.fromkeys(_port_of(opts, self._plan) for opts in self.listen))
         logger.info(
             "starting %d worker(s) on port(s) %s (%s)",
             self.workers,
@@ -720,7 +736,8 @@ def run_workers(
       workers: number of worker processes (default: ``os.cpu_count()``).
       grace: seconds running connections get after SIGTERM/SIGINT; workers
         still running ``EXIT_MARGIN`` seconds later are killed. A second
-        signal kills them at once.
+        SIGINT (Ctrl-C twice) kills them at once; a repeated SIGTERM changes
+        nothing (process-group signals often arrive twice).
       sharing: ``"reuseport"`` (each worker binds with SO_REUSEPORT),
         ``"inherit"`` (one socket opened here, inherited by every worker) or
         ``"auto"`` (reuseport where the platform has it).
