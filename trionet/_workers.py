@@ -629,8 +629,9 @@ class WorkerSupervisor:
         try:
             proc, control = await self._spawn(wid, restarts)
         except OSError as exc:  # EAGAIN from fork, ENOMEM...: retry with back-off
-            if not self._stopping.is_set():
-                logger.error("worker %d could not be started: %s", wid, exc)
+            if self._stopping.is_set():
+                return 0  # the shutdown closed the sockets it was to inherit: not a failure
+            logger.error("worker %d could not be started: %s", wid, exc)
             return 1
         self._procs[wid] = proc
         logger.info("worker %d started (pid %d)", wid, proc.pid)
