@@ -729,6 +729,20 @@ def run_workers(
     ``await ctx.serve(net, handler)``, which serves ``ctx.listen`` and shuts
     down gracefully on request. Limits (``max_connections``...) are per worker.
 
+    Example (a script; under systemd, pass ``*trionet.inherited_listeners()``
+    instead of the port and the workers share the activated socket)::
+
+        async def echo(conn):
+            while data := await conn.receive_some():
+                await conn.send_all(data)
+
+        async def worker(ctx: trionet.WorkerContext) -> None:
+            net = trionet.NetProcessor(max_connections=10_000)  # per worker
+            await ctx.serve(net, echo)
+
+        if __name__ == "__main__":
+            sys.exit(trionet.run_workers(worker, 8080, workers=4, grace=30))
+
     Args:
       main: an async function ``main(ctx: WorkerContext)`` defined at module
         level (the workers import it by name; a script's own functions work).
