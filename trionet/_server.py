@@ -18,6 +18,7 @@ running until they finish or the grace deadline cancels them; cancelling
 from __future__ import annotations
 
 import errno
+import ipaddress
 import itertools
 import logging
 import math
@@ -28,14 +29,17 @@ from typing import Any, Final, final
 
 import trio
 
+from . import _connect
 from ._connection import Connection, _Owner
-from ._errors import AcceptError
+from ._errors import AcceptError, ProxyProtocolError
 from ._listen import Listener, open_listeners
-from ._options import AcceptOptions, _check_int, _check_seconds, _to_networks
+from ._options import AcceptOptions, ConnectOptions, _check_int, _check_seconds, _to_networks
+from ._proxy_protocol import apply_proxy_header, receive_proxy_header
 from ._sockopt import apply_socket_options
 from ._stats import Counters, NetStatistics
 from ._throttle import THROTTLE_MODES, Throttle, ThrottleMode
 from ._timeouts import TimeoutCop
+from ._tls import describe_tls_failure, tls_server_handshake
 
 __all__ = ["Handler", "NetProcessor", "Server"]
 
@@ -247,6 +251,60 @@ class NetProcessor:
         server = Server(self, listeners)
         await server._run(handler, task_status)
 
+    async def serve_stats(
+        self,
+        port: int | AcceptOptions = 0,
+        *,
+        host: str | None = "127.0.0.1",
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve this processor's statistics over HTTP (``/stats`` JSON with
+        ATS record names, ``/metrics`` for Prometheus), on loopback unless
+        ``host`` says otherwise: ``await nursery.start(net.serve_stats, 9100)``
+        reports the :class:`Server`. See :func:`trionet.serve_stats`."""
+        from ._stats_page import serve_stats  # the stats page builds on this module
+
+        await serve_stats(self.statistics, port, host=host, task_status=task_status)
+
+    # ---------------------------------------------------------------- connect
+    async def connect(
+        self, host: str, port: int, options: ConnectOptions | None = None
+    ) -> Connection:
+        """Open a TCP connection to ``host:port`` (Netty ``Bootstrap.connect``).
+
+        Returns once the TCP handshake is complete (Netty's ``channelActive``);
+        nothing is read until the caller reads. An IP literal is used as is;
+        a name goes through ``options.resolver`` (default ``getaddrinfo``), and
+        every address it returns is raced with RFC 8305 happy eyeballs.
+        ``options.connect_timeout`` covers resolution and every attempt together.
+
+        Args:
+          host: a host name or an IPv4/IPv6 literal (``"[::1]"`` accepted).
+          port: 1..65535.
+          options: a :class:`ConnectOptions`; ``None`` for the defaults.
+
+        Returns:
+          A :class:`Connection` (``inbound=False``), counted in
+          ``connections_currently_open`` and toward ``max_connections`` until
+          closed, with the options' inactivity/active timeouts (or the
+          processor's ``default_inactivity_timeout``).
+
+        Resource handling:
+          Every socket opened on the way is closed on failure, timeout or
+          cancellation, at any stage; the caller owns the returned connection.
+
+        Raises:
+          ThrottledError: ``max_connections`` reached (``connections_throttled_out``).
+          ResolveError: the name could not be resolved.
+          ConnectTimeoutError: ``connect_timeout`` passed
+            (``connection timed out after 5000 ms: example.com:80``).
+          ConnectError: every attempt failed (``errno`` kept, ``__cause__`` the
+            ``OSError``); the message ends with ``: host:port``.
+          UnsupportedOptionError: a socket option the platform cannot provide.
+          TypeError / ValueError: bad ``host``, ``port`` or ``options``.
+        """
+        return await _connect.connect(self, host, port, options)
+
     # ------------------------------------------------------ accept (per port)
     async def _accept_loop(self, server: Server, listener: Listener, handler: Handler) -> None:
         sock = listener.socket
@@ -256,32 +314,28 @@ class NetProcessor:
         throttle = self._throttle
         batch = self.accept_batch
         in_row = 0
-        self._counters.accepts_currently_open += 1
-        try:
-            while True:
-                if pause and not exempt and throttle.at_limit():
-                    # Event-driven: parked until a connection closes (_release).
-                    await self._slot_freed.park()
-                    continue
-                try:
-                    client, addr = sock.accept()
-                except BlockingIOError:
-                    in_row = 0
-                    await trio.lowlevel.wait_readable(sock)
-                    continue
-                except OSError as exc:
-                    in_row = 0
-                    await self._accept_error(exc, listener)
-                    continue
-                self._admit(server, client, addr, listener, handler)
-                in_row += 1
-                if in_row >= batch:
-                    # ATS additional_accepts: a flood must not starve established
-                    # connections, so yield after a batch even if more are pending.
-                    in_row = 0
-                    await trio.lowlevel.checkpoint()
-        finally:
-            self._counters.accepts_currently_open -= 1
+        while True:
+            if pause and not exempt and throttle.at_limit():
+                # Event-driven: parked until a connection closes (_release).
+                await self._slot_freed.park()
+                continue
+            try:
+                client, addr = sock.accept()
+            except BlockingIOError:
+                in_row = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                in_row = 0
+                await self._accept_error(exc, listener)
+                continue
+            self._admit(server, client, addr, listener, handler)
+            in_row += 1
+            if in_row >= batch:
+                # ATS additional_accepts: a flood must not starve established
+                # connections, so yield after a batch even if more are pending.
+                in_row = 0
+                await trio.lowlevel.checkpoint()
 
     async def _accept_error(self, exc: OSError, listener: Listener) -> None:
         code = exc.errno
@@ -357,6 +411,13 @@ class NetProcessor:
         conn._scopes.append(scope)
         try:
             with scope:
+                # Plain TCP pays one test here; PROXY/TLS steps run before the
+                # handler, inside the connection's scope (so its timeouts and a
+                # shutdown apply), and a failure closes it without the handler.
+                if (opts.proxy_protocol or opts.ssl_context is not None) and not (
+                    await self._prepare_connection(conn, opts)
+                ):
+                    return
                 await handler(conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # The peer reset or the connection was closed under the handler:
@@ -378,6 +439,81 @@ class NetProcessor:
                 with trio.CancelScope(shield=True):
                     await conn.aclose()
             conn.close()
+
+    async def _prepare_connection(self, conn: Connection, opts: AcceptOptions) -> bool:
+        """Read the PROXY header, then run the TLS handshake, as ``opts`` asks.
+
+        Returns False (the connection closed, the failure counted and logged
+        at debug level in one line) if either step failed or timed out.
+        """
+        if opts.proxy_protocol and not await self._read_proxy_header(conn, opts):
+            conn.close()
+            return False
+        if opts.ssl_context is not None and not await self._tls_handshake(conn, opts):
+            conn.close()
+            return False
+        return True
+
+    async def _read_proxy_header(self, conn: Connection, opts: AcceptOptions) -> bool:
+        if not _trusted(conn.peer_address, opts.proxy_protocol_trusted):
+            self._counters.proxy_protocol_errors += 1
+            logger.debug(
+                "connection #%d: PROXY header from untrusted %r", conn.id, conn.peer_address
+            )
+            return False
+        why: object = "timed out"
+        with trio.move_on_after(opts.proxy_protocol_timeout):
+            try:
+                header = await receive_proxy_header(conn)
+            except (ProxyProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                why = exc
+            else:
+                apply_proxy_header(conn, header)
+                return True
+        self._counters.proxy_protocol_errors += 1
+        logger.debug(
+            "connection #%d from %r: bad PROXY header: %s", conn.id, conn.peer_address, why
+        )
+        return False
+
+    async def _tls_handshake(self, conn: Connection, opts: AcceptOptions) -> bool:
+        assert opts.ssl_context is not None
+        timeout = opts.tls_handshake_timeout
+        with trio.move_on_after(math.inf if timeout is None else timeout) as hs_scope:
+            try:
+                await tls_server_handshake(conn, opts.ssl_context)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._counters.tls_handshake_errors += 1
+                logger.debug(
+                    "connection #%d from %r: TLS handshake failed: %s",
+                    conn.id,
+                    conn.remote_address,
+                    describe_tls_failure(exc),
+                )
+                return False
+            return True
+        if hs_scope.cancelled_caught:
+            self._counters.tls_handshake_timeouts += 1
+            logger.debug(
+                "connection #%d from %r: TLS handshake timed out after %s s",
+                conn.id,
+                conn.remote_address,
+                timeout,
+            )
+        return False
+
+
+def _trusted(address: Any, networks: tuple[Any, ...]) -> bool:
+    """Is the socket peer allowed to send a PROXY header? Empty: everyone."""
+    if not networks:
+        return True
+    try:
+        ip = ipaddress.ip_address(address[0])
+    except (TypeError, ValueError, IndexError):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
 
 
 # Linux copies a listening socket's options (TCP_NODELAY, SO_KEEPALIVE, SO_LINGER,
@@ -456,6 +592,7 @@ class Server:
             if self._handler_scope is not None:
                 self._handler_scope.cancel()
         finally:
+            self.processor._counters.accepts_currently_open -= 1
             trio.lowlevel.notify_closing(listener.socket)
             listener.socket.close()
 
@@ -467,6 +604,7 @@ class Server:
                 with self._accept_scope:
                     async with trio.open_nursery() as accepts:
                         for listener in self.listeners:
+                            self.processor._counters.accepts_currently_open += 1
                             accepts.start_soon(self._accept_task, listener, handler)
                         task_status.started(self)
                 # Not accepting any more; connection tasks finish (or the

@@ -65,6 +65,9 @@ class TimeoutCop:
         self._token: trio.lowlevel.TrioToken | None = None
         self._sleep: trio.CancelScope | None = None
         self._idle: dict[Connection, None] = {}
+        # For tests and bench/: how often the cop woke and pushed a deadline.
+        self.wakeups = 0
+        self.pushes = 0
 
     # ------------------------------------------------------------ arming
     def rearm(self, conn: Connection) -> None:
@@ -84,6 +87,7 @@ class TimeoutCop:
     def _push(self, deadline: float, conn: Connection) -> None:
         self._ensure_running()
         heapq.heappush(self._heap, (deadline, next(self._seq), conn, conn._cop_gen))
+        self.pushes += 1
         conn._cop_armed = True
         if self._sleep is not None and deadline < self._sleep.deadline:
             self._sleep.deadline = deadline
@@ -113,6 +117,7 @@ class TimeoutCop:
             with trio.CancelScope(deadline=deadline) as self._sleep:
                 await trio.sleep_forever()
             self._sleep = None
+            self.wakeups += 1
             self._expire(trio.current_time())
 
     def _expire(self, now: float) -> None:
@@ -126,6 +131,7 @@ class TimeoutCop:
             if deadline > now:
                 # Activity since this entry was armed: re-arm at the real deadline.
                 heapq.heappush(heap, (deadline, next(self._seq), conn, gen))
+                self.pushes += 1
                 continue
             conn._cop_armed = False
             conn._cop_gen += 1

@@ -1,0 +1,89 @@
+"""Connection: the HalfCloseableStream contract, attributes, counters, socket options."""
+
+from __future__ import annotations
+
+import socket
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+import trionet
+
+from .conftest import connection_pair
+
+
+async def test_half_closeable_stream_contract() -> None:
+    net = trionet.NetProcessor()
+    await trio.testing.check_half_closeable_stream(partial(connection_pair, net), None)
+    assert net.statistics().connections_currently_open == 0
+
+
+async def test_attributes_and_counters() -> None:
+    net = trionet.NetProcessor()
+    a, b = await connection_pair(net)
+    assert b.id == a.id + 1
+    assert a.remote_address == b.local_address
+    assert b.remote_address == a.local_address
+    assert b.inbound and not a.inbound
+    assert a.opened_at <= trio.current_time()
+    await a.send_all(b"x" * 1000)
+    got = b""
+    while len(got) < 1000:
+        got += await b.receive_some(4096)
+    assert (a.bytes_sent, b.bytes_received) == (1000, 1000)
+    await a.send_eof()
+    assert await b.receive_some() == b""
+    stats = net.statistics()
+    assert stats.write_bytes == 1000 and stats.read_bytes == 1000
+    assert stats.calls_to_read_nodata == 1  # the EOF
+    assert stats.calls_to_write >= 1 and stats.calls_to_read >= 2
+    assert stats.connections_currently_open == 2
+    await a.aclose()
+    await b.aclose()
+    await b.aclose()  # idempotent
+    assert a.closed and b.closed
+    assert net.statistics().connections_currently_open == 0
+
+
+async def test_sockopt_roundtrip() -> None:
+    net = trionet.NetProcessor()
+    a, b = await connection_pair(net)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    assert a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert len(a.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)) == 8  # type: ignore[arg-type]
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_receive_size_validation() -> None:
+    net = trionet.NetProcessor()
+    a, b = await connection_pair(net)
+    with pytest.raises(ValueError, match="max_bytes=0"):
+        await a.receive_some(0)
+    with pytest.raises(TypeError, match="max_bytes=True"):
+        await a.receive_some(True)
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_reset_by_peer_is_broken_resource() -> None:
+    net = trionet.NetProcessor()
+    a, b = await connection_pair(net)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    await a.aclose()  # linger 0: RST
+    with pytest.raises(trio.BrokenResourceError):
+        await b.receive_some()
+    await b.aclose()
+    assert net.statistics().connections_currently_open == 0
+
+
+async def test_ipv6_pair() -> None:
+    net = trionet.NetProcessor()
+    a, b = await connection_pair(net, family=socket.AF_INET6)
+    assert a.remote_address[0] == "::1"
+    await a.send_all(b"v6")
+    assert await b.receive_some() == b"v6"
+    await a.aclose()
+    await b.aclose()

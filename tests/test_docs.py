@@ -1,0 +1,348 @@
+"""The documentation: it builds with warnings as errors, every public name is
+in the API reference, every snippet it includes is a file under
+docs/snippets/ or examples/ that exists, and the snippets do what the pages
+say (run here against real loopback sockets)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trionet
+
+from .running import ROOT, env
+
+DOCS = ROOT / "docs"
+SNIPPETS = DOCS / "snippets"
+
+
+def load_snippet(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"snippet_{name}", SNIPPETS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pages() -> list[Path]:
+    return sorted(DOCS.rglob("*.rst"))
+
+
+# ------------------------------------------------------------------ building
+@pytest.mark.slow
+def test_docs_build_without_warnings(tmp_path: Path) -> None:
+    build = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", DOCS, tmp_path],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr + build.stdout
+    assert build.stderr == ""
+    index = (tmp_path / "index.html").read_text()
+    assert "trionet" in index
+    reference = (tmp_path / "reference.html").read_text()
+    assert 'id="trionet.NetProcessor.serve"' in reference
+
+
+def public_names(module: ModuleType) -> set[str]:
+    return {name for name in dir(module) if not name.startswith("_")} - {"annotations"}
+
+
+def test_every_public_name_is_in_the_reference() -> None:
+    text = (DOCS / "reference.rst").read_text()
+    documented = set(re.findall(r"^\.\. auto(?:class|function|exception|data):: (\w+)", text, re.M))
+    missing = public_names(trionet) - documented - {"iocore"}
+    assert not missing, f"add to docs/reference.rst: {sorted(missing)}"
+
+
+def test_included_files_exist_and_are_tested() -> None:
+    """literalinclude only from files this suite runs: docs/snippets/ (run
+    below) or examples/ (run by tests/test_examples.py and friends)."""
+    included = []
+    for page in pages():
+        for target in re.findall(r"\.\. literalinclude:: (\S+)", page.read_text()):
+            path = (page.parent / target).resolve()
+            assert path.is_file(), f"{page.name}: {target} does not exist"
+            assert path.parent in (SNIPPETS, ROOT / "examples"), f"{page.name}: {target}"
+            included.append(path)
+    assert included
+    for snippet in SNIPPETS.glob("*.py"):
+        assert snippet.stem in SNIPPET_TESTS, f"{snippet.name} has no test in test_docs.py"
+
+
+# ------------------------------------------------------------------ snippets
+async def roundtrip(port: int, payload: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(payload)
+        await stream.send_eof()
+        got = b""
+        while chunk := await stream.receive_some():
+            got += chunk
+    return got
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def connect_when_up(port: int) -> trio.SocketStream:
+    with trio.fail_after(10):
+        while True:
+            try:
+                return await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.01)
+
+
+async def test_tutorial_echo() -> None:
+    snippet = load_snippet("tutorial_echo")
+    port = free_port()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(snippet.main, port)
+        (await connect_when_up(port)).socket.close()
+        assert await roundtrip(port, b"hello, trionet") == b"hello, trionet"
+        nursery.cancel_scope.cancel()
+
+
+async def test_tutorial_limits(autojump_clock: trio.testing.MockClock) -> None:
+    snippet = load_snippet("tutorial_limits")
+    net: trionet.NetProcessor = snippet.make_processor()
+    assert net.max_connections == 1000
+    opts = snippet.accept_options(0)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(net.serve, snippet.echo, opts)
+        port = server.ports[0]
+        # Ten connections from one address are served; the eleventh is closed.
+        streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(11)]
+        assert await streams[10].receive_some() == b""
+        assert net.statistics().per_client_connections_throttled_in == 1
+        # The others echo; then, silent, they are closed after exactly 30 s.
+        await streams[0].send_all(b"ping")
+        assert await streams[0].receive_some() == b"ping"
+        start = trio.current_time()
+        assert await streams[1].receive_some() == b""
+        assert trio.current_time() - start == pytest.approx(30.0, abs=0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        stats = net.statistics()
+        assert (stats.inactivity_timeouts, stats.connections_currently_open) == (10, 0)
+        for s in streams:
+            await s.aclose()
+        server.shutdown(0)
+
+
+async def test_tutorial_shutdown(capsys: pytest.CaptureFixture[str]) -> None:
+    snippet = load_snippet("tutorial_shutdown")
+    port = free_port()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(snippet.main, port, 5.0)
+        client = await connect_when_up(port)
+        await client.send_all(b"before")
+        assert await client.receive_some() == b"before"
+        await trio.testing.wait_all_tasks_blocked()
+        os.kill(os.getpid(), signal.SIGTERM)
+        # The port closes at once...
+        with trio.fail_after(5):
+            while True:
+                try:
+                    (await trio.open_tcp_stream("127.0.0.1", port)).socket.close()
+                except OSError:
+                    break
+                await trio.sleep(0.01)
+        # ...while the open connection is still served until it ends.
+        await client.send_all(b"after")
+        assert await client.receive_some() == b"after"
+        await client.aclose()
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"listening on port {port}"
+    assert out.splitlines()[-1].startswith("stopped after ")
+
+
+async def served(
+    nursery: trio.Nursery, net: trionet.NetProcessor, handler: Any, *specs: Any
+) -> trionet.Server:
+    server: trionet.Server = await nursery.start(
+        net.serve, handler, *(specs or (trionet.AcceptOptions(host="127.0.0.1"),))
+    )
+    return server
+
+
+async def echo(conn: trionet.Connection) -> None:
+    while data := await conn.receive_some():
+        await conn.send_all(data)
+
+
+async def test_howto_throttling(autojump_clock: trio.testing.MockClock) -> None:
+    snippet = load_snippet("howto_throttling")
+    assert snippet.pausing().throttle_mode == "pause"
+    assert snippet.pausing().max_connections == 1000
+    closing = snippet.closing()
+    assert (closing.throttle_mode, closing.max_connections) == ("close", 1000)
+    # Per-client limit with exempt networks: 20 from one address, the 21st closed.
+    net = snippet.per_client()
+    async with trio.open_nursery() as nursery:
+        server = await served(nursery, net, echo)
+        port = server.ports[0]
+        streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(21)]
+        assert await streams[20].receive_some() == b""
+        await streams[19].send_all(b"ok")
+        assert await streams[19].receive_some() == b"ok"
+        assert net.statistics().per_client_connections_throttled_in == 1
+        for s in streams:
+            await s.aclose()
+        server.shutdown(0)
+    # The backdoor port still serves when the processor is full.
+    full = trionet.NetProcessor(max_connections=1, throttle="close")
+    async with trio.open_nursery() as nursery:
+        public = await served(nursery, full, echo)
+        backdoor = await served(nursery, full, echo, snippet.health_check_port(0))
+        first = await trio.open_tcp_stream("127.0.0.1", public.ports[0])
+        await first.send_all(b"1")
+        assert await first.receive_some() == b"1"
+        turned_away = await trio.open_tcp_stream("127.0.0.1", public.ports[0])
+        assert await turned_away.receive_some() == b""
+        admin = await trio.open_tcp_stream("127.0.0.1", backdoor.ports[0])
+        await admin.send_all(b"health?")
+        assert await admin.receive_some() == b"health?"
+        assert full.statistics().connections_throttled_in == 1
+        for s in (first, turned_away, admin):
+            await s.aclose()
+        public.shutdown(0)
+        backdoor.shutdown(0)
+
+
+async def test_howto_timeouts(autojump_clock: trio.testing.MockClock) -> None:
+    snippet = load_snippet("howto_timeouts")
+    net = trionet.NetProcessor(max_idle_connections=2)
+    async with trio.open_nursery() as nursery:
+        server = await served(nursery, net, snippet.keep_alive)
+        port = server.ports[0]
+        a, b = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+        await trio.testing.wait_all_tasks_blocked()
+        await a.send_all(b"hello")
+        assert await a.receive_some() == b"HELLO"  # a is idle again, newer than b
+        await trio.testing.wait_all_tasks_blocked()
+        assert net.statistics().idle_connections == 2
+        c = await trio.open_tcp_stream("127.0.0.1", port)
+        await trio.testing.wait_all_tasks_blocked()
+        # Three idle connections, two allowed: the one idle longest (b) goes.
+        assert net.statistics().keep_alive_evictions == 1
+        assert await b.receive_some() == b""
+        # The others are closed by the keep-alive timeout, exactly 10 s later.
+        start = trio.current_time()
+        assert await a.receive_some() == b""
+        assert trio.current_time() - start == pytest.approx(snippet.KEEP_ALIVE_TIMEOUT, abs=0.01)
+        assert await c.receive_some() == b""
+        await trio.testing.wait_all_tasks_blocked()
+        stats = net.statistics()
+        assert (stats.inactivity_timeouts, stats.connections_currently_open) == (2, 0)
+        for s in (a, b, c):
+            await s.aclose()
+        server.shutdown(0)
+    assert snippet.processor().statistics().keep_alive_evictions == 0
+    # with_deadline: a busy connection still ends at its active timeout.
+    net = trionet.NetProcessor()
+    async with trio.open_nursery() as nursery:
+        server = await served(nursery, net, snippet.with_deadline)
+        stream = await trio.open_tcp_stream("127.0.0.1", server.ports[0])
+        start = trio.current_time()
+        with trio.fail_after(4000):
+            while True:
+                try:
+                    await stream.send_all(b"tick")
+                    if not await stream.receive_some():
+                        break
+                except trio.BrokenResourceError:
+                    break
+                await trio.sleep(10)
+        assert trio.current_time() - start == pytest.approx(3600, abs=10.01)
+        assert net.statistics().active_timeouts == 1
+        await stream.aclose()
+        server.shutdown(0)
+
+
+def fetch(port: int, path: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        body: bytes = resp.read()
+    return body
+
+
+async def test_howto_statistics(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import prometheus_client
+
+    snippet = load_snippet("howto_statistics")
+    port, stats_port = free_port(), free_port()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(snippet.main, port, stats_port)
+        (await connect_when_up(stats_port)).socket.close()
+        assert await roundtrip(port, b"12345") == b"12345"
+        records = json.loads(await trio.to_thread.run_sync(fetch, stats_port, "/stats"))
+        assert records["proxy.process.net.read_bytes"] == 5
+        metrics = await trio.to_thread.run_sync(fetch, stats_port, "/metrics")
+        assert b"proxy_process_net_write_bytes_total 5.0" in metrics
+        nursery.cancel_scope.cancel()
+    net = trionet.NetProcessor()
+    async with trio.open_nursery() as nursery:
+        server = await served(nursery, net, echo)
+        assert await roundtrip(server.ports[0], b"abc") == b"abc"
+        await trio.testing.wait_all_tasks_blocked()
+        snippet.print_summary(net)
+        server.shutdown(0)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "0 open, 1 accepted"
+    assert "proxy.process.net.read_bytes = 3" in out
+    snippet.export_with_my_metrics(net)
+    try:
+        text = prometheus_client.generate_latest().decode()
+        assert "proxy_process_net_read_bytes_total 3.0" in text
+    finally:
+        for collector in list(prometheus_client.REGISTRY._collector_to_names):
+            if isinstance(collector, trionet.StatsCollector):
+                prometheus_client.REGISTRY.unregister(collector)
+
+
+def test_command_lines_in_the_docs_parse() -> None:
+    from trionet._cli import build_parser
+
+    lines = [
+        line.split("$ ", 1)[1]
+        for page in pages()
+        for line in page.read_text().splitlines()
+        if line.strip().startswith("$ trionet ")
+    ]
+    assert len(lines) >= 2
+    for line in lines:
+        build_parser().parse_args(shlex.split(line)[1:])
+
+
+SNIPPET_TESTS: dict[str, Callable[..., Any]] = {
+    "tutorial_echo": test_tutorial_echo,
+    "tutorial_limits": test_tutorial_limits,
+    "tutorial_shutdown": test_tutorial_shutdown,
+    "howto_throttling": test_howto_throttling,
+    "howto_timeouts": test_howto_timeouts,
+    "howto_statistics": test_howto_statistics,
+}

@@ -1,0 +1,347 @@
+"""The ``trionet`` command: ``trionet echo`` and ``trionet proxy``.
+
+Each sub-command builds a :class:`NetProcessor` and one server from its
+options, prints the bound addresses, optionally serves the stats page, and
+stops gracefully on SIGINT/SIGTERM (a second signal stops at once). Bad
+option values are reported by argparse naming the option
+(``argument --upstream: 'foo': expected HOST:PORT``), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, final
+
+import trio
+
+from . import __version__
+from ._connection import Connection
+from ._options import AcceptOptions
+from ._server import Handler, NetProcessor, Server
+
+__all__ = ["build_parser", "main"]
+
+PROG: Final = "trionet"
+EXIT_USAGE: Final = 2
+
+
+# ----------------------------------------------------------- argument types
+# Each raises ArgumentTypeError with the bad value quoted; argparse prefixes
+# the option's name, so the user reads "argument --port: '99999': ...".
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is 0..65535")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def _seconds(text: str, allow_zero: bool = False) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds, e.g. 30 or 0.5") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        rule = "zero or more" if allow_zero else "a positive number of"
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {rule} seconds")
+    return value
+
+
+def _grace(text: str) -> float:
+    return _seconds(text, allow_zero=True)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:80
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+# ------------------------------------------------------------------- parser
+def _common_options() -> argparse.ArgumentParser:
+    """Options every sub-command takes (a parent parser)."""
+    p = argparse.ArgumentParser(add_help=False)
+    listen = p.add_argument_group("listening")
+    listen.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; '::' or '0.0.0.0' for every address)",
+    )
+    limits = p.add_argument_group("limits and timeouts")
+    limits.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        metavar="N",
+        help="open connections allowed, inbound and outbound together (default: no limit)",
+    )
+    limits.add_argument(
+        "--throttle",
+        choices=("pause", "close"),
+        default="pause",
+        help="at the limit: 'pause' accepting (clients wait in the backlog; default) "
+        "or accept and 'close' at once (ATS)",
+    )
+    limits.add_argument(
+        "--per-client-max",
+        type=_positive_int,
+        metavar="N",
+        help="inbound connections allowed from one client address",
+    )
+    limits.add_argument(
+        "--inactivity-timeout",
+        type=_seconds,
+        metavar="S",
+        help="close a connection after S seconds without traffic",
+    )
+    limits.add_argument(
+        "--active-timeout",
+        type=_seconds,
+        metavar="S",
+        help="close a connection S seconds after it opened, busy or not",
+    )
+    limits.add_argument(
+        "--grace",
+        type=_grace,
+        default=5.0,
+        metavar="S",
+        help="on SIGINT/SIGTERM, give open connections S seconds to finish (default 5)",
+    )
+    scale = p.add_argument_group("scale-out and security")
+    scale.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port with SO_REUSEPORT (default 1; "
+        "limits apply per worker)",
+    )
+    scale.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain")
+    scale.add_argument("--tls-key", metavar="FILE", help="private key for --tls-cert")
+    scale.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY protocol v1/v2 header on every connection (behind HAProxy...)",
+    )
+    ops = p.add_argument_group("operations")
+    ops.add_argument(
+        "--stats-port",
+        type=_port,
+        metavar="PORT",
+        help="serve statistics on http://127.0.0.1:PORT/stats (JSON) and /metrics (Prometheus)",
+    )
+    ops.add_argument(
+        "--stats-host", default="127.0.0.1", help="address for the stats page (default 127.0.0.1)"
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``trionet`` argument parser (sub-commands ``echo`` and ``proxy``)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Network servers on trionet: an echo server and a TCP proxy with "
+        "connection limits, timeouts and a statistics page.",
+        epilog="Run 'trionet COMMAND --help' for a command's options. "
+        "SIGINT/SIGTERM stop gracefully; a second one stops at once.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _common_options()
+    echo = commands.add_parser(
+        "echo",
+        parents=[common],
+        help="echo every byte back",
+        description="An echo server: every byte a client sends is sent back.",
+    )
+    echo.add_argument("--port", type=_port, default=7007, help="port (default 7007; 0 = any)")
+    proxy = commands.add_parser(
+        "proxy",
+        parents=[common],
+        help="forward connections to an upstream server",
+        description="A TCP proxy: each client connection is forwarded to the upstream "
+        "server, bytes flowing both ways with backpressure and half-close.",
+        epilog="example: trionet proxy --listen 8080 --upstream 127.0.0.1:80 "
+        "--max-connections 1000 --inactivity-timeout 30 --stats-port 9100",
+    )
+    proxy.add_argument(
+        "--listen",
+        "--port",
+        dest="port",
+        type=_port,
+        required=True,
+        metavar="PORT",
+        help="port to listen on (0 = any)",
+    )
+    proxy.add_argument(
+        "--upstream",
+        type=_host_port,
+        required=True,
+        metavar="HOST:PORT",
+        help="where to forward connections",
+    )
+    proxy.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds to resolve and connect upstream (default 10)",
+    )
+    return parser
+
+
+# ------------------------------------------------------------------ running
+@final
+@dataclass
+class _Plan:
+    """What to run, built from the parsed options (validated)."""
+
+    name: str
+    processor: NetProcessor
+    handler: Handler
+    listen: AcceptOptions
+    stats: AcceptOptions | None
+    grace: float
+    suffix: str  # after "listening on ADDRESS"
+
+
+async def _echo(conn: Connection) -> None:
+    while data := await conn.receive_some():
+        await conn.send_all(data)
+
+
+# Options whose backing feature is not in this build yet fail up front with
+# a message naming them, rather than being silently ignored.
+_UNAVAILABLE: Final[dict[str, Callable[[argparse.Namespace], bool]]] = {
+    "--workers": lambda a: a.workers > 1,
+    "--tls-cert": lambda a: a.tls_cert is not None,
+    "--proxy-protocol": lambda a: bool(a.proxy_protocol),
+}
+
+
+def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Errors that involve more than one option (argparse exits with status 2)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        given, missing = (
+            ("--tls-cert", "--tls-key") if args.tls_key is None else ("--tls-key", "--tls-cert")
+        )
+        parser.error(f"argument {given}: needs {missing} as well")
+    for option, used in _UNAVAILABLE.items():
+        if used(args):
+            parser.error(f"argument {option}: not available in this version of trionet yet")
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    net = NetProcessor(
+        max_connections=args.max_connections,
+        throttle=args.throttle,
+        per_client_max_connections=args.per_client_max,
+    )
+    listen = AcceptOptions(
+        host=args.host,
+        port=args.port,
+        inactivity_timeout=args.inactivity_timeout,
+        active_timeout=args.active_timeout,
+    )
+    stats = None
+    if args.stats_port is not None:
+        stats = AcceptOptions(host=args.stats_host, port=args.stats_port, inactivity_timeout=10.0)
+    if args.command == "echo":
+        return _Plan("echo", net, _echo, listen, stats, args.grace, "")
+    raise NotImplementedError(args.command)
+
+
+def _address(listener_address: tuple[object, ...]) -> str:
+    host, port = str(listener_address[0]), listener_address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _say(plan: _Plan, text: str) -> None:
+    print(f"{PROG} {plan.name}: {text}", flush=True)
+
+
+async def _stop_on_signal(plan: _Plan, servers: list[Server], cancel: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if any(s.stopping for s in servers):
+                _say(plan, f"{signal.Signals(signum).name} again: stopping now")
+                cancel.cancel()
+                return
+            _say(plan, f"{signal.Signals(signum).name}: shutting down (grace {plan.grace:g} s)")
+            for server in servers:
+                server.shutdown(plan.grace)
+
+
+async def _run(plan: _Plan) -> None:
+    net = plan.processor
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(net.serve, plan.handler, plan.listen)
+        servers = [server]
+        for listener in server.listeners:
+            _say(plan, f"listening on {_address(listener.address)}{plan.suffix}")
+        if plan.stats is not None:
+            page: Server = await nursery.start(net.serve_stats, plan.stats)
+            servers.append(page)
+            for listener in page.listeners:
+                url = f"http://{_address(listener.address)}"
+                _say(plan, f"statistics on {url}/stats and {url}/metrics")
+        nursery.start_soon(_stop_on_signal, plan, servers, nursery.cancel_scope)
+        for s in servers:
+            await s.wait_closed()
+        nursery.cancel_scope.cancel()
+    stats = net.statistics()
+    _say(
+        plan,
+        f"stopped: {stats.total_accepts} connections accepted, "
+        f"{stats.read_bytes} bytes in, {stats.write_bytes} bytes out",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trionet`` command (and ``python -m trionet``).
+
+    Args:
+      argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+      The exit status: 0 after a graceful stop, 1 if serving failed (e.g. the
+      port is taken), 2 for a usage error.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_combinations(parser, args)
+    plan = _plan(args)
+    status = 0
+    try:
+        trio.run(_run, plan)
+    except* OSError as group:
+        # Binding failed (port taken, address not local...): say so plainly.
+        for exc in _leaves(group):
+            print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
+        status = 1
+    return status
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    out: list[OSError] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

@@ -1,0 +1,445 @@
+"""The outbound connect path (Netty ``Bootstrap.connect``, ATS ``connect_re``):
+throttle, resolve, happy eyeballs, connect timeout, wrap in a ``Connection``.
+
+One ``connect()`` call, step by step::
+
+    connect(host, port, options)
+    ├── reserve a throttle slot           (ThrottledError at max_connections)
+    └── with move_on_after(connect_timeout):       <- covers every step below
+        ├── resolve                       (IP literal: no resolver call)
+        ├── race: one attempt task per address, staggered (RFC 8305)
+        │   └── attempt: socket() → options → bind → connect()
+        ├── wrap the winner in a Connection (counted, timeouts set)
+        └── [TLS hook: the handshake goes here, inside the timeout]
+
+Where Netty differs, and why trionet does not:
+
+* Netty creates and registers the channel *before* resolving, so a connect
+  cancelled during DNS keeps a channel open until resolution ends. Here no
+  socket exists until there is an address to connect to, and resolution is
+  cancelled with everything else.
+* Netty's connect timeout starts at ``doConnect`` (after DNS). Here one cancel
+  scope covers resolution, every attempt, and the TLS handshake: the caller's
+  timeout is the time they wait, whatever it was spent on.
+* Netty tries one address. Here every resolved address is raced with RFC 8305
+  staggering, first success wins and the losers are closed.
+* Netty ignored cancellation once the transport had the connect (until
+  4.1.108). Here cancellation is trio's: every await is a cancel point and
+  every socket opened on the way is closed on the way out, whatever the exit.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from itertools import zip_longest
+from typing import TYPE_CHECKING, Final, final
+
+import trio
+
+from ._connection import Connection
+from ._errors import (
+    ENET_THROTTLING,
+    ConnectError,
+    ConnectTimeoutError,
+    ResolveError,
+    ThrottledError,
+    UnsupportedOptionError,
+)
+from ._options import ConnectOptions
+from ._resolve import (
+    Address,
+    GetaddrinfoResolver,
+    Resolver,
+    check_addresses,
+    format_target,
+    named_error,
+    resolve_literal,
+)
+from ._sockopt import apply_socket_options
+
+if TYPE_CHECKING:
+    from ._server import NetProcessor
+
+__all__ = ["SocketFactory", "connect", "happy_eyeballs", "interleave"]
+
+SocketFactory = Callable[[int], trio.socket.SocketType]
+"""Opens an unconnected TCP socket of the given family. Tests inject a fake
+one to drive the happy-eyeballs race without a network."""
+
+_DEFAULT_RESOLVER: Final = GetaddrinfoResolver()
+
+# Linux: let bind() with port 0 defer the choice of the ephemeral port to
+# connect(), so binding a local address does not use up the port range the
+# way a plain bind would (the kernel can then reuse a port per destination).
+_IP_BIND_ADDRESS_NO_PORT: Final = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
+
+
+def _open_tcp_socket(family: int) -> trio.socket.SocketType:
+    return trio.socket.socket(family, socket.SOCK_STREAM)
+
+
+async def connect(
+    net: NetProcessor,
+    host: str,
+    port: int,
+    options: ConnectOptions | None = None,
+    *,
+    _socket_factory: SocketFactory | None = None,
+) -> Connection:
+    """Open a TCP connection to ``host:port`` on behalf of ``net``.
+
+    See :meth:`NetProcessor.connect` for the contract; ``_socket_factory`` is
+    for tests (a fake connect layer).
+
+    Statistics: ``connects_total`` counts every call admitted past the
+    throttle; of those, ``connect_timeouts`` the ones that timed out and
+    ``connect_failures`` the ones that failed otherwise (resolution included).
+    A cancelled call is neither. A refused call counts only in
+    ``connections_throttled_out``.
+    """
+    host, port, opts = _check_arguments(host, port, options)
+    target = format_target(host, port)
+    counters = net._counters
+    throttle = net._throttle
+    if throttle.at_limit():
+        counters.connections_throttled_out += 1
+        raise named_error(
+            ThrottledError,
+            ENET_THROTTLING,
+            f"too many connections ({throttle.max_connections} open), not connecting: {target}",
+        )
+    # The call holds a slot from here on, so concurrent connects (and the
+    # accept loops) cannot overshoot max_connections while we resolve and race.
+    # _establish hands it over to the Connection it creates.
+    slot = _Slot(net)
+    counters.connects_total += 1
+    try:
+        with trio.move_on_after(_timeout_seconds(opts)):
+            return await _establish(net, host, port, opts, slot, _socket_factory)
+        counters.connect_timeouts += 1
+        raise named_error(
+            ConnectTimeoutError,
+            errno.ETIMEDOUT,
+            f"connection timed out after {_format_ms(opts.connect_timeout)} ms: {target}",
+        )
+    except ConnectError as exc:
+        if not isinstance(exc, ConnectTimeoutError):
+            counters.connect_failures += 1
+        raise
+    finally:
+        slot.release()
+
+
+@final
+class _Slot:
+    """The throttle slot a ``connect()`` in progress holds."""
+
+    __slots__ = ("_net", "held")
+
+    def __init__(self, net: NetProcessor) -> None:
+        self._net = net
+        net._throttle.acquire(None)
+        self.held = True
+
+    def hand_over(self) -> None:
+        """Give the slot up for the Connection about to be created, whose own
+        acquire follows with no checkpoint between (so no task can take it)."""
+        if self.held:
+            self.held = False
+            self._net._throttle.release(None)
+
+    def release(self) -> None:
+        """Give the slot back (the connect failed): wake paused accept loops."""
+        if self.held:
+            self.hand_over()
+            if self._net._slot_freed:
+                self._net._slot_freed.unpark_all()
+
+
+async def _establish(
+    net: NetProcessor,
+    host: str,
+    port: int,
+    opts: ConnectOptions,
+    slot: _Slot,
+    socket_factory: SocketFactory | None,
+) -> Connection:
+    """Resolve, race, wrap: everything the connect timeout covers."""
+    addresses = await _resolve(host, port, opts)
+    sock, address = await happy_eyeballs(
+        addresses,
+        target=format_target(host, port),
+        delay=opts.happy_eyeballs_delay,
+        prepare=lambda s: _prepare_socket(s, opts),
+        socket_factory=socket_factory or _open_tcp_socket,
+    )
+    slot.hand_over()
+    try:
+        conn = net._new_connection(
+            sock,
+            inbound=False,
+            client=None,
+            peer_address=address[1],
+            inactivity_timeout=opts.inactivity_timeout,
+            active_timeout=opts.active_timeout,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        # ---- TLS hook -------------------------------------------------------
+        # The TLS handshake (opts.ssl_context / server_hostname / alpn_protocols)
+        # goes here: the TCP connection is already a counted Connection, and we
+        # are still inside connect()'s timeout scope, so a stalled handshake
+        # ends as ConnectTimeoutError, and an error or a cancellation closes
+        # `conn` (below), which frees its slot. Until then ssl_context is not
+        # acted on.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        # ----------------------------------------------------------------------
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_arguments(
+    host: object, port: object, options: object
+) -> tuple[str, int, ConnectOptions]:
+    if not isinstance(host, str) or not host:
+        raise TypeError(f"host={host!r}: must be a non-empty str (a name or an IP literal)")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port={port!r}: must be an int")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port={port!r}: must be 1..65535")
+    if options is None:
+        options = ConnectOptions()
+    elif not isinstance(options, ConnectOptions):
+        raise TypeError(f"options={options!r}: must be a trionet.ConnectOptions or None")
+    return host, port, options
+
+
+def _timeout_seconds(opts: ConnectOptions) -> float:
+    return float("inf") if opts.connect_timeout is None else opts.connect_timeout
+
+
+def _format_ms(seconds: float | None) -> str:
+    """A timeout in milliseconds as Netty prints it: ``5000``, ``250``, ``12.5``."""
+    return f"{(seconds or 0.0) * 1000:.3f}".rstrip("0").rstrip(".")
+
+
+async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[Address]:
+    """Addresses to try for ``host``, restricted to the wanted family.
+
+    Raises:
+      ResolveError: the lookup failed or gave no usable address.
+      ValueError: ``family`` and ``local_address`` ask for different families.
+    """
+    target = format_target(host, port)
+    family = _wanted_family(opts)
+    literal = resolve_literal(host, port)
+    if literal is not None:
+        # Netty's isResolved(): an IP literal is its own answer.
+        if family and literal[0] != family:
+            raise ValueError(
+                f"host={host!r} is not an address of the requested family "
+                f"{socket.AddressFamily(family)!r}"
+            )
+        await trio.lowlevel.checkpoint()
+        return [literal]
+    resolver: Resolver = opts.resolver if opts.resolver is not None else _DEFAULT_RESOLVER
+    try:
+        result = await resolver.resolve(host, port, family)
+    except ConnectError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise named_error(ResolveError, exc.errno, f"cannot resolve ({reason}): {target}") from exc
+    addresses = check_addresses(resolver, host, result)
+    if family:
+        addresses = [a for a in addresses if a[0] == family]
+    if not addresses:
+        raise named_error(ResolveError, None, f"no usable address found: {target}")
+    return addresses
+
+
+def _wanted_family(opts: ConnectOptions) -> int:
+    family = int(opts.family or 0)
+    if opts.local_address is not None:
+        local = resolve_literal(opts.local_address, 0)
+        assert local is not None  # ConnectOptions validated it as an IP address
+        if family and family != local[0]:
+            raise ValueError(
+                f"ConnectOptions.family={opts.family!r} does not match "
+                f"local_address={opts.local_address!r}"
+            )
+        family = local[0]
+    return family
+
+
+async def _prepare_socket(sock: trio.socket.SocketType, opts: ConnectOptions) -> None:
+    """Socket options, then bind if a local address or port was asked for."""
+    apply_socket_options(sock, opts.socket)
+    if opts.local_address is None and not opts.local_port:
+        await trio.lowlevel.checkpoint()
+        return
+    if opts.local_address is not None and not opts.local_port and _IP_BIND_ADDRESS_NO_PORT:
+        sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+    if opts.local_address is not None:
+        local = resolve_literal(opts.local_address, opts.local_port)
+        assert local is not None
+        sockaddr = local[1]
+    else:
+        wildcard = "::" if sock.family == socket.AF_INET6 else "0.0.0.0"
+        sockaddr = (wildcard, opts.local_port)
+    await sock.bind(sockaddr)
+
+
+# --------------------------------------------------------------- happy eyeballs
+def interleave(addresses: Sequence[Address]) -> list[Address]:
+    """RFC 8305 section 4 ordering: duplicates dropped, then alternate address
+    families starting with the family of the first address (the resolver's
+    preference), keeping each family's own order."""
+    unique = list(dict.fromkeys(addresses))
+    if not unique:
+        return []
+    first = unique[0][0]
+    preferred = [a for a in unique if a[0] == first]
+    others = [a for a in unique if a[0] != first]
+    return [a for pair in zip_longest(preferred, others) for a in pair if a is not None]
+
+
+@final
+class _Race:
+    """Shared state of one happy-eyeballs race: every socket opened (so the
+    way out can close each one), the failures, and the winner."""
+
+    __slots__ = ("errors", "fatal", "sockets", "winner")
+
+    def __init__(self) -> None:
+        self.sockets: list[trio.socket.SocketType] = []
+        self.errors: list[tuple[Address, OSError]] = []
+        self.winner: tuple[trio.socket.SocketType, Address] | None = None
+        self.fatal: BaseException | None = None
+
+
+async def happy_eyeballs(
+    addresses: Sequence[Address],
+    *,
+    target: str,
+    delay: float | None,
+    prepare: Callable[[trio.socket.SocketType], Awaitable[None]],
+    socket_factory: SocketFactory,
+) -> tuple[trio.socket.SocketType, Address]:
+    """Race connection attempts to ``addresses`` (RFC 8305) and return the
+    first connected socket with the address it connected to.
+
+    Attempts start in :func:`interleave` order. Each next attempt starts when
+    the previous one fails or ``delay`` seconds after it started, whichever
+    comes first (``delay=None``: only when it fails, i.e. one at a time; ``0``:
+    all at once). The first attempt to connect wins; every other attempt is
+    cancelled and its socket closed.
+
+    Resource handling:
+      Every socket ``socket_factory`` returns is closed before this returns or
+      raises, except the winner's, which the caller owns. On cancellation the
+      winner (if there was one already) is closed too.
+
+    Raises:
+      ConnectError: every attempt failed; ``errno`` from the failures (shared
+        errno, else the first attempt's), ``__cause__`` the ``OSError`` (one
+        attempt) or an ``ExceptionGroup`` of them (several).
+      UnsupportedOptionError: a socket option could not be applied.
+    """
+    race = _Race()
+    ordered = interleave(addresses)
+    stagger = float("inf") if delay is None else delay
+    try:
+        async with trio.open_nursery() as nursery:
+            for i, address in enumerate(ordered):
+                failed = trio.Event()
+                nursery.start_soon(
+                    _attempt, race, address, failed, nursery.cancel_scope, prepare, socket_factory
+                )
+                if i + 1 < len(ordered):
+                    with trio.move_on_after(stagger):
+                        await failed.wait()
+        if race.fatal is not None:
+            raise race.fatal
+        if race.winner is None:
+            raise _all_failed(race.errors, target)
+        return race.winner
+    except BaseException:
+        race.winner = None
+        raise
+    finally:
+        winner = race.winner[0] if race.winner is not None else None
+        for sock in race.sockets:
+            if sock is not winner:
+                sock.close()
+
+
+async def _attempt(
+    race: _Race,
+    address: Address,
+    failed: trio.Event,
+    scope: trio.CancelScope,
+    prepare: Callable[[trio.socket.SocketType], Awaitable[None]],
+    socket_factory: SocketFactory,
+) -> None:
+    """One connection attempt. Never raises except Cancelled: failures are
+    recorded in ``race`` (the nursery would wrap them in an ExceptionGroup)."""
+    family, sockaddr = address
+    try:
+        sock = socket_factory(family)
+    except OSError as exc:  # EMFILE, EAFNOSUPPORT (no IPv6 here)...
+        race.errors.append((address, exc))
+        failed.set()
+        return
+    race.sockets.append(sock)
+    try:
+        await prepare(sock)
+        await sock.connect(sockaddr)
+    except UnsupportedOptionError as exc:
+        race.fatal = exc
+        scope.cancel()
+        return
+    except OSError as exc:
+        # Close now rather than when the race ends: a failed attempt must not
+        # hold a descriptor while the others run. (A cancelled connect is
+        # closed by trio itself, and again -- idempotently -- by the race.)
+        sock.close()
+        race.errors.append((address, exc))
+        failed.set()
+        return
+    if race.winner is None:
+        race.winner = (sock, address)
+        scope.cancel()  # first success wins: cancel the others
+    else:
+        sock.close()  # two finished in the same scheduler batch; the first won
+
+
+def _all_failed(errors: list[tuple[Address, OSError]], target: str) -> ConnectError:
+    if not errors:
+        return named_error(ConnectError, None, f"no address to connect to: {target}")
+    codes = {exc.errno for _, exc in errors}
+    code = errors[0][1].errno if len(codes) > 1 else codes.pop()
+    if len(errors) == 1:
+        exc = errors[0][1]
+        err = named_error(ConnectError, code, f"{_reason(exc)}: {target}")
+        err.__cause__ = exc
+        return err
+    detail = "; ".join(f"{format_target(a[1][0], a[1][1])}: {_reason(e)}" for a, e in errors)
+    err = named_error(ConnectError, code, f"all {len(errors)} attempts failed ({detail}): {target}")
+    err.__cause__ = ExceptionGroup(f"connection attempts to {target}", [e for _, e in errors])
+    return err
+
+
+def _reason(exc: OSError) -> str:
+    """``Connection refused`` -- the errno's text, without trio's own
+    "Error connecting to (...)" prefix (the message names the target itself)."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return str(exc)
