@@ -10,9 +10,10 @@ import socket
 import urllib.request
 
 import pytest
-from running import Running, echo_roundtrip
 
 from trionet._cli import _host_port, build_parser, main
+
+from .running import Running, echo_roundtrip
 
 
 def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from running import ROOT, Running, echo_roundtrip, env
+
+from .running import ROOT, Running, echo_roundtrip, env
 
 EXAMPLES = ROOT / "examples"
 
