@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from running import ROOT, env
 
 import trionet
+
+from .running import ROOT, env
 
 DOCS = ROOT / "docs"
 SNIPPETS = DOCS / "snippets"
