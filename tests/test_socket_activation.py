@@ -425,3 +425,57 @@ def test_real_systemd_socket_activate(scripts: Path, reaper: list[subprocess.Pop
     assert _exchange(port, b"again") == f"echo {proc.pid}\nagain".encode()
     final, _ = _stop(proc)
     assert final == {"accepted": 2, "open": 0}
+
+
+SUPERVISOR = """\
+import logging, os, sys
+import trionet
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                    format="%(process)d %(name)s %(levelname)s %(message)s")
+
+async def echo(conn):
+    await conn.send_all(f"{os.getpid()}\\n".encode())
+    while data := await conn.receive_some():
+        await conn.send_all(data)
+
+async def worker(ctx):
+    await ctx.serve(trionet.NetProcessor(), echo)
+
+if __name__ == "__main__":
+    sys.exit(trionet.run_workers(worker, *trionet.inherited_listeners(), workers=2, grace=2))
+"""
+
+
+@pytest.mark.slow
+def test_socket_activated_supervisor_shares_the_socket_with_its_workers(
+    scripts: Path, reaper: list[subprocess.Popen[str]]
+) -> None:
+    # ATS's traffic_manager -> traffic_server hand-over, done by systemd: the
+    # supervisor inherits fd 3 and passes it on to every worker it starts.
+    (scripts / "supervisor.py").write_text(SUPERVISOR)
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(scripts / "launcher.py"),
+                str(sock.fileno()),
+                "web",
+                str(scripts / "supervisor.py"),
+            ],
+            pass_fds=(sock.fileno(),),
+            env=_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        reaper.append(proc)
+        port = sock.getsockname()[1]
+    # Served as soon as a worker is up; the connection waits in the queue until then.
+    pid, _, echoed = _exchange(port, b"x").partition(b"\n")
+    assert echoed == b"x" and int(pid) != proc.pid
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=8)
+    assert proc.returncode == 0, err
+    assert "inherited 1 listening socket(s): fd 3 (web)" in err
+    assert f"starting 2 worker(s) on port(s) [{port}] (inherited socket)" in err
+    assert err.count("exited with status 0") == 2, err

@@ -42,7 +42,21 @@ An :class:`AcceptOptions` with ``fd=`` (e.g. from
 shared the second way.
 
 Limits are per worker: each worker's ``NetProcessor(max_connections=...)``
-counts its own connections only, so N workers allow N times the limit.
+counts its own connections only, so N workers allow N times the limit; the
+same goes for ``per_client_max_connections`` (a client's connections spread
+over the workers) and for statistics (each worker counts its own).
+
+Lifecycle. A worker that exits while no shutdown was asked for -- crash,
+SIGKILL, or ``main`` returning -- is restarted with an exponential back-off
+(:class:`RestartBackoff`) and logged on ``trionet.workers``. SIGTERM/SIGINT to
+the supervisor become one SIGTERM per worker: ``ctx.shutdown_requested`` is set
+and ``ctx.serve`` shuts its server down gracefully. Workers watch a control
+socket to the supervisor and stop by themselves if it dies. POSIX only.
+
+Caveat of SO_REUSEPORT: connections already queued on a worker's listening
+socket (accepted by the kernel, not yet by the worker) are reset when that
+worker dies; Linux >= 5.14 migrates them to a sibling when
+``net.ipv4.tcp_migrate_req=1``. The ``"inherit"`` mode has no such loss.
 """
 
 from __future__ import annotations
@@ -492,6 +506,7 @@ class WorkerSupervisor:
         self._nursery: trio.Nursery | None = None
         self._failed = False
         self._plan = _Plan()
+        self._ports: list[int] = []
 
     @property
     def pids(self) -> dict[int, int]:
@@ -506,7 +521,7 @@ class WorkerSupervisor:
     @property
     def ports(self) -> list[int]:
         """The ports the workers serve (resolved when port 0 was asked)."""
-        return list(dict.fromkeys(_port_of(opts, self._plan) for opts in self.listen))
+        return list(self._ports)
 
     @property
     def stopping(self) -> bool:
@@ -560,6 +575,7 @@ class WorkerSupervisor:
         """
         self._plan = await _plan_listeners(self.specs, self.sharing)
         self.listen = tuple(self._plan.listen)
+        self._ports = list(dict.fromkeys(_port_of(opts, self._plan) for opts in self.listen))
         logger.info(
             "starting %d worker(s) on port(s) %s (%s)",
             self.workers,
@@ -613,8 +629,9 @@ class WorkerSupervisor:
         try:
             proc, control = await self._spawn(wid, restarts)
         except OSError as exc:  # EAGAIN from fork, ENOMEM...: retry with back-off
-            if not self._stopping.is_set():
-                logger.error("worker %d could not be started: %s", wid, exc)
+            if self._stopping.is_set():
+                return 0  # the shutdown closed the sockets it was to inherit: not a failure
+            logger.error("worker %d could not be started: %s", wid, exc)
             return 1
         self._procs[wid] = proc
         logger.info("worker %d started (pid %d)", wid, proc.pid)
@@ -712,6 +729,20 @@ def run_workers(
     ``await ctx.serve(net, handler)``, which serves ``ctx.listen`` and shuts
     down gracefully on request. Limits (``max_connections``...) are per worker.
 
+    Example (a script; under systemd, pass ``*trionet.inherited_listeners()``
+    instead of the port and the workers share the activated socket)::
+
+        async def echo(conn):
+            while data := await conn.receive_some():
+                await conn.send_all(data)
+
+        async def worker(ctx: trionet.WorkerContext) -> None:
+            net = trionet.NetProcessor(max_connections=10_000)  # per worker
+            await ctx.serve(net, echo)
+
+        if __name__ == "__main__":
+            sys.exit(trionet.run_workers(worker, 8080, workers=4, grace=30))
+
     Args:
       main: an async function ``main(ctx: WorkerContext)`` defined at module
         level (the workers import it by name; a script's own functions work).
@@ -720,7 +751,8 @@ def run_workers(
       workers: number of worker processes (default: ``os.cpu_count()``).
       grace: seconds running connections get after SIGTERM/SIGINT; workers
         still running ``EXIT_MARGIN`` seconds later are killed. A second
-        signal kills them at once.
+        SIGINT (Ctrl-C twice) kills them at once; a repeated SIGTERM changes
+        nothing (process-group signals often arrive twice).
       sharing: ``"reuseport"`` (each worker binds with SO_REUSEPORT),
         ``"inherit"`` (one socket opened here, inherited by every worker) or
         ``"auto"`` (reuseport where the platform has it).
