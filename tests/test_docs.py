@@ -433,6 +433,10 @@ async def test_howto_tls(tmp_path: Path) -> None:
         version = line.decode().split()[0]
         assert version in ("TLSv1.2", "TLSv1.3")
         assert line.decode().split()[1:] == ["http/1.1", "localhost"]
+        ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+        greeting = await snippet.fetch_greeting(net, server.ports[0], str(tmp_path / "ca.pem"))
+        assert greeting.decode().split()[1:] == ["http/1.1", "localhost"]
+        assert net.statistics().connects_total == 1
         server.shutdown(0)
 
 

@@ -1,4 +1,4 @@
-"""How-to: TLS on a server."""
+"""How-to: TLS on a server and on a client."""
 
 import ssl
 
@@ -22,3 +22,17 @@ async def hello(conn: trionet.Connection) -> None:
     assert conn.tls is not None
     info = f"{conn.tls.version} {conn.tls.alpn_protocol} {conn.tls.server_name}\n"
     await conn.send_all(info.encode())
+
+
+async def fetch_greeting(net: trionet.NetProcessor, port: int, cafile: str) -> bytes:
+    context = ssl.create_default_context(cafile=cafile)
+    options = trionet.ConnectOptions(
+        ssl_context=context,
+        server_hostname="localhost",  # checked against the server's certificate
+        alpn_protocols=("http/1.1",),
+        connect_timeout=5,  # resolve + TCP + TLS handshake, together
+    )
+    conn = await net.connect("127.0.0.1", port, options)
+    async with conn:
+        assert conn.tls is not None and conn.tls.alpn_protocol == "http/1.1"
+        return await conn.receive_some()
