@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import math
 import socket as _stdlib_socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, final
@@ -36,6 +36,8 @@ TimedOut = Literal["inactivity", "active", "evicted"]
 
 DEFAULT_RECEIVE_SIZE: Final = 65536
 _INF: Final = math.inf
+# Module-level, not a bound method per connection (64 bytes each); honours MockClock.
+_now: Final = trio.current_time
 _NO_TLVS: Final[Mapping[int, bytes]] = MappingProxyType({})
 
 # errnos after which the connection is broken (the peer went away), as opposed
@@ -95,9 +97,10 @@ class Connection(trio.abc.HalfCloseableStream):
         "_inactivity_timeout",
         "_last_activity",
         "_local_address",
-        "_now",
         "_owner",
+        "_peer_address",
         "_receiving",
+        "_remote_address",
         "_scopes",
         "_sending",
         "_sock_address",
@@ -108,9 +111,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "id",
         "inbound",
         "opened_at",
-        "peer_address",
         "proxy_tlvs",
-        "remote_address",
         "socket",
         "timed_out",
         "tls",
@@ -129,17 +130,16 @@ class Connection(trio.abc.HalfCloseableStream):
         self.id = conn_id
         self.inbound = inbound
         self._owner = owner
-        # Bound once: the clock's current_time is what trio.current_time() calls,
-        # minus two lookups, and it honours MockClock in tests.
-        self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
-        now = self._now()
+        now = _now()
         self.opened_at = now
         self._last_activity = now
-        self.peer_address = peer_address if peer_address is not None else _peername(sock)
+        # The peer address comes from accept()/connect() (free); our own address
+        # costs a syscall and is looked up when first asked for.
+        self._peer_address: Address = peer_address
+        self._remote_address: Address = None
         # Our own address costs a getsockname() syscall: asked for lazily.
         self._sock_address: Address = None
         self._local_address: Address = None
-        self.remote_address: Address = self.peer_address
         # Shared empty mapping: most connections never carry PROXY TLVs, and an
         # empty dict per connection would cost 64 bytes each.
         self.proxy_tlvs: Mapping[int, bytes] = _NO_TLVS
@@ -157,7 +157,9 @@ class Connection(trio.abc.HalfCloseableStream):
         self._client_key: str | None = None
         self._receiving = False
         self._sending = False
-        self._scopes: list[trio.CancelScope] = []
+        # Scopes cancelled when a timeout fires: the serve() handler's and any
+        # enforce_timeouts() blocks. A tuple: shared and free while empty.
+        self._scopes: tuple[trio.CancelScope, ...] = ()
         self._timeout_hook: Callable[[TimedOut], None] | None = None
 
     def __repr__(self) -> str:
@@ -165,32 +167,46 @@ class Connection(trio.abc.HalfCloseableStream):
         return f"<trionet.Connection #{self.id} {self.remote_address!r} {state}>"
 
     # ------------------------------------------------------------------ I/O
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    # The public I/O methods are plain functions returning the coroutine of the
+    # plain-TCP or the TLS implementation, so ``await conn.receive_some()`` runs
+    # exactly one coroutine frame, as trio's own SocketStream does: an async
+    # wrapper that awaited the implementation would keep a second frame (~250
+    # bytes) alive in every idle connection and cost a frame per call.
+    def receive_some(self, max_bytes: int | None = None) -> Coroutine[Any, Any, bytes]:
         if self._ssl is not None:
-            data = bytes(await self._ssl.receive_some(max_bytes))
-            self.bytes_received += len(data)  # plaintext; see trionet._tls._RawTransport
-            return data
-        return await self._raw_receive_some(max_bytes)
+            return self._tls_receive_some(max_bytes)
+        return self._raw_receive_some(max_bytes)
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    def send_all(self, data: bytes | bytearray | memoryview) -> Coroutine[Any, Any, None]:
         if self._ssl is not None:
-            await self._ssl.send_all(data)
-            self.bytes_sent += memoryview(data).nbytes  # plaintext, as above
-            return
-        await self._raw_send_all(data)
+            return self._tls_send_all(data)
+        return self._raw_send_all(data)
 
-    async def wait_send_all_might_not_block(self) -> None:
+    def wait_send_all_might_not_block(self) -> Coroutine[Any, Any, None]:
         if self._ssl is not None:
-            await self._ssl.wait_send_all_might_not_block()
-            return
-        await self._raw_wait_send_all_might_not_block()
+            return self._ssl.wait_send_all_might_not_block()
+        return self._raw_wait_send_all_might_not_block()
 
-    async def send_eof(self) -> None:
+    def send_eof(self) -> Coroutine[Any, Any, None]:
         if self._ssl is not None:
-            # TLS has no half-close: close_notify ends both directions.
-            await trio.lowlevel.checkpoint()
-            raise trio.BrokenResourceError("a TLS connection cannot half-close (send_eof)")
-        await self._raw_send_eof()
+            return self._tls_send_eof()
+        return self._raw_send_eof()
+
+    async def _tls_receive_some(self, max_bytes: int | None) -> bytes:
+        assert self._ssl is not None
+        data = bytes(await self._ssl.receive_some(max_bytes))
+        self.bytes_received += len(data)  # plaintext; see trionet._tls._RawTransport
+        return data
+
+    async def _tls_send_all(self, data: bytes | bytearray | memoryview) -> None:
+        assert self._ssl is not None
+        await self._ssl.send_all(data)
+        self.bytes_sent += memoryview(data).nbytes  # plaintext, as above
+
+    async def _tls_send_eof(self) -> None:
+        # TLS has no half-close: close_notify ends both directions.
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("a TLS connection cannot half-close (send_eof)")
 
     async def aclose(self) -> None:
         if self._closed:
@@ -217,6 +233,26 @@ class Connection(trio.abc.HalfCloseableStream):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def peer_address(self) -> Address:
+        """The socket's own peer address (``getpeername()``, cached; None if
+        the socket was already closed or reset when first asked)."""
+        if self._peer_address is None:
+            self._peer_address = _peername(self.socket)
+        return self._peer_address
+
+    @property
+    def remote_address(self) -> Address:
+        """The client's address: the socket's peer, or the source a PROXY
+        protocol header carries."""
+        if self._remote_address is None:
+            return self.peer_address
+        return self._remote_address
+
+    @remote_address.setter
+    def remote_address(self, value: Address) -> None:
+        self._remote_address = value
 
     @property
     def sock_address(self) -> Address:
@@ -267,7 +303,7 @@ class Connection(trio.abc.HalfCloseableStream):
             n = len(data)
             counters.read_bytes += n
             self.bytes_received += n
-            self._last_activity = self._now()
+            self._last_activity = _now()
         else:
             counters.calls_to_read_nodata += 1
         return data
@@ -300,7 +336,7 @@ class Connection(trio.abc.HalfCloseableStream):
                     counters.calls_to_write += 1
                     counters.write_bytes += n
                     self.bytes_sent += n
-                    self._last_activity = self._now()
+                    self._last_activity = _now()
         finally:
             self._sending = False
 
@@ -362,7 +398,7 @@ class Connection(trio.abc.HalfCloseableStream):
     def inactivity_timeout(self, value: float | None) -> None:
         _check_seconds("Connection", "inactivity_timeout", value)
         self._inactivity_timeout = None if value is None else float(value)
-        self._last_activity = self._now()
+        self._last_activity = _now()
         self._owner.cop.rearm(self)
 
     @property
@@ -371,12 +407,12 @@ class Connection(trio.abc.HalfCloseableStream):
         whatever its activity; ``None`` cancels it (ATS ``set_active_timeout``)."""
         if self._active_deadline == _INF:
             return None
-        return max(0.0, self._active_deadline - self._now())
+        return max(0.0, self._active_deadline - _now())
 
     @active_timeout.setter
     def active_timeout(self, value: float | None) -> None:
         _check_seconds("Connection", "active_timeout", value)
-        self._active_deadline = _INF if value is None else self._now() + value
+        self._active_deadline = _INF if value is None else _now() + value
         self._owner.cop.rearm(self)
 
     @property
@@ -405,11 +441,11 @@ class Connection(trio.abc.HalfCloseableStream):
         with trio.CancelScope() as scope:
             if self.timed_out is not None:
                 scope.cancel()
-            self._scopes.append(scope)
+            self._scopes += (scope,)
             try:
                 yield scope
             finally:
-                self._scopes.remove(scope)
+                self._scopes = tuple(s for s in self._scopes if s is not scope)
 
     def _fire_timeout(self, why: TimedOut) -> None:
         """Called by the cop (or the eviction logic): end the connection."""
@@ -451,6 +487,8 @@ class Connection(trio.abc.HalfCloseableStream):
 
 
 def _peername(sock: trio.socket.SocketType) -> Address:
+    if sock.fileno() == -1:
+        return None
     try:
         return sock.getpeername()
     except OSError:
