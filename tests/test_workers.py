@@ -64,6 +64,10 @@ def test_bad_arguments_are_named(kwargs: dict[str, object], error: type, message
         WorkerSupervisor(echo_worker, 0, **kwargs)  # type: ignore[arg-type]
 
 
+def test_default_worker_count_is_the_usable_cpus() -> None:
+    assert WorkerSupervisor(echo_worker, 0).workers == len(os.sched_getaffinity(0))
+
+
 def test_main_must_be_importable_by_name() -> None:
     async def nested(ctx: trionet.WorkerContext) -> None:
         pass
