@@ -61,7 +61,21 @@ def profile_from(args: argparse.Namespace) -> Profile:
     return dataclasses.replace(profile, **changes)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    *,
+    default_variants: list[str] | None = None,
+    default_scenarios: list[str] | None = None,
+    prefix: str = "bench",
+) -> int:
+    """Parse ``argv``, run the matrix, write ``bench/results/<prefix>-<profile>-<time>.*``.
+
+    Another benchmark module (``bench/workers.py``) registers its variants and
+    calls this with its own defaults and ``prefix``.
+
+    Returns:
+      The exit status: 0, 1 when a run failed (recorded in the results), 2 on bad arguments.
+    """
     args = parse_args(argv)
     if args.list:
         for v in VARIANTS.values():
@@ -76,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         variants = (
             _names(args.variants, VARIANTS, "variants")
             if args.variants
-            else [n for n, v in VARIANTS.items() if v.available() is None]
+            else [n for n in (default_variants or VARIANTS) if VARIANTS[n].available() is None]
         )
         scenarios = (
-            _names(args.scenarios, SCENARIOS, "scenarios") if args.scenarios else list(SCENARIOS)
+            _names(args.scenarios, SCENARIOS, "scenarios")
+            if args.scenarios
+            else list(default_scenarios or SCENARIOS)
         )
     except argparse.ArgumentTypeError as exc:
         print(f"python -m bench: {exc}", file=sys.stderr)
@@ -95,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     meta, records = run_matrix(variants, scenarios, profile, log=lambda s: print(s, flush=True))
     meta["wall_s"] = round(time.monotonic() - started, 1)
-    json_path, md_path, text = report.write(meta, records)
+    json_path, md_path, text = report.write(meta, records, prefix=prefix)
     print()
     print(text)
     print(f"wrote {json_path} and {md_path} in {meta['wall_s']} s")

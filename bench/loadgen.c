@@ -25,8 +25,10 @@
  *
  * --pids lists the server's process ids (comma-separated; a multi-process
  * server lists them all): their CPU time (/proc/PID/stat utime+stime, and the
- * schedstat run time of their live threads in ns), context switches and RSS
- * are read at the window's start and end and summed. The client's own CPU time
+ * schedstat run time of their live threads in ns), the time they were
+ * runnable but waited for a CPU (schedstat's second field: other processes
+ * competing for the core), context switches and RSS are read at the window's
+ * start and end and summed. The client's own CPU time
  * (getrusage) is reported beside them so a reader can tell whether the load
  * generator was the bottleneck.
  */
@@ -120,6 +122,7 @@ static double self_cpu(void)
 typedef struct {
     long long ticks;  /* utime + stime from /proc/PID/stat, whole process incl. dead threads */
     long long run_ns; /* schedstat run time summed over live threads */
+    long long wait_ns; /* schedstat time runnable but waiting for a CPU (contention) */
     long long ctxsw;  /* voluntary + nonvoluntary context switches, live threads */
     long long rss_kb; /* VmRSS */
 } pstat_t;
@@ -165,8 +168,13 @@ static void read_pid(int pid, pstat_t *st)
         if (e->d_name[0] == '.')
             continue;
         snprintf(path, sizeof path, "/proc/%d/task/%s/schedstat", pid, e->d_name);
-        if (read_file(path, buf, sizeof buf) > 0)
-            st->run_ns += atoll(buf);
+        if (read_file(path, buf, sizeof buf) > 0) {
+            long long run = 0, wait = 0;
+            if (sscanf(buf, "%lld %lld", &run, &wait) == 2) {
+                st->run_ns += run;
+                st->wait_ns += wait;
+            }
+        }
         snprintf(path, sizeof path, "/proc/%d/task/%s/status", pid, e->d_name);
         if (read_file(path, buf, sizeof buf) > 0)
             st->ctxsw += status_field(buf, "voluntary_ctxt_switches:") +
@@ -177,7 +185,7 @@ static void read_pid(int pid, pstat_t *st)
 
 static pstat_t server_stat(void)
 {
-    pstat_t st = {0, 0, 0, 0};
+    pstat_t st = {0, 0, 0, 0, 0};
     for (int i = 0; i < npids; i++)
         read_pid(pids[i], &st);
     return st;
@@ -186,13 +194,24 @@ static pstat_t server_stat(void)
 /* A measurement window: server and client CPU at its start and end. */
 typedef struct {
     double t0, t1, c0, c1;
+    long long cw0, cw1; /* client's own run-queue wait, ns */
     pstat_t s0, s1;
 } window_t;
+
+static long long self_wait_ns(void)
+{
+    char buf[256];
+    long long run = 0, wait = 0;
+    if (read_file("/proc/thread-self/schedstat", buf, sizeof buf) > 0)
+        sscanf(buf, "%lld %lld", &run, &wait);
+    return wait;
+}
 
 static void window_start(window_t *w)
 {
     w->s0 = server_stat();
     w->c0 = self_cpu();
+    w->cw0 = self_wait_ns();
     w->t0 = now();
 }
 
@@ -200,6 +219,7 @@ static void window_end(window_t *w)
 {
     w->t1 = now();
     w->c1 = self_cpu();
+    w->cw1 = self_wait_ns();
     w->s1 = server_stat();
 }
 
@@ -211,9 +231,12 @@ static void print_window(const window_t *w)
     double cli = w->c1 - w->c0;
     printf("\"window_s\": %.6f, \"server_cpu_s\": %.4f, \"server_run_ns\": %lld, "
            "\"server_ctxsw\": %lld, \"server_cpu_share\": %.4f, \"client_cpu_s\": %.4f, "
-           "\"client_cpu_share\": %.4f, \"server_rss_kb\": %lld",
+           "\"client_cpu_share\": %.4f, \"server_rss_kb\": %lld, "
+           "\"server_wait_share\": %.4f, \"client_wait_share\": %.4f",
            wall, srv, w->s1.run_ns - w->s0.run_ns, w->s1.ctxsw - w->s0.ctxsw,
-           wall > 0 ? srv / wall : 0.0, cli, wall > 0 ? cli / wall : 0.0, w->s1.rss_kb);
+           wall > 0 ? srv / wall : 0.0, cli, wall > 0 ? cli / wall : 0.0, w->s1.rss_kb,
+           wall > 0 ? (double)(w->s1.wait_ns - w->s0.wait_ns) / 1e9 / wall : 0.0,
+           wall > 0 ? (double)(w->cw1 - w->cw0) / 1e9 / wall : 0.0);
 }
 
 static void print_errors(void)

@@ -191,6 +191,10 @@ register_scenario(
 )
 register_scenario(Scenario("idle", "idle", 10_000, 64, "idle connections (count per profile)"))
 
+# Issue 4 item 5: a server holding idle connections with timeouts set does "no
+# measurable work between deadlines": zero CPU ticks over the idle window.
+IDLE_CPU_ZERO = ("trionet-timeout",)
+
 # Issue 3 item 11 targets (throttle and statistics on) and issue 4 item 5.
 register_comparison(
     Comparison(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .registry import BASELINE, COMPARISONS, SCENARIOS
+from .registry import BASELINE, COMPARISONS, IDLE_CPU_ZERO, SCENARIOS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -72,6 +72,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[tuple[str, str], Cell]:
         cell.errors += int(r["errors"])
         cell.add("server_cpu_share", r["server_cpu_share"])
         cell.add("client_cpu_share", r["client_cpu_share"])
+        cell.add("server_wait_share", r.get("server_wait_share", 0.0))
+        cell.add("client_wait_share", r.get("client_wait_share", 0.0))
         if r["mode"] == "idle":
             cell.add("bytes_per_conn", r["bytes_per_conn"])
             cell.add("idle_cpu_ms", r["server_cpu_s"] * 1e3)
@@ -98,7 +100,27 @@ def ratio(cells: dict[tuple[str, str], Cell], scenario: str, num: str, den: str)
     return ma / mb
 
 
-def comparison_rows(cells: dict[tuple[str, str], Cell]) -> list[dict[str, Any]]:
+def paired_ratios(
+    records: list[dict[str, Any]], scenario: str, num: str, den: str, metric: str
+) -> list[float]:
+    """num / den of ``metric`` within each repetition: the two ran next to each
+    other in time, so drift of the machine's load cancels better than across reps."""
+    by_rep: dict[int, dict[str, float]] = {}
+    for rec in records:
+        if rec["scenario"] != scenario or "failure" in rec:
+            continue
+        r = rec["result"]
+        value = r.get(metric)
+        if value is None and metric == "server_us_per_op" and r.get("ops"):
+            value = r["server_cpu_s"] / r["ops"] * 1e6
+        if value is not None:
+            by_rep.setdefault(rec.get("rep", 0), {})[rec["variant"]] = float(value)
+    return [v[num] / v[den] for v in by_rep.values() if num in v and den in v and v[den]]
+
+
+def comparison_rows(
+    cells: dict[tuple[str, str], Cell], records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """One row per comparison and scenario both sides ran."""
     rows = []
     scenarios = list(dict.fromkeys(s for s, _ in cells))
@@ -107,13 +129,24 @@ def comparison_rows(cells: dict[tuple[str, str], Cell]) -> list[dict[str, Any]]:
             value = ratio(cells, scenario, comp.numerator, comp.denominator)
             if value is None:
                 continue
+            metric = SCENARIOS[scenario].metric
             target = comp.targets.get(SCENARIOS[scenario].mode)
+            paired = Spread.of(
+                paired_ratios(records, scenario, comp.numerator, comp.denominator, metric)
+            )
+            cpu = Spread.of(
+                paired_ratios(
+                    records, scenario, comp.numerator, comp.denominator, "server_us_per_op"
+                )
+            )
             rows.append(
                 {
                     "comparison": comp.label,
                     "scenario": scenario,
-                    "metric": SCENARIOS[scenario].metric,
+                    "metric": metric,
                     "ratio": round(value, 4),
+                    "paired": paired.__dict__ if paired else None,
+                    "us_per_op_ratio": cpu.__dict__ if cpu else None,
                     "target": str(target) if target else None,
                     "met": target.met(value) if target else None,
                 }
@@ -139,8 +172,8 @@ def _vs_base(cells: dict[tuple[str, str], Cell], scenario: str, variant: str) ->
 def _throughput_table(cells: dict[tuple[str, str], Cell], scenarios: list[str]) -> list[str]:
     lines = [
         "| scenario | server | ops/s median [min-max] | x trio | server µs/op | "
-        "server CPU | client CPU | client µs/op | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "server CPU | client CPU | client µs/op | server waited | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario in scenarios:
         for (sc, variant), cell in cells.items():
@@ -152,7 +185,8 @@ def _throughput_table(cells: dict[tuple[str, str], Cell], scenarios: list[str]) 
                 f"{_vs_base(cells, scenario, variant)} | "
                 f"{_fmt(cell.spread('server_us_per_op'), 1)} | "
                 f"{_pct(cell, 'server_cpu_share')} | {_pct(cell, 'client_cpu_share')} | "
-                f"{_fmt(cell.spread('client_us_per_op'), 1)} | {errors} |"
+                f"{_fmt(cell.spread('client_us_per_op'), 1)} | "
+                f"{_pct(cell, 'server_wait_share')} | {errors} |"
             )
     return lines
 
@@ -178,21 +212,63 @@ def _idle_table(cells: dict[tuple[str, str], Cell], scenario: str) -> list[str]:
     return lines
 
 
+def _spread_dict(d: dict[str, Any] | None, digits: int = 3) -> str:
+    return Spread(**d).fmt(digits) if d else "-"
+
+
+def _idle_cpu_checks(cells: dict[tuple[str, str], Cell], scenario: str, window: float) -> list[str]:
+    lines = []
+    for variant in IDLE_CPU_ZERO:
+        cell = cells.get((scenario, variant))
+        cpu = cell.spread("idle_cpu_ms") if cell else None
+        if cell is None or cpu is None:
+            continue
+        verdict = "met" if cpu.high == 0 else "**not met**"
+        lines.append(
+            f"Target (issue 4): `{variant}` does no measurable work while idle: "
+            f"{cpu.fmt()} ms CPU (utime+stime, 10 ms ticks), "
+            f"{_fmt(cell.spread('idle_run_us'))} µs run time, "
+            f"{_fmt(cell.spread('idle_ctxsw'))} wake-ups in {window:g} s: {verdict}."
+        )
+    return lines
+
+
+def _stderr_notes(records: list[dict[str, Any]]) -> list[str]:
+    """Failed runs, and anything a server or the load generator wrote on stderr."""
+    notes = []
+    for rec in records:
+        where = f"rep {rec.get('rep', 0)} {rec['scenario']} {rec['variant']}"
+        if "failure" in rec:
+            notes.append(f"- {where}: run failed: {rec['failure']}")
+        for who, text in (
+            ("server", rec.get("server_stderr")),
+            ("load generator", rec.get("result", {}).get("stderr")),
+        ):
+            if text:
+                first = text.splitlines()[0][:200]
+                notes.append(f"- {where}: {who} stderr: `{first}`")
+    return ["## Failures and stderr", "", *notes, ""] if notes else []
+
+
 def _comparison_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| comparison | scenario | metric | ratio | target | |",
-        "|---|---|---|---:|---|---|",
+        "| comparison | scenario | metric | ratio of medians | per-rep ratios | target | "
+        "| server µs/op ratio |",
+        "|---|---|---|---:|---:|---|---|---:|",
     ]
     for row in rows:
         verdict = {True: "met", False: "**not met**", None: ""}[row["met"]]
         lines.append(
             f"| {row['comparison']} | {row['scenario']} | {row['metric']} | "
-            f"{row['ratio']:.3f} | {row['target'] or ''} | {verdict} |"
+            f"{row['ratio']:.3f} | {_spread_dict(row['paired'])} | {row['target'] or ''} | "
+            f"{verdict} | {_spread_dict(row['us_per_op_ratio'])} |"
         )
     return lines
 
 
-def markdown(meta: dict[str, Any], cells: dict[tuple[str, str], Cell]) -> str:
+def markdown(
+    meta: dict[str, Any], cells: dict[tuple[str, str], Cell], records: list[dict[str, Any]]
+) -> str:
     """The whole report as Markdown."""
     scenarios = list(dict.fromkeys(s for s, _ in cells))
     profile = meta["profile"]
@@ -219,7 +295,9 @@ def markdown(meta: dict[str, Any], cells: dict[tuple[str, str], Cell]) -> str:
     for s in scenarios:
         if SCENARIOS[s].mode == "idle":
             out += [f"## Idle connections ({s})", "", *_idle_table(cells, s), ""]
-    rows = comparison_rows(cells)
+            out += [*_idle_cpu_checks(cells, s, profile["idle_window"]), ""]
+    out += _stderr_notes(records)
+    rows = comparison_rows(cells, records)
     if rows:
         out += ["## Comparisons (ratio of medians)", "", *_comparison_table(rows), ""]
     return "\n".join(out)
@@ -229,15 +307,15 @@ def write(
     meta: dict[str, Any],
     records: list[dict[str, Any]],
     results_dir: Path = RESULTS_DIR,
-    stem: str | None = None,
+    prefix: str = "bench",
 ) -> tuple[Path, Path, str]:
-    """Write ``<stem>.json`` and ``<stem>.md`` (plus ``latest.*`` copies).
+    """Write ``<prefix>-<profile>-<time>.json`` and ``.md``, plus ``<prefix>-latest.*`` copies.
 
     Returns:
       The JSON path, the Markdown path and the Markdown text.
     """
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = stem or f"bench-{meta['profile']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = f"{prefix}-{meta['profile']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
     cells = summarize(records)
     summary = [
         {
@@ -254,13 +332,31 @@ def write(
     data = {
         "meta": meta,
         "summary": summary,
-        "comparisons": comparison_rows(cells),
+        "comparisons": comparison_rows(cells, records),
         "runs": records,
     }
-    text = markdown(meta, cells)
+    text = markdown(meta, cells, records)
     json_path, md_path = results_dir / f"{stem}.json", results_dir / f"{stem}.md"
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     md_path.write_text(text + "\n")
-    (results_dir / "latest.json").write_text(json_path.read_text())
-    (results_dir / "latest.md").write_text(text + "\n")
+    (results_dir / f"{prefix}-latest.json").write_text(json_path.read_text())
+    (results_dir / f"{prefix}-latest.md").write_text(text + "\n")
     return json_path, md_path, text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.report RESULTS.json``: print the Markdown report again."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.report RESULTS.json", file=sys.stderr)
+        return 2
+    data = json.loads(Path(args[0]).read_text())
+    records = data["runs"]
+    print(markdown(data["meta"], summarize(records), records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,9 +13,13 @@ import re
 import select
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -99,3 +103,36 @@ def echo_roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
         while chunk := s.recv(65536):
             got += chunk
     return got
+
+
+class HalfCloseUpstream(socketserver.ThreadingTCPServer):
+    """A stdlib upstream server for proxy tests: reads the whole request
+    (until the EOF the proxy forwards), then answers and closes."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), self.Handler)
+        self.requests: list[bytes] = []
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            data = b""
+            while chunk := self.request.recv(65536):
+                data += chunk
+            self.server.requests.append(data)  # type: ignore[attr-defined]
+            self.request.sendall(b"got %d bytes" % len(data))
+
+
+@contextmanager
+def running_upstream() -> Iterator[HalfCloseUpstream]:
+    server = HalfCloseUpstream()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

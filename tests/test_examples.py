@@ -5,12 +5,13 @@ ats_echo_server.py are tested by their authors' test files.)"""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from .running import ROOT, Running, echo_roundtrip, env
+from .running import ROOT, Running, echo_roundtrip, env, running_upstream
 
 EXAMPLES = ROOT / "examples"
 
@@ -39,3 +40,33 @@ def test_echo_server() -> None:
     assert status == 0, err
     assert "SIGINT: shutting down (grace 5.0 s)" in out
     assert "stopped after 2 connections" in out
+
+
+def test_tcp_proxy() -> None:
+    with running_upstream() as upstream:
+        up_port = upstream.server_address[1]
+        args = ["examples/tcp_proxy.py", "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
+        with Running(*args, "--max-connections", "10", "--inactivity-timeout", "30") as run:
+            port = int(run.expect(r"tcp proxy listening on 127\.0\.0\.1 port (\d+), upstream")[1])
+            assert echo_roundtrip(port, b"q" * 100_000) == b"got 100000 bytes"
+            assert echo_roundtrip(port, b"second") == b"got 6 bytes"
+            status, out, err = run.stop(signal.SIGINT)
+    assert status == 0, err
+    assert upstream.requests == [b"q" * 100_000, b"second"]
+    assert "sessions: 2, upstream failures: 0 (0 timed out), resets: 0, timeouts: 0" in out
+    # 100 000 + 6 request bytes, 16 + 11 response bytes, each read once and written once.
+    assert "bytes read: 100033, written: 100033, throttled: 0, open now: 0" in out
+
+
+def test_tcp_proxy_upstream_down() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    args = ["examples/tcp_proxy.py", "--port", "0", "--upstream", f"127.0.0.1:{dead}"]
+    with Running(*args) as run:
+        port = int(run.expect(r"listening on 127\.0\.0\.1 port (\d+)")[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            assert client.recv(10) == b""  # closed once the upstream refused
+        status, out, err = run.stop(signal.SIGTERM)
+    assert status == 0, err
+    assert "sessions: 1, upstream failures: 1 (0 timed out)" in out

@@ -67,7 +67,7 @@ VALID: list[tuple[str, bytes, dict[str, Any]]] = [
         dict(
             family="TCP6",
             source=("2001:db8::1", 0, 0, 0),
-            destination=("::ffff:a00:1", 65535, 0, 0),
+            destination=("::ffff:10.0.0.1", 65535, 0, 0),  # as getpeername() prints it
         ),
     ),
     ("v1 unknown short", b"PROXY UNKNOWN\r\n", dict(family="UNKNOWN", source=None)),

@@ -5,6 +5,7 @@ level, never reaching the handler), and timeouts/statistics as for plain TCP."""
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,7 +15,17 @@ import pytest
 import trio
 import trustme
 
-from trionet import AcceptOptions, Connection, NetProcessor, Server, TLSInfo
+from trionet import (
+    AcceptOptions,
+    ConnectError,
+    Connection,
+    ConnectOptions,
+    ConnectTimeoutError,
+    NetProcessor,
+    Server,
+    TLSError,
+    TLSInfo,
+)
 
 Handler = Callable[[Connection], Awaitable[object]]
 
@@ -368,3 +379,139 @@ async def test_tls_connection_refuses_send_eof(
         assert await client.receive_some() == b"bye"
         await client.aclose()
     assert results == ["a TLS connection cannot half-close (send_eof)"]
+
+
+# ---------------------------------------------------------------- client side
+async def test_connect_tls_echo_alpn_sni(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    echo = Echo()
+    client_net = NetProcessor()
+    async with serving(echo, ssl_context=server_ctx) as (_, _, port):
+        opts = ConnectOptions(
+            ssl_context=client_ctx, server_hostname="example.com", alpn_protocols=["h2"]
+        )
+        conn = await client_net.connect("127.0.0.1", port, opts)
+        async with conn:
+            await conn.send_all(b"outbound tls")
+            assert await conn.receive_some() == b"outbound tls"
+            info = conn.tls
+    assert info is not None
+    assert (info.version, info.alpn_protocol, info.server_name) == ("TLSv1.3", "h2", "example.com")
+    assert echo.tls[0] is not None and echo.tls[0].alpn_protocol == "h2"
+    assert echo.tls[0].server_name == "example.com" and echo.tls[0].cipher == info.cipher
+    assert conn.bytes_sent == conn.bytes_received == len(b"outbound tls")
+    stats = client_net.statistics()
+    assert (stats.connects_total, stats.connect_failures, stats.tls_handshake_errors) == (1, 0, 0)
+    assert stats.write_bytes > conn.bytes_sent  # ClientHello and records on the wire
+    assert stats.connections_currently_open == 0
+
+
+async def test_connect_verifies_ip_literal_without_sni(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    echo = Echo()
+    async with serving(echo, ssl_context=server_ctx) as (_, _, port):
+        conn = await NetProcessor().connect(
+            "127.0.0.1", port, ConnectOptions(ssl_context=client_ctx)
+        )
+        async with conn:
+            await conn.send_all(b"x")
+            assert await conn.receive_some() == b"x"
+    assert conn.tls is not None and conn.tls.server_name is None
+    assert echo.tls[0] is not None and echo.tls[0].server_name is None
+
+
+@pytest.mark.parametrize(
+    ("hostname", "trust", "reason"),
+    [
+        ("other.example", True, "Hostname mismatch, certificate is not valid for 'other.example'"),
+        ("example.com", False, "unable to get local issuer certificate"),
+    ],
+    ids=["hostname-mismatch", "untrusted-ca"],
+)
+async def test_connect_certificate_failure_raises_tls_error(
+    server_ctx: ssl.SSLContext, ca: trustme.CA, hostname: str, trust: bool, reason: str
+) -> None:
+    ctx = ssl.create_default_context()
+    if trust:
+        ca.configure_trust(ctx)
+    client_net = NetProcessor()
+    async with serving(Echo(), ssl_context=server_ctx) as (server_net, _, port):
+        with pytest.raises(TLSError) as info:
+            await client_net.connect(
+                "127.0.0.1", port, ConnectOptions(ssl_context=ctx, server_hostname=hostname)
+            )
+    err = info.value
+    assert isinstance(err, ConnectError) and isinstance(err, OSError)
+    assert str(err) == (
+        f"TLS handshake failed for {hostname} (certificate verify failed: {reason}): "
+        f"127.0.0.1:{port}"
+    )
+    assert isinstance(err.__cause__, ssl.SSLCertVerificationError)
+    assert err.errno == err.__cause__.errno
+    stats = client_net.statistics()
+    assert (stats.connects_total, stats.connect_failures, stats.tls_handshake_errors) == (1, 1, 1)
+    assert stats.connect_timeouts == 0
+    assert stats.connections_currently_open == 0
+    assert server_net.statistics().connections_currently_open == 0
+
+
+class SlowResolver:
+    """Resolves to 127.0.0.1 after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    async def resolve(self, host: str, port: int, family: int) -> list[tuple[int, Any]]:
+        await trio.sleep(self.delay)
+        return [(socket.AF_INET, ("127.0.0.1", port))]
+
+
+async def test_connect_timeout_covers_resolve_tcp_and_tls(
+    client_ctx: ssl.SSLContext, autojump_clock: trio.abc.Clock
+) -> None:
+    # A peer that accepts TCP but never answers the ClientHello: resolution
+    # takes 1.5 s of the 2 s budget, the handshake stalls for the rest.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        net = NetProcessor()
+        opts = ConnectOptions(
+            ssl_context=client_ctx,
+            server_hostname="example.com",
+            connect_timeout=2.0,
+            resolver=SlowResolver(1.5),
+        )
+        start = trio.current_time()
+        with pytest.raises(ConnectTimeoutError, match=f"after 2000 ms: silent.test:{port}$"):
+            await net.connect("silent.test", port, opts)
+        assert trio.current_time() - start == pytest.approx(2.0, abs=1e-6)
+    stats = net.statistics()
+    assert (stats.connect_timeouts, stats.connect_failures, stats.tls_handshake_errors) == (1, 0, 0)
+    assert stats.write_bytes > 0  # the ClientHello went out: the timeout hit the TLS step
+    assert stats.connections_currently_open == 0
+
+
+async def test_cancel_during_client_handshake_closes_socket(
+    client_ctx: ssl.SSLContext, autojump_clock: trio.abc.Clock
+) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        net = NetProcessor()
+        with trio.move_on_after(1.0) as scope:
+            await net.connect(
+                "127.0.0.1", silent.getsockname()[1], ConnectOptions(ssl_context=client_ctx)
+            )
+        assert scope.cancelled_caught
+        accepted, _ = silent.accept()
+        with accepted:
+            accepted.settimeout(5)
+            hello = accepted.recv(65536)
+            assert hello[:1] == b"\x16"  # a TLS handshake record was sent...
+            assert accepted.recv(65536) == b""  # ...and the client's socket is closed
+    stats = net.statistics()
+    assert stats.connections_currently_open == 0
+    assert (stats.connect_timeouts, stats.connect_failures) == (0, 0)

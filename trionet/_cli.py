@@ -10,24 +10,34 @@ option values are reported by argparse naming the option
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import ipaddress
+import json
 import math
+import os
 import signal
+import ssl
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Final, final
+from collections.abc import Sequence
+from typing import Any, Final, final
 
 import trio
 
 from . import __version__
 from ._connection import Connection
-from ._options import AcceptOptions
+from ._options import AcceptOptions, ConnectOptions
+from ._proxy import TcpProxy
 from ._server import Handler, NetProcessor, Server
+from ._workers import WorkerContext, WorkerSupervisor
 
 __all__ = ["build_parser", "main"]
 
 PROG: Final = "trionet"
 EXIT_USAGE: Final = 2
+# How worker processes (--workers N) get the command line: they re-parse it.
+_ARGV_ENV: Final = "TRIONET_CLI_ARGV"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 # ----------------------------------------------------------- argument types
@@ -66,6 +76,13 @@ def _seconds(text: str, allow_zero: bool = False) -> float:
 
 def _grace(text: str) -> float:
     return _seconds(text, allow_zero=True)
+
+
+def _network(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a network, e.g. 10.0.0.0/8") from None
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -141,6 +158,14 @@ def _common_options() -> argparse.ArgumentParser:
         action="store_true",
         help="expect a PROXY protocol v1/v2 header on every connection (behind HAProxy...)",
     )
+    scale.add_argument(
+        "--proxy-protocol-trusted",
+        type=_network,
+        action="append",
+        default=[],
+        metavar="NET",
+        help="accept PROXY headers only from this network (repeatable; default: any source)",
+    )
     ops = p.add_argument_group("operations")
     ops.add_argument(
         "--stats-port",
@@ -209,18 +234,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------ running
-@final
-@dataclass
-class _Plan:
-    """What to run, built from the parsed options (validated)."""
+class _UsageError(Exception):
+    """An option value argparse could not check alone (e.g. an unreadable
+    certificate); reported like argparse's own errors, with status 2."""
 
-    name: str
+
+@final
+@dataclasses.dataclass
+class _Plan:
+    """What to run, built from the parsed options."""
+
+    command: str
     processor: NetProcessor
     handler: Handler
     listen: AcceptOptions
     stats: AcceptOptions | None
     grace: float
     suffix: str  # after "listening on ADDRESS"
+    proxy: TcpProxy | None = None
+    who: str = ""  # "worker 3: " in worker processes
 
 
 async def _echo(conn: Connection) -> None:
@@ -228,25 +260,31 @@ async def _echo(conn: Connection) -> None:
         await conn.send_all(data)
 
 
-# Options whose backing feature is not in this build yet fail up front with
-# a message naming them, rather than being silently ignored.
-_UNAVAILABLE: Final[dict[str, Callable[[argparse.Namespace], bool]]] = {
-    "--workers": lambda a: a.workers > 1,
-    "--tls-cert": lambda a: a.tls_cert is not None,
-    "--proxy-protocol": lambda a: bool(a.proxy_protocol),
-}
-
-
 def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Errors that involve more than one option (argparse exits with status 2)."""
     if (args.tls_cert is None) != (args.tls_key is None):
-        given, missing = (
-            ("--tls-cert", "--tls-key") if args.tls_key is None else ("--tls-key", "--tls-cert")
-        )
+        given, missing = ("--tls-cert", "--tls-key")
+        if args.tls_cert is None:
+            given, missing = missing, given
         parser.error(f"argument {given}: needs {missing} as well")
-    for option, used in _UNAVAILABLE.items():
-        if used(args):
-            parser.error(f"argument {option}: not available in this version of trionet yet")
+    if args.proxy_protocol_trusted and not args.proxy_protocol:
+        parser.error("argument --proxy-protocol-trusted: needs --proxy-protocol")
+
+
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None or key is None:
+        return None
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not os.path.isfile(path):
+            raise _UsageError(f"argument {option}: {path!r}: no such file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise _UsageError(
+            f"argument --tls-cert: cannot load {cert!r} with {key!r}: {exc}"
+        ) from None
+    return context
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -260,24 +298,64 @@ def _plan(args: argparse.Namespace) -> _Plan:
         port=args.port,
         inactivity_timeout=args.inactivity_timeout,
         active_timeout=args.active_timeout,
+        ssl_context=_tls_context(args.tls_cert, args.tls_key),
+        proxy_protocol=args.proxy_protocol,
+        proxy_protocol_trusted=tuple(args.proxy_protocol_trusted),
     )
     stats = None
     if args.stats_port is not None:
         stats = AcceptOptions(host=args.stats_host, port=args.stats_port, inactivity_timeout=10.0)
-    if args.command == "echo":
-        return _Plan("echo", net, _echo, listen, stats, args.grace, "")
-    raise NotImplementedError(args.command)
+    plan = _Plan(args.command, net, _echo, listen, stats, args.grace, "")
+    if args.command == "proxy":
+        host, port = args.upstream
+        upstream = ConnectOptions(
+            connect_timeout=args.connect_timeout,
+            inactivity_timeout=args.inactivity_timeout,
+            active_timeout=args.active_timeout,
+        )
+        plan.proxy = plan.handler = TcpProxy(net, host, port, upstream)
+        plan.suffix = f", forwarding to {_join(host, port)}"
+    if listen.ssl_context is not None:
+        plan.suffix += " (TLS)"
+    return plan
 
 
-def _address(listener_address: tuple[object, ...]) -> str:
-    host, port = str(listener_address[0]), listener_address[1]
+def _join(host: str, port: object) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _address(listener_address: tuple[object, ...]) -> str:
+    return _join(str(listener_address[0]), listener_address[1])
+
+
 def _say(plan: _Plan, text: str) -> None:
-    print(f"{PROG} {plan.name}: {text}", flush=True)
+    print(f"{PROG} {plan.command}: {plan.who}{text}", flush=True)
 
 
+def _summary(plan: _Plan) -> str:
+    stats = plan.processor.statistics()
+    if plan.proxy is not None:
+        p = plan.proxy.statistics()
+        done = f"{p.sessions} sessions ({p.upstream_failures} upstream failures)"
+    else:
+        done = f"{stats.total_accepts} connections accepted"
+    return f"stopped: {done}, {stats.read_bytes} bytes in, {stats.write_bytes} bytes out"
+
+
+async def _serve_stats(plan: _Plan, nursery: trio.Nursery, offset: int = 0) -> Server | None:
+    if plan.stats is None:
+        return None
+    opts = plan.stats
+    if opts.port and offset:  # one page per worker, on consecutive ports
+        opts = dataclasses.replace(opts, port=opts.port + offset)
+    page: Server = await nursery.start(plan.processor.serve_stats, opts)
+    for listener in page.listeners:
+        url = f"http://{_address(listener.address)}"
+        _say(plan, f"statistics on {url}/stats and {url}/metrics")
+    return page
+
+
+# ------------------------------------------------------------- one process
 async def _stop_on_signal(plan: _Plan, servers: list[Server], cancel: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -290,31 +368,71 @@ async def _stop_on_signal(plan: _Plan, servers: list[Server], cancel: trio.Cance
                 server.shutdown(plan.grace)
 
 
-async def _run(plan: _Plan) -> None:
-    net = plan.processor
+async def _run(plan: _Plan) -> int:
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(net.serve, plan.handler, plan.listen)
-        servers = [server]
+        server: Server = await nursery.start(plan.processor.serve, plan.handler, plan.listen)
         for listener in server.listeners:
             _say(plan, f"listening on {_address(listener.address)}{plan.suffix}")
-        if plan.stats is not None:
-            page: Server = await nursery.start(net.serve_stats, plan.stats)
-            servers.append(page)
-            for listener in page.listeners:
-                url = f"http://{_address(listener.address)}"
-                _say(plan, f"statistics on {url}/stats and {url}/metrics")
+        page = await _serve_stats(plan, nursery)
+        servers = [server] if page is None else [server, page]
         nursery.start_soon(_stop_on_signal, plan, servers, nursery.cancel_scope)
         for s in servers:
             await s.wait_closed()
         nursery.cancel_scope.cancel()
-    stats = net.statistics()
-    _say(
-        plan,
-        f"stopped: {stats.total_accepts} connections accepted, "
-        f"{stats.read_bytes} bytes in, {stats.write_bytes} bytes out",
-    )
+    _say(plan, _summary(plan))
+    return 0
 
 
+# ------------------------------------------------------- --workers N
+# The supervisor (this process) binds the port and starts N interpreters; each
+# re-parses the command line from the environment and serves with its own
+# processor, so every limit applies per worker.
+async def _worker_main(ctx: WorkerContext) -> None:
+    args = build_parser().parse_args(json.loads(os.environ[_ARGV_ENV]))
+    plan = _plan(args)
+    plan.who = f"worker {ctx.worker_id}: "
+    listen = ctx.listen_options(ssl_context=plan.listen.ssl_context)
+    async with trio.open_nursery() as nursery:
+        page = await _serve_stats(plan, nursery, offset=ctx.worker_id)
+        await ctx.serve(plan.processor, plan.handler, listen=listen)
+        if page is not None:
+            page.shutdown(0)
+    _say(plan, _summary(plan))
+
+
+async def _supervise(plan: _Plan, workers: int) -> int:
+    # An SSLContext cannot be sent to another process: each worker builds its own.
+    listen = dataclasses.replace(plan.listen, ssl_context=None)
+    supervisor = WorkerSupervisor(_worker_main, listen, workers=workers, grace=plan.grace)
+    status = 1
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def supervise(task_status: trio.TaskStatus[Any]) -> None:
+                nonlocal status
+                status = await supervisor.run(task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            await nursery.start(supervise)
+            host = plan.listen.host or "*"
+            for port in supervisor.ports:
+                _say(plan, f"listening on {_join(host, port)}{plan.suffix} ({workers} workers)")
+            nursery.start_soon(_forward_signals, plan, supervisor, signals)
+    return status
+
+
+async def _forward_signals(plan: _Plan, supervisor: WorkerSupervisor, signals: Any) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if not supervisor.stopping:
+            _say(plan, f"{name}: shutting down (grace {plan.grace:g} s)")
+            supervisor.shutdown()
+        else:
+            _say(plan, f"{name} again: stopping now")
+            supervisor.kill()
+
+
+# ------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trionet`` command (and ``python -m trionet``).
 
@@ -325,18 +443,25 @@ def main(argv: Sequence[str] | None = None) -> int:
       The exit status: 0 after a graceful stop, 1 if serving failed (e.g. the
       port is taken), 2 for a usage error.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_combinations(parser, args)
-    plan = _plan(args)
-    status = 0
     try:
-        trio.run(_run, plan)
+        plan = _plan(args)
+    except _UsageError as exc:
+        parser.error(str(exc))
+    status = 1
+    try:
+        if args.workers > 1:
+            os.environ[_ARGV_ENV] = json.dumps(argv)
+            status = trio.run(_supervise, plan, args.workers)
+        else:
+            status = trio.run(_run, plan)
     except* OSError as group:
         # Binding failed (port taken, address not local...): say so plainly.
-        for exc in _leaves(group):
-            print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
-        status = 1
+        for error in _leaves(group):
+            print(f"{PROG} {args.command}: {error}", file=sys.stderr)
     return status
 
 

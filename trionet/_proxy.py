@@ -70,12 +70,21 @@ class _Pump:
             while data := await self.src.receive_some(self.chunk):
                 await self.dst.send_all(data)
                 self.copied += len(data)
-            await self.dst.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # A reset (or a close under us, e.g. a timeout) on either side ends
             # the whole splice: the other direction has nowhere to go.
             logger.debug("splice direction broke: %r", exc)
             self.broken = True
+            cancel_both.cancel()
+            return
+        try:
+            await self.dst.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The destination cannot half-close (TLS has no half-close: its
+            # close_notify ends both directions) or is already gone. The EOF
+            # was orderly, so end the splice without calling it a reset; the
+            # caller's close then sends the TLS close_notify.
+            logger.debug("splice: send_eof not possible (%r); ending both directions", exc)
             cancel_both.cancel()
 
 

@@ -41,10 +41,8 @@ that do not implement them; so do v1 ``UNKNOWN`` and v2 ``LOCAL``.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
@@ -72,7 +70,6 @@ V2_FIXED_LENGTH: Final = 16
 DEFAULT_MAX_PROXY_HEADER: Final = 4096
 
 Command = Literal["PROXY", "LOCAL"]
-_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Family = Literal["TCP4", "TCP6", "UNKNOWN"]
 
 
@@ -118,6 +115,7 @@ def parse_proxy_header(
     Raises:
       ProxyProtocolError: ``data`` cannot start a valid header; the message
         says which field was wrong.
+      TypeError / ValueError: ``max_length`` is not an int >= 16.
     """
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise TypeError(f"max_length={max_length!r}: must be an int")
@@ -156,18 +154,21 @@ def _parse_v1_line(line: bytes, length: int) -> ProxyHeader:
     if proto == b"UNKNOWN":
         # "the receiver must ignore anything presented before the CRLF"
         return ProxyHeader(1, "PROXY", "UNKNOWN", None, None, length)
-    parse_addr = _V1_ADDRESS.get(proto)
-    if parse_addr is None:
+    known = _V1_PROTOCOLS.get(proto)
+    if known is None:
         raise ProxyProtocolError(f"PROXY v1: unknown protocol {proto!r}")
+    family, sock_family, version = known
     parts = rest.split(b" ")
     if len(parts) != 4:
         raise ProxyProtocolError(
             f"PROXY v1: expected 4 space-separated fields after {proto.decode()}, got {rest!r}"
         )
-    src, dst = parse_addr("source", parts[0]), parse_addr("destination", parts[1])
+    src = _v1_ip(sock_family, version, "source", parts[0])
+    dst = _v1_ip(sock_family, version, "destination", parts[1])
     sport, dport = _v1_port("source", parts[2]), _v1_port("destination", parts[3])
-    family: Family = "TCP4" if proto == b"TCP4" else "TCP6"
-    return ProxyHeader(1, "PROXY", family, _addr(src, sport), _addr(dst, dport), length)
+    return ProxyHeader(
+        1, "PROXY", family, _addr(sock_family, src, sport), _addr(sock_family, dst, dport), length
+    )
 
 
 def _v1_port(which: str, text: bytes) -> int:
@@ -181,39 +182,35 @@ def _v1_port(which: str, text: bytes) -> int:
     return port
 
 
-def _v1_ipv4(which: str, text: bytes) -> ipaddress.IPv4Address:
-    # ipaddress rejects leading zeros, but also accepts non-ASCII digits: check first.
-    if not text.isascii() or not text.replace(b".", b"").isdigit():
-        raise ProxyProtocolError(f"PROXY v1: bad {which} IPv4 address {text!r}")
+def _v1_ip(family: int, version: str, which: str, text: bytes) -> str:
+    # inet_pton is the C parser getpeername()'s peers went through: it rejects
+    # IPv4 octets with leading zeros, scope ids, and anything but 4 octets or
+    # 128 bits; inet_ntop then gives the canonical text getpeername() would.
+    # The character check first rules out non-ASCII look-alike digits.
+    if not text or not set(text) <= _IP_CHARS:
+        raise ProxyProtocolError(f"PROXY v1: bad {which} {version} address {text!r}")
+    if family == socket.AF_INET and any(o[:1] == b"0" and len(o) > 1 for o in text.split(b".")):
+        # glibc's inet_pton rejects these too; not every libc does.
+        raise ProxyProtocolError(f"PROXY v1: bad {which} {version} address {text!r}")
     try:
-        return ipaddress.IPv4Address(text.decode("ascii"))
-    except ValueError:
-        raise ProxyProtocolError(f"PROXY v1: bad {which} IPv4 address {text!r}") from None
+        return socket.inet_ntop(family, socket.inet_pton(family, text.decode("ascii")))
+    except OSError:
+        raise ProxyProtocolError(f"PROXY v1: bad {which} {version} address {text!r}") from None
 
 
-_IPV6_CHARS: Final = frozenset(b"0123456789abcdefABCDEF:.")
-
-
-def _v1_ipv6(which: str, text: bytes) -> ipaddress.IPv6Address:
-    # The character check rules out scope ids ("%eth0") and non-ASCII digits.
-    if not text or not set(text) <= _IPV6_CHARS:
-        raise ProxyProtocolError(f"PROXY v1: bad {which} IPv6 address {text!r}")
-    try:
-        return ipaddress.IPv6Address(text.decode("ascii"))
-    except ValueError:
-        raise ProxyProtocolError(f"PROXY v1: bad {which} IPv6 address {text!r}") from None
-
-
-_V1_ADDRESS: Final[dict[bytes, Callable[[str, bytes], _IP]]] = {
-    b"TCP4": _v1_ipv4,
-    b"TCP6": _v1_ipv6,
+_IP_CHARS: Final = frozenset(b"0123456789abcdefABCDEF:.")
+# protocol -> (family name, socket family, "IPv4"/"IPv6" for messages)
+_V1_PROTOCOLS: Final[dict[bytes, tuple[Family, int, str]]] = {
+    b"TCP4": ("TCP4", socket.AF_INET, "IPv4"),
+    b"TCP6": ("TCP6", socket.AF_INET6, "IPv6"),
 }
 
 
-def _addr(ip: _IP, port: int) -> Any:
-    if ip.version == 4:
-        return (str(ip), port)
-    return (str(ip), port, 0, 0)
+def _addr(family: int, host: str, port: int) -> Any:
+    """The address in the shape getpeername() has for the family."""
+    if family == socket.AF_INET:
+        return (host, port)
+    return (host, port, 0, 0)
 
 
 # ---------------------------------------------------------------- version 2
@@ -283,9 +280,17 @@ def _parse_v2_block(header: bytes, command: int, fam_proto: int) -> ProxyHeader:
         return ProxyHeader(2, cmd, "UNKNOWN", None, None, len(header), tlvs)
     fmt = _V2_INET if sock_family == socket.AF_INET else _V2_INET6
     src_ip, dst_ip, sport, dport = fmt.unpack_from(block)
-    src, dst = ipaddress.ip_address(src_ip), ipaddress.ip_address(dst_ip)
+    src, dst = socket.inet_ntop(sock_family, src_ip), socket.inet_ntop(sock_family, dst_ip)
     family: Family = "TCP4" if sock_family == socket.AF_INET else "TCP6"
-    return ProxyHeader(2, "PROXY", family, _addr(src, sport), _addr(dst, dport), len(header), tlvs)
+    return ProxyHeader(
+        2,
+        "PROXY",
+        family,
+        _addr(sock_family, src, sport),
+        _addr(sock_family, dst, dport),
+        len(header),
+        tlvs,
+    )
 
 
 def _parse_tlvs(header: bytes, start: int) -> dict[int, bytes]:
@@ -390,7 +395,8 @@ def apply_proxy_header(conn: Connection, header: ProxyHeader) -> None:
     if header.source is not None:
         conn.remote_address = header.source
         conn.local_address = header.destination
-    conn.proxy_tlvs = header.tlvs
+    if header.tlvs:  # else keep the connection's shared empty mapping
+        conn.proxy_tlvs = header.tlvs
 
 
 async def _recv(conn: Connection, size: int, flags: int) -> bytes:

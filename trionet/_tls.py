@@ -17,6 +17,7 @@ frame their own end of message.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 from collections.abc import Callable
@@ -25,6 +26,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
 import trio
+
+from ._errors import TLSError
+from ._resolve import format_target, named_error
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -152,6 +156,78 @@ async def tls_server_handshake(conn: Connection, ctx: ssl.SSLContext) -> TLSInfo
         _sni_box.reset(token)
     conn.tls = TLSInfo._from_stream(stream, box[0])
     return conn.tls
+
+
+# ------------------------------------------------------------- client side
+async def tls_client_handshake(
+    conn: Connection,
+    ctx: ssl.SSLContext,
+    host: str,
+    port: int,
+    server_hostname: str | None,
+    alpn_protocols: tuple[str, ...] | None,
+) -> TLSInfo:
+    """Wrap an outbound connection in TLS and run the handshake; the caller
+    (``connect()``) runs it inside its connect timeout.
+
+    Args:
+      conn: the connected TCP connection.
+      ctx: the client context (verification settings are the user's).
+      host / port: what ``connect()`` was asked for, for error messages; ``host``
+        is also the name verified when ``server_hostname`` is None.
+      server_hostname: the name to send as SNI and verify the certificate against.
+      alpn_protocols: protocols to offer. Python has no per-connection ALPN, so
+        the list is set on ``ctx`` right before the TLS object is created
+        (OpenSSL copies it there, with no checkpoint in between), so concurrent
+        connects offering different lists on one context each offer their own;
+        the context keeps the last list set.
+
+    Raises:
+      TLSError: the handshake failed; the message names the server name, the
+        reason (for a certificate, OpenSSL's verification message) and ``host:port``;
+        ``__cause__`` is the ``ssl.SSLError``.
+    """
+    name = server_hostname or _strip_brackets(host)
+    if alpn_protocols is not None:
+        ctx.set_alpn_protocols(list(alpn_protocols))
+    stream = trio.SSLStream(_RawTransport(conn), ctx, server_hostname=name)
+    conn._ssl = stream
+    try:
+        await stream.do_handshake()
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise _tls_error(exc, name, host, port) from (exc.__cause__ or exc)
+    conn.tls = TLSInfo._from_stream(stream, None if _is_ip(name) else name)
+    return conn.tls
+
+
+def _tls_error(exc: BaseException, name: str, host: str, port: int) -> Exception:
+    """``TLS handshake failed for example.com (certificate verify failed:
+    Hostname mismatch, ...): 10.0.0.1:443`` -- the name verified, the reason,
+    and the target as every ConnectError ends."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        why = f"certificate verify failed: {cause.verify_message.rstrip('.')}"
+        code = cause.errno
+    elif isinstance(cause, ssl.SSLError):
+        why = f"{cause.reason or cause.strerror or cause}"
+        code = cause.errno
+    else:
+        why = f"connection lost during the handshake ({cause or exc})"
+        code = None
+    target = format_target(host, port)
+    return named_error(TLSError, code, f"TLS handshake failed for {name} ({why}): {target}")
+
+
+def _strip_brackets(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def describe_tls_failure(exc: BaseException) -> str:
