@@ -18,7 +18,6 @@ running until they finish or the grace deadline cancels them; cancelling
 from __future__ import annotations
 
 import errno
-import ipaddress
 import itertools
 import logging
 import math
@@ -31,15 +30,14 @@ import trio
 
 from . import _connect
 from ._connection import Connection, _Owner
-from ._errors import AcceptError, ProxyProtocolError
+from ._errors import AcceptError
+from ._inbound import prepare_inbound
 from ._listen import Listener, open_listeners
 from ._options import AcceptOptions, ConnectOptions, _check_int, _check_seconds, _to_networks
-from ._proxy_protocol import apply_proxy_header, receive_proxy_header
 from ._sockopt import apply_socket_options
 from ._stats import Counters, NetStatistics
 from ._throttle import THROTTLE_MODES, Throttle, ThrottleMode
 from ._timeouts import TimeoutCop
-from ._tls import describe_tls_failure, tls_server_handshake
 
 __all__ = ["Handler", "NetProcessor", "Server"]
 
@@ -415,7 +413,7 @@ class NetProcessor:
                 # handler, inside the connection's scope (so its timeouts and a
                 # shutdown apply), and a failure closes it without the handler.
                 if (opts.proxy_protocol or opts.ssl_context is not None) and not (
-                    await self._prepare_connection(conn, opts)
+                    await prepare_inbound(conn, opts, self._counters)
                 ):
                     return
                 await handler(conn)
@@ -439,81 +437,6 @@ class NetProcessor:
                 with trio.CancelScope(shield=True):
                     await conn.aclose()
             conn.close()
-
-    async def _prepare_connection(self, conn: Connection, opts: AcceptOptions) -> bool:
-        """Read the PROXY header, then run the TLS handshake, as ``opts`` asks.
-
-        Returns False (the connection closed, the failure counted and logged
-        at debug level in one line) if either step failed or timed out.
-        """
-        if opts.proxy_protocol and not await self._read_proxy_header(conn, opts):
-            conn.close()
-            return False
-        if opts.ssl_context is not None and not await self._tls_handshake(conn, opts):
-            conn.close()
-            return False
-        return True
-
-    async def _read_proxy_header(self, conn: Connection, opts: AcceptOptions) -> bool:
-        if not _trusted(conn.peer_address, opts.proxy_protocol_trusted):
-            self._counters.proxy_protocol_errors += 1
-            logger.debug(
-                "connection #%d: PROXY header from untrusted %r", conn.id, conn.peer_address
-            )
-            return False
-        why: object = "timed out"
-        with trio.move_on_after(opts.proxy_protocol_timeout):
-            try:
-                header = await receive_proxy_header(conn)
-            except (ProxyProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                why = exc
-            else:
-                apply_proxy_header(conn, header)
-                return True
-        self._counters.proxy_protocol_errors += 1
-        logger.debug(
-            "connection #%d from %r: bad PROXY header: %s", conn.id, conn.peer_address, why
-        )
-        return False
-
-    async def _tls_handshake(self, conn: Connection, opts: AcceptOptions) -> bool:
-        assert opts.ssl_context is not None
-        timeout = opts.tls_handshake_timeout
-        with trio.move_on_after(math.inf if timeout is None else timeout) as hs_scope:
-            try:
-                await tls_server_handshake(conn, opts.ssl_context)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._counters.tls_handshake_errors += 1
-                logger.debug(
-                    "connection #%d from %r: TLS handshake failed: %s",
-                    conn.id,
-                    conn.remote_address,
-                    describe_tls_failure(exc),
-                )
-                return False
-            return True
-        if hs_scope.cancelled_caught:
-            self._counters.tls_handshake_timeouts += 1
-            logger.debug(
-                "connection #%d from %r: TLS handshake timed out after %s s",
-                conn.id,
-                conn.remote_address,
-                timeout,
-            )
-        return False
-
-
-def _trusted(address: Any, networks: tuple[Any, ...]) -> bool:
-    """Is the socket peer allowed to send a PROXY header? Empty: everyone."""
-    if not networks:
-        return True
-    try:
-        ip = ipaddress.ip_address(address[0])
-    except (TypeError, ValueError, IndexError):
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
 
 
 # Linux copies a listening socket's options (TCP_NODELAY, SO_KEEPALIVE, SO_LINGER,
