@@ -51,6 +51,18 @@ for n in (1, 2):
         )
     )
 
+# Not run by default: the fallback without SO_REUSEPORT, one listening socket
+# shared by both workers (--variants trionet-1w,trionet-2w,trionet-2w-inherit).
+register_variant(
+    Variant(
+        "trionet-2w-inherit",
+        "trionet_workers.py",
+        ("--workers", "2", "--sharing", "inherit"),
+        "trionet.WorkerSupervisor, 2 worker processes, one inherited listening socket",
+        pin=False,
+    )
+)
+
 register_comparison(
     Comparison(
         "2 workers / 1 worker",
@@ -63,6 +75,9 @@ register_comparison(
     )
 )
 register_comparison(Comparison("1 worker / single process", "trionet-1w", "trionet", {}))
+register_comparison(
+    Comparison("shared socket / SO_REUSEPORT, 2 workers", "trionet-2w-inherit", "trionet-2w", {})
+)
 
 
 def scaling_rows(cells: dict[tuple[str, str], Any], cores: int) -> list[dict[str, float | str]]:
