@@ -62,11 +62,13 @@ async def listen(unp: UnixNetProcessor, acceptor: Continuation,
     return action, ports[0]
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` across scheduler passes (bounded)."""
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.001
+) -> None:
+    """Poll ``predicate`` every ``step`` seconds (bounded by ``timeout``)."""
     with trio.fail_after(timeout):
         while not predicate():
-            await trio.sleep(0.001)
+            await trio.sleep(step)
 
 
 def pattern(seed: int, n: int, offset: int = 0) -> bytes:

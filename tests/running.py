@@ -109,7 +109,10 @@ class HalfCloseUpstream(socketserver.ThreadingTCPServer):
     """A stdlib upstream server for proxy tests: reads the whole request
     (until the EOF the proxy forwards), then answers and closes."""
 
-    daemon_threads = True
+    # server_close() joins the handler threads, so `requests` is complete once
+    # the context below exits; a handler never waits more than 10 s.
+    daemon_threads = False
+    block_on_close = True
     allow_reuse_address = True
 
     def __init__(self) -> None:
@@ -118,6 +121,7 @@ class HalfCloseUpstream(socketserver.ThreadingTCPServer):
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
+            self.request.settimeout(10)
             data = b""
             while chunk := self.request.recv(65536):
                 data += chunk

@@ -144,7 +144,7 @@ def test_echo_command_runs_and_stops_gracefully(sig: int) -> None:
 
 def test_limits_and_timeouts_are_applied() -> None:
     argv = ["echo", "--port", "0", "--stats-port", "0", "--max-connections", "1"]
-    argv += ["--throttle", "close", "--inactivity-timeout", "0.5"]
+    argv += ["--throttle", "close", "--inactivity-timeout", "1.0"]
     with Running("-m", "trionet", *argv) as run:
         port = int(run.expect(r"listening on 127\.0\.0\.1:(\d+)")[1])
         stats_port = int(run.expect(r"statistics on http://127\.0\.0\.1:(\d+)/stats")[1])

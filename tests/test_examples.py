@@ -70,3 +70,49 @@ def test_tcp_proxy_upstream_down() -> None:
         status, out, err = run.stop(signal.SIGTERM)
     assert status == 0, err
     assert "sessions: 1, upstream failures: 1 (0 timed out)" in out
+
+
+def test_ats_tunnel() -> None:
+    """The same proxy on the iocore shim: same bytes, same half-close."""
+    with running_upstream() as upstream:
+        up_port = upstream.server_address[1]
+        args = ["examples/ats_tunnel.py", "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
+        with Running(*args, "--inactivity-timeout", "30", "--max-connections", "10") as run:
+            port = int(run.expect(r"ats tunnel listening on 127\.0\.0\.1 port (\d+), upstream")[1])
+            assert echo_roundtrip(port, b"t" * 300_000) == b"got 300000 bytes"
+            assert echo_roundtrip(port, b"second") == b"got 6 bytes"
+            status, out, err = run.stop(signal.SIGINT)
+    assert status == 0, err
+    assert upstream.requests == [b"t" * 300_000, b"second"]
+    assert "sessions: 2, upstream failures: 0, errors: 0, bytes up: 300006, down: 27" in out
+
+
+def test_ats_tunnel_upstream_down() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    args = ["examples/ats_tunnel.py", "--port", "0", "--upstream", f"127.0.0.1:{dead}"]
+    with Running(*args) as run:
+        port = int(run.expect(r"listening on 127\.0\.0\.1 port (\d+)")[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            assert client.recv(10) == b""  # NET_EVENT_OPEN_FAILED: closed
+        status, out, err = run.stop(signal.SIGTERM)
+    assert status == 0, err
+    assert "sessions: 1, upstream failures: 1, errors: 0" in out
+
+
+def test_ats_tunnel_inactivity_timeout() -> None:
+    """A session that goes quiet (the client neither sends nor half-closes)
+    ends on VC_EVENT_INACTIVITY_TIMEOUT, closing both sides."""
+    with running_upstream() as upstream:
+        up_port = upstream.server_address[1]
+        args = ["examples/ats_tunnel.py", "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
+        with Running(*args, "--inactivity-timeout", "0.5") as run:
+            port = int(run.expect(r"listening on 127\.0\.0\.1 port (\d+)")[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                client.sendall(b"partial")
+                assert client.recv(100) == b""  # closed by the timeout
+            status, out, err = run.stop(signal.SIGINT)
+    assert status == 0, err
+    assert "sessions: 1, upstream failures: 0, errors: 1, bytes up: 7, down: 0" in out
+    assert upstream.requests == [b"partial"]  # the upstream saw the close as EOF

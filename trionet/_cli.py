@@ -28,12 +28,12 @@ from ._connection import Connection
 from ._options import AcceptOptions, ConnectOptions
 from ._proxy import TcpProxy
 from ._server import Handler, NetProcessor, Server
+from ._stats_page import STATS_INACTIVITY_TIMEOUT
 from ._workers import WorkerContext, WorkerSupervisor
 
 __all__ = ["build_parser", "main"]
 
 PROG: Final = "trionet"
-EXIT_USAGE: Final = 2
 # How worker processes (--workers N) get the command line: they re-parse it.
 _ARGV_ENV: Final = "TRIONET_CLI_ARGV"
 
@@ -304,7 +304,11 @@ def _plan(args: argparse.Namespace) -> _Plan:
     )
     stats = None
     if args.stats_port is not None:
-        stats = AcceptOptions(host=args.stats_host, port=args.stats_port, inactivity_timeout=10.0)
+        stats = AcceptOptions(
+            host=args.stats_host,
+            port=args.stats_port,
+            inactivity_timeout=STATS_INACTIVITY_TIMEOUT,
+        )
     plan = _Plan(args.command, net, _echo, listen, stats, args.grace, "")
     if args.command == "proxy":
         host, port = args.upstream
