@@ -44,6 +44,11 @@ async def echo_worker(ctx: trionet.WorkerContext) -> None:
     await ctx.serve(trionet.NetProcessor(), _echo_with_pid)
 
 
+async def stubborn_worker(ctx: trionet.WorkerContext) -> None:
+    ctx.ready()
+    await trio.sleep_forever()  # ignores ctx.shutdown_requested
+
+
 async def crash_worker(ctx: trionet.WorkerContext) -> None:
     raise RuntimeError(f"worker {ctx.worker_id} fails on purpose")
 
@@ -62,6 +67,10 @@ async def crash_worker(ctx: trionet.WorkerContext) -> None:
 def test_bad_arguments_are_named(kwargs: dict[str, object], error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         WorkerSupervisor(echo_worker, 0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_default_worker_count_is_the_usable_cpus() -> None:
+    assert WorkerSupervisor(echo_worker, 0).workers == len(os.sched_getaffinity(0))
 
 
 def test_main_must_be_importable_by_name() -> None:
@@ -265,6 +274,29 @@ async def test_crashing_worker_backs_off(caplog: pytest.LogCaptureFixture) -> No
     ]
     assert delays[:2] == ["0.05", "0.10"]  # doubling; RestartBackoff's test covers the rest
     assert not supervisor.pids
+
+
+@pytest.mark.slow
+async def test_worker_ignoring_shutdown_is_killed_after_grace(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(trionet._workers, "EXIT_MARGIN", 0.1)
+    caplog.set_level(logging.INFO, logger="trionet.workers")
+    supervisor = WorkerSupervisor(
+        stubborn_worker, trionet.AcceptOptions(host="127.0.0.1"), workers=1, grace=0.2
+    )
+    status: list[int] = []
+    with trio.fail_after(9):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_run_supervisor, supervisor, status)
+            [pid] = (await supervisor.wait_ready()).values()
+            supervisor.shutdown()
+            stopped_at = trio.current_time()
+    assert trio.current_time() - stopped_at >= 0.3  # grace + margin, then SIGKILL
+    assert status == [1] and supervisor.restarts == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"worker 0 (pid {pid}) still running after grace: SIGKILL" in messages
+    assert f"worker 0 (pid {pid}) was killed by SIGKILL" in messages
 
 
 # ----------------------------------------------------- the supervisor as a program

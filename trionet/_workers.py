@@ -51,7 +51,9 @@ SIGKILL, or ``main`` returning -- is restarted with an exponential back-off
 (:class:`RestartBackoff`) and logged on ``trionet.workers``. SIGTERM/SIGINT to
 the supervisor become one SIGTERM per worker: ``ctx.shutdown_requested`` is set
 and ``ctx.serve`` shuts its server down gracefully. Workers watch a control
-socket to the supervisor and stop by themselves if it dies. POSIX only.
+socket to the supervisor and stop by themselves if it dies. Workers ignore
+SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
+supervisor already turns it into one SIGTERM each. POSIX only.
 
 Caveat of SO_REUSEPORT: connections already queued on a worker's listening
 socket (accepted by the kernel, not yet by the worker) are reset when that
@@ -341,6 +343,13 @@ class _Plan:
         self.held.clear()
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container's cpuset, taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def reuse_port_available() -> bool:
     """Whether this platform lets several sockets share a port with ``SO_REUSEPORT``."""
     if not hasattr(socket, "SO_REUSEPORT"):
@@ -486,7 +495,7 @@ class WorkerSupervisor:
         self.specs = [AcceptOptions.coerce(spec) for spec in listen]
         if not self.specs:
             raise ValueError("run_workers() needs at least one port or AcceptOptions")
-        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        self.workers = workers if workers is not None else usable_cpus()
         _check_int("run_workers", "workers", self.workers, 1)
         _check_seconds("run_workers", "grace", grace)
         _check_seconds("run_workers", "restart_delay", restart_delay, allow_zero=False)
@@ -748,7 +757,8 @@ def run_workers(
         level (the workers import it by name; a script's own functions work).
       *listen: ports or :class:`AcceptOptions` every worker serves
         (``ssl_context`` excepted: build it in the worker).
-      workers: number of worker processes (default: ``os.cpu_count()``).
+      workers: number of worker processes (default: the CPUs this process
+        may use, ``len(os.sched_getaffinity(0))``).
       grace: seconds running connections get after SIGTERM/SIGINT; workers
         still running ``EXIT_MARGIN`` seconds later are killed. A second
         SIGINT (Ctrl-C twice) kills them at once; a repeated SIGTERM changes
