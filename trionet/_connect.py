@@ -10,7 +10,7 @@ One ``connect()`` call, step by step::
         ├── race: one attempt task per address, staggered (RFC 8305)
         │   └── attempt: socket() → options → bind → connect()
         ├── wrap the winner in a Connection (counted, timeouts set)
-        └── [TLS hook: the handshake goes here, inside the timeout]
+        └── TLS handshake if ssl_context (TLSError), inside the timeout
 
 Where Netty differs, and why trionet does not:
 
@@ -46,6 +46,7 @@ from ._errors import (
     ConnectTimeoutError,
     ResolveError,
     ThrottledError,
+    TLSError,
     UnsupportedOptionError,
 )
 from ._options import ConnectOptions
@@ -59,6 +60,7 @@ from ._resolve import (
     resolve_literal,
 )
 from ._sockopt import apply_socket_options
+from ._tls import tls_client_handshake
 
 if TYPE_CHECKING:
     from ._server import NetProcessor
@@ -190,15 +192,19 @@ async def _establish(
         sock.close()
         raise
     try:
-        # ---- TLS hook -------------------------------------------------------
-        # The TLS handshake (opts.ssl_context / server_hostname / alpn_protocols)
-        # goes here: the TCP connection is already a counted Connection, and we
-        # are still inside connect()'s timeout scope, so a stalled handshake
-        # ends as ConnectTimeoutError, and an error or a cancellation closes
-        # `conn` (below), which frees its slot. Until then ssl_context is not
-        # acted on.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        # ----------------------------------------------------------------------
+        # ---- TLS: still inside connect()'s timeout scope, so a stalled
+        # handshake ends as ConnectTimeoutError; an error (TLSError) or a
+        # cancellation closes `conn` (below), which frees its slot.
+        if opts.ssl_context is not None:
+            try:
+                await tls_client_handshake(
+                    conn, opts.ssl_context, host, port, opts.server_hostname, opts.alpn_protocols
+                )
+            except TLSError:
+                net._counters.tls_handshake_errors += 1
+                raise
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
     except BaseException:
         conn.close()
         raise

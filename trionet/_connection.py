@@ -16,8 +16,9 @@ from __future__ import annotations
 import errno
 import math
 import socket as _stdlib_socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import trio
@@ -35,6 +36,7 @@ TimedOut = Literal["inactivity", "active", "evicted"]
 
 DEFAULT_RECEIVE_SIZE: Final = 65536
 _INF: Final = math.inf
+_NO_TLVS: Final[Mapping[int, bytes]] = MappingProxyType({})
 
 # errnos after which the connection is broken (the peer went away), as opposed
 # to an errno that means we misused a closed socket.
@@ -92,23 +94,23 @@ class Connection(trio.abc.HalfCloseableStream):
         "_idle",
         "_inactivity_timeout",
         "_last_activity",
+        "_local_address",
         "_now",
         "_owner",
         "_receiving",
         "_scopes",
         "_sending",
+        "_sock_address",
         "_ssl",
         "_timeout_hook",
         "bytes_received",
         "bytes_sent",
         "id",
         "inbound",
-        "local_address",
         "opened_at",
         "peer_address",
         "proxy_tlvs",
         "remote_address",
-        "sock_address",
         "socket",
         "timed_out",
         "tls",
@@ -134,10 +136,13 @@ class Connection(trio.abc.HalfCloseableStream):
         self.opened_at = now
         self._last_activity = now
         self.peer_address = peer_address if peer_address is not None else _peername(sock)
-        self.sock_address: Address = sock.getsockname()
+        # Our own address costs a getsockname() syscall: asked for lazily.
+        self._sock_address: Address = None
+        self._local_address: Address = None
         self.remote_address: Address = self.peer_address
-        self.local_address: Address = self.sock_address
-        self.proxy_tlvs: dict[int, bytes] = {}
+        # Shared empty mapping: most connections never carry PROXY TLVs, and an
+        # empty dict per connection would cost 64 bytes each.
+        self.proxy_tlvs: Mapping[int, bytes] = _NO_TLVS
         self.bytes_received = 0
         self.bytes_sent = 0
         self.timed_out: TimedOut | None = None
@@ -162,12 +167,15 @@ class Connection(trio.abc.HalfCloseableStream):
     # ------------------------------------------------------------------ I/O
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._ssl is not None:
-            return bytes(await self._ssl.receive_some(max_bytes))
+            data = bytes(await self._ssl.receive_some(max_bytes))
+            self.bytes_received += len(data)  # plaintext; see trionet._tls._RawTransport
+            return data
         return await self._raw_receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._ssl is not None:
             await self._ssl.send_all(data)
+            self.bytes_sent += memoryview(data).nbytes  # plaintext, as above
             return
         await self._raw_send_all(data)
 
@@ -209,6 +217,29 @@ class Connection(trio.abc.HalfCloseableStream):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def sock_address(self) -> Address:
+        """The socket's own local address (``getsockname()``; None if the socket
+        was closed before anyone asked)."""
+        if self._sock_address is None:
+            try:
+                self._sock_address = self.socket.getsockname()
+            except OSError:
+                return None
+        return self._sock_address
+
+    @property
+    def local_address(self) -> Address:
+        """Our address as the client sees it: the socket's, or the destination
+        a PROXY protocol header carries."""
+        if self._local_address is None:
+            return self.sock_address
+        return self._local_address
+
+    @local_address.setter
+    def local_address(self, value: Address) -> None:
+        self._local_address = value
 
     # --------------------------------------------------- raw socket I/O (TCP)
     # These are also the transport under trio.SSLStream for TLS connections, so

@@ -9,6 +9,7 @@ trio's socket wrapper -- one scheduler round trip per ``accept`` -- cannot.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import socket
 from dataclasses import dataclass
@@ -16,11 +17,10 @@ from typing import Any, final
 
 import trio
 
-from ._errors import UnsupportedOptionError
 from ._options import AcceptOptions
 from ._sockopt import apply_listen_options, apply_socket_options
 
-__all__ = ["Listener", "open_listeners"]
+__all__ = ["Listener", "adopt_listener", "check_listening_fd", "open_listeners"]
 
 
 @final
@@ -132,27 +132,60 @@ def adopt_listener(fd: int, opts: AcceptOptions) -> Listener:
     ATS's ``main_accept(cont, fd, opt)``). The fd is taken over: the server closes
     it when it stops.
 
+    The socket is made non-blocking and ``opts.socket`` is applied to it (and so
+    inherited by accepted sockets), as is ``defer_accept``, which works on a
+    listening socket. ``reuse_port`` and ``transparent`` only act before
+    ``bind()``, which the opener did: asking for them is an error rather than
+    an option silently not applied.
+
     Raises:
-      ValueError: ``fd`` is closed, not a socket, not TCP, or not listening.
+      ValueError: ``fd`` is closed, not a socket, not TCP, or not listening;
+        or a bind-time option was asked for.
     """
+    for name in ("reuse_port", "transparent"):
+        if getattr(opts, name):
+            raise ValueError(
+                f"fd {fd}: AcceptOptions.{name}=True cannot be applied to a socket "
+                "that is already bound; set it where the socket is opened"
+            )
+    sock = _socket_for_fd(fd)
     try:
-        sock = socket.socket(fileno=fd)
-    except OSError as exc:
-        raise ValueError(f"fd {fd} cannot be served: {exc.strerror or exc}") from exc
-    try:
-        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
-            raise ValueError(f"fd {fd} is not a TCP socket ({sock.family!r}, {sock.type!r})")
-        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            raise ValueError(f"fd {fd} is a socket but is not listening")
-        try:
-            apply_socket_options(sock, opts.socket)
-        except UnsupportedOptionError:
-            raise
+        _check_listening(fd, sock)
+        apply_socket_options(sock, opts.socket)
+        if opts.defer_accept is not None:
+            apply_listen_options(sock, dataclasses.replace(opts, reuse_port=False))
         sock.setblocking(False)
         return Listener(sock, opts, sock.getsockname())
     except BaseException:
         sock.detach()  # not ours to close when we refuse it
         raise
+
+
+def check_listening_fd(fd: int) -> None:
+    """Check that ``fd`` is a listening TCP socket, without taking it over.
+
+    Raises:
+      ValueError: ``fd`` is closed, not a socket, not TCP, or not listening.
+    """
+    sock = _socket_for_fd(fd)
+    try:
+        _check_listening(fd, sock)
+    finally:
+        sock.detach()
+
+
+def _socket_for_fd(fd: int) -> socket.socket:
+    try:
+        return socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ValueError(f"fd {fd} cannot be served: {exc.strerror or exc}") from exc
+
+
+def _check_listening(fd: int, sock: socket.socket) -> None:
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        raise ValueError(f"fd {fd} is not a TCP socket ({sock.family!r}, {sock.type!r})")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ValueError(f"fd {fd} is a socket but is not listening")
 
 
 def _fmt(sockaddr: Any) -> str:

@@ -31,6 +31,7 @@ import trio
 from . import _connect
 from ._connection import Connection, _Owner
 from ._errors import AcceptError
+from ._inbound import prepare_inbound
 from ._listen import Listener, open_listeners
 from ._options import AcceptOptions, ConnectOptions, _check_int, _check_seconds, _to_networks
 from ._sockopt import apply_socket_options
@@ -248,6 +249,21 @@ class NetProcessor:
         server = Server(self, listeners)
         await server._run(handler, task_status)
 
+    async def serve_stats(
+        self,
+        port: int | AcceptOptions = 0,
+        *,
+        host: str | None = "127.0.0.1",
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve this processor's statistics over HTTP (``/stats`` JSON with
+        ATS record names, ``/metrics`` for Prometheus), on loopback unless
+        ``host`` says otherwise: ``await nursery.start(net.serve_stats, 9100)``
+        reports the :class:`Server`. See :func:`trionet.serve_stats`."""
+        from ._stats_page import serve_stats  # the stats page builds on this module
+
+        await serve_stats(self.statistics, port, host=host, task_status=task_status)
+
     # ---------------------------------------------------------------- connect
     async def connect(
         self, host: str, port: int, options: ConnectOptions | None = None
@@ -393,6 +409,13 @@ class NetProcessor:
         conn._scopes.append(scope)
         try:
             with scope:
+                # Plain TCP pays one test here; PROXY/TLS steps run before the
+                # handler, inside the connection's scope (so its timeouts and a
+                # shutdown apply), and a failure closes it without the handler.
+                if (opts.proxy_protocol or opts.ssl_context is not None) and not (
+                    await prepare_inbound(conn, opts, self._counters)
+                ):
+                    return
                 await handler(conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # The peer reset or the connection was closed under the handler:

@@ -1,16 +1,44 @@
-"""TLS for connections (ATS ``SSLNetProcessor``): negotiated-session facts.
+"""TLS for connections (ATS ``SSLNetProcessor``): the handshake, and the
+negotiated-session facts a ``Connection`` exposes as ``conn.tls``.
 
-(The handshake and the TLS wrapping are added by the TLS work; this module
-holds what a ``Connection`` exposes as ``conn.tls``.)
+A TLS connection is still one :class:`~trionet.Connection`: a ``trio.SSLStream``
+runs over the connection's own raw socket I/O (:class:`_RawTransport`), and the
+connection's public ``receive_some`` / ``send_all`` go through it. So handshake
+and record bytes are counted in the processor's ``read_bytes`` / ``write_bytes``
+and are activity for the inactivity timeout exactly like plain bytes, while the
+connection's own ``bytes_received`` / ``bytes_sent`` stay payload (plaintext)
+counts.
+
+trionet uses ``https_compatible=False`` (trio's default): closing a TLS
+connection sends ``close_notify``, and a peer that vanishes without one is a
+broken connection, not a clean EOF -- the safe choice for protocols that do not
+frame their own end of message.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import ssl
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, final
+
+import trio
+
+from ._errors import TLSError
+from ._resolve import format_target, named_error
+
+if TYPE_CHECKING:
+    from ._connection import Connection
 
 __all__ = ["TLSInfo"]
 
+logger = logging.getLogger("trionet.tls")
 
+
+@final
 @dataclass(frozen=True, slots=True)
 class TLSInfo:
     """What was negotiated on a TLS connection.
@@ -27,3 +55,184 @@ class TLSInfo:
     cipher: str | None
     alpn_protocol: str | None
     server_name: str | None
+
+    @classmethod
+    def _from_stream(cls, stream: trio.SSLStream[Any], server_name: str | None) -> TLSInfo:
+        cipher = stream.cipher()
+        return cls(
+            version=stream.version(),
+            cipher=cipher[0] if cipher else None,
+            alpn_protocol=stream.selected_alpn_protocol(),
+            server_name=server_name,
+        )
+
+
+@final
+class _RawTransport(trio.abc.Stream):
+    """A connection's raw socket I/O as a ``trio.abc.Stream``, for
+    ``trio.SSLStream`` to run over.
+
+    The raw methods count every wire byte in the processor's counters and as
+    activity; they also add to the connection's ``bytes_received`` /
+    ``bytes_sent``, which for TLS must be plaintext counts (the connection adds
+    those itself), so the wire bytes are taken back out of them here.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = await self._conn._raw_receive_some(max_bytes)
+        self._conn.bytes_received -= len(data)
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        conn = self._conn
+        before = conn.bytes_sent
+        try:
+            await conn._raw_send_all(data)
+        finally:
+            # Exact on success; on failure the connection is broken and this
+            # takes back whatever part of the record was sent.
+            conn.bytes_sent -= max(0, conn.bytes_sent - before)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._conn._raw_wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        self._conn.close()
+        await trio.lowlevel.checkpoint()
+
+
+# ------------------------------------------------------------- server side
+# Python's ssl module does not expose, on the server side, which name a client
+# asked for: the only place it is seen is the context's sni_callback. trionet
+# chains a small recorder in front of whatever callback the user set (which
+# still runs, and may still switch contexts). The callback runs synchronously
+# inside the handshake step of the task doing the handshake, so a context
+# variable set by that task carries the name back -- no global table.
+_sni_box: ContextVar[list[str | None] | None] = ContextVar("trionet_sni", default=None)
+_SniCallback = Callable[[Any, str | None, ssl.SSLContext], int | None]
+
+
+def _install_sni_recorder(ctx: ssl.SSLContext) -> None:
+    previous: _SniCallback | None = ctx.sni_callback  # type: ignore[assignment]
+    if getattr(previous, "_trionet_sni_recorder", False):
+        return
+
+    def record_sni(ssl_object: Any, name: str | None, context: ssl.SSLContext) -> int | None:
+        box = _sni_box.get()
+        if box is not None:
+            box[0] = name
+        return previous(ssl_object, name, context) if previous is not None else None
+
+    record_sni._trionet_sni_recorder = True  # type: ignore[attr-defined]
+    ctx.sni_callback = record_sni
+
+
+async def tls_server_handshake(conn: Connection, ctx: ssl.SSLContext) -> TLSInfo:
+    """Wrap an accepted connection in TLS and run the handshake.
+
+    Sets ``conn._ssl`` (from then on the connection's I/O is encrypted) and
+    ``conn.tls``. The caller bounds it with the handshake timeout.
+
+    Note: the first call installs an SNI-recording ``sni_callback`` on ``ctx``,
+    chained in front of the one already set (see above).
+
+    Raises:
+      trio.BrokenResourceError: the handshake failed (its ``__cause__`` is the
+        ``ssl.SSLError``) or the peer went away.
+    """
+    _install_sni_recorder(ctx)
+    stream = trio.SSLStream(_RawTransport(conn), ctx, server_side=True)
+    conn._ssl = stream
+    box: list[str | None] = [None]
+    token = _sni_box.set(box)
+    try:
+        await stream.do_handshake()
+    finally:
+        _sni_box.reset(token)
+    conn.tls = TLSInfo._from_stream(stream, box[0])
+    return conn.tls
+
+
+# ------------------------------------------------------------- client side
+async def tls_client_handshake(
+    conn: Connection,
+    ctx: ssl.SSLContext,
+    host: str,
+    port: int,
+    server_hostname: str | None,
+    alpn_protocols: tuple[str, ...] | None,
+) -> TLSInfo:
+    """Wrap an outbound connection in TLS and run the handshake; the caller
+    (``connect()``) runs it inside its connect timeout.
+
+    Args:
+      conn: the connected TCP connection.
+      ctx: the client context (verification settings are the user's).
+      host / port: what ``connect()`` was asked for, for error messages; ``host``
+        is also the name verified when ``server_hostname`` is None.
+      server_hostname: the name to send as SNI and verify the certificate against.
+      alpn_protocols: protocols to offer. Python has no per-connection ALPN, so
+        the list is set on ``ctx`` right before the TLS object is created
+        (OpenSSL copies it there, with no checkpoint in between), so concurrent
+        connects offering different lists on one context each offer their own;
+        the context keeps the last list set.
+
+    Raises:
+      TLSError: the handshake failed; the message names the server name, the
+        reason (for a certificate, OpenSSL's verification message) and ``host:port``;
+        ``__cause__`` is the ``ssl.SSLError``.
+    """
+    name = server_hostname or _strip_brackets(host)
+    if alpn_protocols is not None:
+        ctx.set_alpn_protocols(list(alpn_protocols))
+    stream = trio.SSLStream(_RawTransport(conn), ctx, server_hostname=name)
+    conn._ssl = stream
+    try:
+        await stream.do_handshake()
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise _tls_error(exc, name, host, port) from (exc.__cause__ or exc)
+    conn.tls = TLSInfo._from_stream(stream, None if _is_ip(name) else name)
+    return conn.tls
+
+
+def _tls_error(exc: BaseException, name: str, host: str, port: int) -> Exception:
+    """``TLS handshake failed for example.com (certificate verify failed:
+    Hostname mismatch, ...): 10.0.0.1:443`` -- the name verified, the reason,
+    and the target as every ConnectError ends."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        why = f"certificate verify failed: {cause.verify_message.rstrip('.')}"
+        code = cause.errno
+    elif isinstance(cause, ssl.SSLError):
+        why = f"{cause.reason or cause.strerror or cause}"
+        code = cause.errno
+    else:
+        why = f"connection lost during the handshake ({cause or exc})"
+        code = None
+    target = format_target(host, port)
+    return named_error(TLSError, code, f"TLS handshake failed for {name} ({why}): {target}")
+
+
+def _strip_brackets(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def describe_tls_failure(exc: BaseException) -> str:
+    """One line saying why a handshake failed, for a debug log without traceback."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        return f"{cause.reason}: {cause}"
+    return str(cause) or type(cause).__name__

@@ -1,0 +1,39 @@
+"""How-to: a TCP proxy."""
+
+from collections.abc import Awaitable, Callable
+
+import trio
+
+import trionet
+
+Handler = Callable[[trionet.Connection], Awaitable[None]]
+
+
+async def main(port: int = 8080, upstream: tuple[str, int] = ("127.0.0.1", 7007)) -> None:
+    # Client and upstream connections share one processor: max_connections
+    # counts both, and each side has its own inactivity timeout.
+    net = trionet.NetProcessor(max_connections=2000)
+    to_upstream = trionet.ConnectOptions(connect_timeout=5, inactivity_timeout=60)
+    proxy = trionet.TcpProxy(net, *upstream, to_upstream)
+    listen = trionet.AcceptOptions(host="127.0.0.1", port=port, inactivity_timeout=60)
+    await net.serve(proxy, listen)
+
+
+def make_tagging_proxy(net: trionet.NetProcessor, host: str, port: int) -> Handler:
+    # The same thing written out, with a twist: tell the upstream who the
+    # client is before splicing the two connections.
+    async def handler(client: trionet.Connection) -> None:
+        try:
+            upstream = await net.connect(host, port, trionet.ConnectOptions(connect_timeout=5))
+        except trionet.ConnectError:
+            return  # closes the client connection
+        async with upstream:
+            with upstream.enforce_timeouts():  # the upstream's timeouts end the session too
+                await upstream.send_all(f"client {client.remote_address[0]}\n".encode())
+                await trionet.splice(client, upstream)
+
+    return handler
+
+
+if __name__ == "__main__":
+    trio.run(main)

@@ -1,0 +1,133 @@
+"""An echo server written the way ATS plugins and protocol code are written:
+an accept continuation and a per-connection state machine that switches
+handlers with ``set_handler`` (ATS ``SET_HANDLER``), on trionet.iocore.
+
+    python examples/ats_echo_server.py --port 7008
+
+Each connection reads into a MIOBuffer and writes the same buffer back
+through a reader of it; reading pauses while the buffer is full
+(backpressure) and resumes as the peer takes the echo. After the client's
+EOF the state machine flushes what is left, then closes. Ctrl-C (or SIGTERM)
+stops accepting and closes the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import trio
+
+import trionet
+from trionet import iocore
+from trionet.iocore import (
+    EVENT_CONT,
+    EVENT_DONE,
+    INT64_MAX,
+    VC_EVENT_EOS,
+    VC_EVENT_READ_COMPLETE,
+    VC_EVENT_READ_READY,
+    VC_EVENT_WRITE_READY,
+    Continuation,
+    MIOBuffer,
+    NetVConnection,
+)
+
+
+class EchoSM(Continuation):
+    """One connection: ``state_echo`` while the client sends, ``state_drain``
+    after its EOF until the last byte went back out."""
+
+    def __init__(self, vc: NetVConnection, inactivity_timeout: float) -> None:
+        super().__init__()
+        self.vc = vc
+        self.buf = MIOBuffer()
+        self.out = self.buf.alloc_reader()
+        vc.set_inactivity_timeout(inactivity_timeout)
+        self.set_handler(self.state_echo)
+        self.read_vio = vc.do_io_read(self, INT64_MAX, self.buf)
+        self.write_vio = vc.do_io_write(self, INT64_MAX, self.out)
+
+    def state_echo(self, event: int, data: object) -> int:
+        if event == VC_EVENT_READ_READY:
+            assert self.write_vio is not None
+            self.write_vio.reenable()  # new bytes to echo
+        elif event == VC_EVENT_WRITE_READY:
+            assert self.read_vio is not None
+            self.read_vio.reenable()  # room again in the buffer
+        elif event in (VC_EVENT_EOS, VC_EVENT_READ_COMPLETE):
+            assert self.write_vio is not None
+            self.set_handler(self.state_drain)
+            self.write_vio.done()  # finish after what is buffered
+            if self.write_vio.ntodo() <= 0:
+                return self.close()
+            self.write_vio.reenable()
+        else:  # VC_EVENT_ERROR, timeouts
+            return self.close()
+        return EVENT_CONT
+
+    def state_drain(self, event: int, data: object) -> int:
+        if event == VC_EVENT_WRITE_READY:
+            return EVENT_CONT
+        return self.close()  # WRITE_COMPLETE, or an error/timeout
+
+    def close(self) -> int:
+        self.vc.do_io_close()
+        return EVENT_DONE
+
+
+class EchoAccept(Continuation):
+    """The acceptor: one :class:`EchoSM` per ``NET_EVENT_ACCEPT``."""
+
+    def __init__(self, inactivity_timeout: float) -> None:
+        super().__init__()
+        self.inactivity_timeout = inactivity_timeout
+        self.accepted = 0
+        self.set_handler(self.main_event)
+
+    def main_event(self, event: int, data: object) -> int:
+        if event == iocore.NET_EVENT_ACCEPT:
+            assert isinstance(data, NetVConnection)
+            self.accepted += 1
+            EchoSM(data, self.inactivity_timeout)
+        elif event == iocore.EVENT_ERROR:
+            print(f"accept failed: {data!r} (a negated errno)", file=sys.stderr, flush=True)
+        return EVENT_CONT
+
+
+async def main(args: argparse.Namespace) -> None:
+    acceptor = EchoAccept(args.inactivity_timeout)
+    opts = trionet.AcceptOptions(host=args.host, port=args.port)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with iocore.open_net_processor() as unp:
+            action = unp.accept(acceptor, opts)
+            if not await action.wait_listening():
+                sys.exit(f"ats_echo_server: cannot listen on {args.host} port {args.port}")
+            for port in action.ports:
+                print(f"listening on {args.host} port {port}", flush=True)
+            async for signum in signals:
+                print(f"{signal.Signals(signum).name}: stopping", flush=True)
+                break
+            action.cancel()
+    print(f"stopped after {acceptor.accepted} connections", flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="ATS-style echo server on trionet.iocore.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7008, help="port (default 7008; 0 = any)")
+    p.add_argument(
+        "--inactivity-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a connection may stay idle (default 30)",
+    )
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    try:
+        trio.run(main, parse_args())
+    except ValueError as exc:  # bad option values name themselves
+        sys.exit(f"ats_echo_server: {exc}")

@@ -1,0 +1,244 @@
+"""examples/tcp_proxy.py written the way ATS code is written, on trionet.iocore:
+an accept continuation, ``connect_re`` to the upstream, then two VIO pairs
+(client read -> upstream write, upstream read -> client write) driven by a
+state machine, as ATS's tunnels are.
+
+    python examples/ats_tunnel.py --port 8081 --upstream 127.0.0.1:7007
+
+Per client: ``NET_EVENT_ACCEPT`` starts a :class:`TunnelSM`, which calls
+``connect_re``; ``NET_EVENT_OPEN`` sets up the four VIOs. ``READ_READY`` on one
+side re-enables the opposite write; ``WRITE_READY`` re-enables the opposite
+read once the buffer drained (backpressure: a full MIOBuffer stops reading).
+``EOS`` on a read finishes the opposite write after the buffered bytes and then
+shuts that side down for writing (half-close). The session ends when both
+directions have, or at the first error or timeout. Ctrl-C stops accepting,
+gives open sessions ``--grace`` seconds, and prints the statistics.
+
+Compare it with examples/tcp_proxy.py, which does the same in a few lines of
+the native API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import trio
+
+import trionet
+from trionet import iocore
+from trionet.iocore import (
+    EVENT_CONT,
+    EVENT_DONE,
+    INT64_MAX,
+    IO_SHUTDOWN_WRITE,
+    NET_EVENT_ACCEPT,
+    NET_EVENT_OPEN,
+    NET_EVENT_OPEN_FAILED,
+    VC_EVENT_EOS,
+    VC_EVENT_READ_COMPLETE,
+    VC_EVENT_READ_READY,
+    VC_EVENT_WRITE_COMPLETE,
+    VC_EVENT_WRITE_READY,
+    VIO,
+    Continuation,
+    MIOBuffer,
+    NetVConnection,
+)
+
+BUFFER_SIZE = 32768  # ATS BUFFER_SIZE_INDEX_32K
+
+
+@dataclass
+class Tally:
+    sessions: int = 0
+    open: int = 0
+    upstream_failures: int = 0
+    errors: int = 0  # resets, timeouts
+    bytes_up: int = 0
+    bytes_down: int = 0
+    all_closed: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class Direction:
+    """One VIO pair: ``read`` fills ``buf``; ``write`` drains it."""
+
+    read: VIO
+    write: VIO
+    target: NetVConnection  # the side ``write`` writes to
+    eos: bool = False
+    finished: bool = False
+
+
+class TunnelSM(Continuation):
+    """One client session: connecting, then tunnelling both ways."""
+
+    def __init__(
+        self,
+        client: NetVConnection,
+        unp: iocore.UnixNetProcessor,
+        args: argparse.Namespace,
+        tally: Tally,
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.server: NetVConnection | None = None
+        self.timeout = args.inactivity_timeout
+        self.tally = tally
+        self.dirs: list[Direction] = []
+        tally.sessions += 1
+        tally.open += 1
+        self.set_handler(self.state_connecting)
+        options = trionet.ConnectOptions(connect_timeout=args.connect_timeout)
+        unp.connect_re(self, args.upstream, options)
+
+    def state_connecting(self, event: int, data: object) -> int:
+        if event == NET_EVENT_OPEN:
+            assert isinstance(data, NetVConnection)
+            self.server = data
+            self.start_tunnel(self.client, data)
+            self.set_handler(self.state_tunnel)
+            return EVENT_CONT
+        assert event == NET_EVENT_OPEN_FAILED  # data is -errno
+        self.tally.upstream_failures += 1
+        return self.finish()
+
+    def start_tunnel(self, client: NetVConnection, server: NetVConnection) -> None:
+        for vc in (client, server):
+            if self.timeout is not None:
+                vc.set_inactivity_timeout(self.timeout)
+        for src, dst in ((client, server), (server, client)):
+            buf = MIOBuffer(BUFFER_SIZE)
+            write = dst.do_io_write(self, INT64_MAX, buf.alloc_reader())
+            read = src.do_io_read(self, INT64_MAX, buf)
+            assert read is not None and write is not None
+            self.dirs.append(Direction(read, write, dst))
+
+    def state_tunnel(self, event: int, data: object) -> int:
+        assert isinstance(data, VIO)
+        for d in self.dirs:
+            if data is d.read:
+                return self.on_read(d, event)
+            if data is d.write:
+                return self.on_write(d, event)
+        return EVENT_CONT
+
+    def on_read(self, d: Direction, event: int) -> int:
+        if event == VC_EVENT_READ_READY:
+            d.write.reenable()  # new bytes for the other side
+            return EVENT_CONT
+        if event in (VC_EVENT_EOS, VC_EVENT_READ_COMPLETE):
+            d.eos = True
+            d.write.done()  # end after what is buffered
+            if d.write.ntodo() <= 0:
+                return self.half_close(d)
+            d.write.reenable()
+            return EVENT_CONT
+        self.tally.errors += 1  # VC_EVENT_ERROR, inactivity or active timeout
+        return self.finish()
+
+    def on_write(self, d: Direction, event: int) -> int:
+        if event == VC_EVENT_WRITE_READY:
+            d.read.reenable()  # room again in the buffer
+            return EVENT_CONT
+        if event == VC_EVENT_WRITE_COMPLETE and d.eos:
+            return self.half_close(d)
+        self.tally.errors += 1
+        return self.finish()
+
+    def half_close(self, d: Direction) -> int:
+        d.target.do_io_shutdown(IO_SHUTDOWN_WRITE)  # forward the EOF
+        d.finished = True
+        if all(x.finished for x in self.dirs):
+            return self.finish()
+        return EVENT_CONT
+
+    def finish(self) -> int:
+        if self.dirs:
+            self.tally.bytes_up += self.dirs[0].write.ndone
+            self.tally.bytes_down += self.dirs[1].write.ndone
+            self.dirs = []
+        for vc in (self.client, self.server):
+            if vc is not None:
+                vc.do_io_close()
+        self.tally.open -= 1
+        if self.tally.open == 0:
+            self.tally.all_closed.set()
+        return EVENT_DONE
+
+
+class TunnelAccept(Continuation):
+    """The acceptor: a :class:`TunnelSM` per ``NET_EVENT_ACCEPT``."""
+
+    def __init__(self, unp: iocore.UnixNetProcessor, args: argparse.Namespace) -> None:
+        super().__init__()
+        self.unp, self.args = unp, args
+        self.tally = Tally()
+        self.set_handler(self.main_event)
+
+    def main_event(self, event: int, data: object) -> int:
+        if event == NET_EVENT_ACCEPT:
+            assert isinstance(data, NetVConnection)
+            self.tally.all_closed = trio.Event()
+            TunnelSM(data, self.unp, self.args, self.tally)
+        elif event == iocore.EVENT_ERROR:
+            print(f"accept failed: {data!r} (a negated errno)", file=sys.stderr, flush=True)
+        return EVENT_CONT
+
+
+async def main(args: argparse.Namespace) -> None:
+    net = trionet.NetProcessor(max_connections=args.max_connections, throttle=args.throttle)
+    opts = trionet.AcceptOptions(host=args.host, port=args.port)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with iocore.open_net_processor(net) as unp:
+            acceptor = TunnelAccept(unp, args)
+            action = unp.accept(acceptor, opts)
+            if not await action.wait_listening():
+                sys.exit(f"ats_tunnel: cannot listen on {args.host} port {args.port}")
+            up = f"upstream {args.upstream[0]} port {args.upstream[1]}"
+            for listening in action.ports:
+                print(f"ats tunnel listening on {args.host} port {listening}, {up}")
+            sys.stdout.flush()
+            async for signum in signals:
+                print(f"{signal.Signals(signum).name}: shutting down (grace {args.grace} s)")
+                break
+            action.cancel()  # stop accepting; let open sessions finish
+            if acceptor.tally.open:
+                with trio.move_on_after(args.grace):
+                    await acceptor.tally.all_closed.wait()
+    t = acceptor.tally
+    print(
+        f"sessions: {t.sessions}, upstream failures: {t.upstream_failures}, "
+        f"errors: {t.errors}, bytes up: {t.bytes_up}, down: {t.bytes_down}",
+        flush=True,
+    )
+
+
+def upstream(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="ATS-style TCP tunnel on trionet.iocore.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8081, help="port (default 8081; 0 = any)")
+    p.add_argument("--upstream", type=upstream, required=True, metavar="HOST:PORT")
+    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument("--max-connections", type=int, default=None, help="client + upstream")
+    p.add_argument("--throttle", choices=("pause", "close"), default="pause")
+    p.add_argument("--inactivity-timeout", type=float, default=None, help="seconds, both sides")
+    p.add_argument("--grace", type=float, default=5.0, help="shutdown grace seconds (default 5)")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    try:
+        trio.run(main, parse_args())
+    except ValueError as exc:  # bad option values name themselves
+        sys.exit(f"ats_tunnel: {exc}")

@@ -1,0 +1,142 @@
+"""Run a trionet program (an example, the command) as a subprocess and talk to it.
+
+Used by tests/test_cli.py, tests/test_examples.py and tests/test_readme.py:
+start it, wait for the line saying where it listens, exchange bytes, stop it
+with a signal and check it exited cleanly. Everything is bounded in time and
+the process is killed if a test fails half way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def env() -> dict[str, str]:
+    """The test environment, with this checkout importable (also when trionet
+    is not installed)."""
+    out = dict(os.environ)
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), out.get("PYTHONPATH")]))
+    out["PYTHONUNBUFFERED"] = "1"
+    return out
+
+
+class Running:
+    """A subprocess whose stdout is read line by line with a deadline."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        self.lines: list[str] = []
+        self._buf = b""
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)
+
+    def expect(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """The first new stdout line matching ``pattern`` (re.search)."""
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while True:
+            while b"\n" in self._buf:
+                raw, self._buf = self._buf.split(b"\n", 1)
+                line = raw.decode()
+                self.lines.append(line)
+                if m := re.search(pattern, line):
+                    return m
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{self.args}: no line matching {pattern!r} in {self.lines}")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise AssertionError(f"{self.args} exited; stdout {self.lines}, stderr {err}")
+                self._buf += chunk
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> tuple[int, str, str]:
+        """Send ``sig``; wait for the exit. Returns (status, rest of stdout, stderr)."""
+        self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=timeout)
+        rest = (self._buf + out).decode()
+        self.lines.extend(rest.splitlines())
+        return self.proc.returncode, rest, err.decode()
+
+
+def echo_roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
+    """Send ``payload``, half-close, and read everything until EOF."""
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    return got
+
+
+class HalfCloseUpstream(socketserver.ThreadingTCPServer):
+    """A stdlib upstream server for proxy tests: reads the whole request
+    (until the EOF the proxy forwards), then answers and closes."""
+
+    # server_close() joins the handler threads, so `requests` is complete once
+    # the context below exits; a handler never waits more than 10 s.
+    daemon_threads = False
+    block_on_close = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), self.Handler)
+        self.requests: list[bytes] = []
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.settimeout(10)
+            data = b""
+            while chunk := self.request.recv(65536):
+                data += chunk
+            self.server.requests.append(data)  # type: ignore[attr-defined]
+            self.request.sendall(b"got %d bytes" % len(data))
+
+
+@contextmanager
+def running_upstream() -> Iterator[HalfCloseUpstream]:
+    server = HalfCloseUpstream()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -1,0 +1,273 @@
+"""The ``trionet`` command: argument errors that name the option, --help, and
+real runs as a subprocess (``python -m trionet``) stopped with signals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import socket
+import ssl
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trustme
+
+from trionet._cli import _host_port, build_parser, main
+
+from .running import Running, echo_roundtrip, running_upstream
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    assert info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["proxy", "--listen", "80", "--upstream", "foo"],
+            "argument --upstream: 'foo': expected HOST:PORT",
+        ),
+        (
+            ["proxy", "--listen", "80", "--upstream", "host:0"],
+            "argument --upstream: 'host:0': expected HOST:PORT",
+        ),
+        (["proxy", "--listen", "80"], "the following arguments are required: --upstream"),
+        (["echo", "--port", "99999"], "argument --port: '99999': a port is 0..65535"),
+        (["echo", "--port", "http"], "argument --port: 'http': expected a port number"),
+        (["echo", "--max-connections", "0"], "argument --max-connections: '0': must be at least 1"),
+        (
+            ["echo", "--inactivity-timeout", "-1"],
+            "argument --inactivity-timeout: '-1': must be a positive number of seconds",
+        ),
+        (
+            ["echo", "--active-timeout", "nan"],
+            "argument --active-timeout: 'nan': must be a positive number of seconds",
+        ),
+        (["echo", "--grace", "soon"], "argument --grace: 'soon': expected seconds"),
+        (["echo", "--throttle", "sideways"], "argument --throttle: invalid choice: 'sideways'"),
+        (["echo", "--tls-cert", "cert.pem"], "argument --tls-cert: needs --tls-key as well"),
+        (["echo", "--tls-key", "key.pem"], "argument --tls-key: needs --tls-cert as well"),
+        (["serve"], "argument COMMAND: invalid choice: 'serve'"),
+        (
+            ["echo", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"],
+            "argument --tls-cert: '/nonexistent.pem': no such file",
+        ),
+        (
+            ["echo", "--proxy-protocol-trusted", "10.0.0.0/8"],
+            "argument --proxy-protocol-trusted: needs --proxy-protocol",
+        ),
+        (
+            ["echo", "--proxy-protocol", "--proxy-protocol-trusted", "ten"],
+            "argument --proxy-protocol-trusted: 'ten': expected a network",
+        ),
+        (["echo", "--workers", "0"], "argument --workers: '0': must be at least 1"),
+    ],
+)
+def test_usage_errors_name_the_argument(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert message in usage_error(capsys, *argv)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        ("example.com:443", ("example.com", 443)),
+        ("[::1]:80", ("::1", 80)),
+        ("::1:80", ("::1", 80)),
+    ],
+)
+def test_upstream_parsing(text: str, expected: tuple[str, int]) -> None:
+    assert _host_port(text) == expected
+
+
+def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["proxy", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--listen PORT",
+        "--upstream HOST:PORT",
+        "--host",
+        "--max-connections",
+        "--throttle {pause,close}",
+        "--inactivity-timeout",
+        "--active-timeout",
+        "--connect-timeout",
+        "--stats-port",
+        "--workers",
+        "--tls-cert",
+        "--tls-key",
+        "--proxy-protocol",
+        "example: trionet proxy --listen 8080",
+    ):
+        assert option in text, option
+
+
+def test_defaults() -> None:
+    args = build_parser().parse_args(["echo"])
+    assert (args.host, args.port, args.throttle, args.grace) == ("127.0.0.1", 7007, "pause", 5.0)
+    assert args.max_connections is None and args.stats_port is None
+    assert isinstance(args, argparse.Namespace)
+
+
+def fetch_stats(port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as resp:
+        records: dict[str, int] = json.loads(resp.read())
+    return records
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_echo_command_runs_and_stops_gracefully(sig: int) -> None:
+    with Running("-m", "trionet", "echo", "--port", "0", "--stats-port", "0") as run:
+        port = int(run.expect(r"trionet echo: listening on 127\.0\.0\.1:(\d+)")[1])
+        stats_port = int(run.expect(r"statistics on http://127\.0\.0\.1:(\d+)/stats")[1])
+        assert echo_roundtrip(port, b"hello trionet") == b"hello trionet"
+        records = fetch_stats(stats_port)
+        assert records["proxy.process.tcp.total_accepts"] == 1
+        assert records["proxy.process.net.read_bytes"] == 13
+        status, out, err = run.stop(sig)
+    assert status == 0, err
+    assert f"{signal.Signals(sig).name}: shutting down (grace 5 s)" in out
+    assert "stopped: 1 connections accepted, 13 bytes in, 13 bytes out" in out
+    assert err == ""
+
+
+def test_limits_and_timeouts_are_applied() -> None:
+    argv = ["echo", "--port", "0", "--stats-port", "0", "--max-connections", "1"]
+    argv += ["--throttle", "close", "--inactivity-timeout", "1.0"]
+    with Running("-m", "trionet", *argv) as run:
+        port = int(run.expect(r"listening on 127\.0\.0\.1:(\d+)")[1])
+        stats_port = int(run.expect(r"statistics on http://127\.0\.0\.1:(\d+)/stats")[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
+            first.sendall(b"ping")
+            assert first.recv(10) == b"ping"
+            # At the limit with --throttle close: the second client is closed at once.
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as second:
+                assert second.recv(10) == b""
+            # The idle first connection is closed by its inactivity timeout.
+            assert first.recv(10) == b""
+        records = fetch_stats(stats_port)
+        assert records["proxy.process.net.connections_throttled_in"] == 1
+        assert records["proxy.process.net.inactivity_timeouts"] == 1
+        assert records["proxy.process.net.connections_currently_open"] == 0
+        status, _out, err = run.stop()
+    assert status == 0, err
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with Running("-m", "trionet", "echo", "--port", str(port)) as run:
+            _out, err = run.proc.communicate(timeout=15)
+    assert run.proc.returncode == 1
+    assert err.decode().startswith("trionet echo: [Errno 98]")
+    assert "in use" in err.decode()
+
+
+def test_proxy_command() -> None:
+    with running_upstream() as upstream:
+        target = f"127.0.0.1:{upstream.server_address[1]}"
+        argv = ["proxy", "--listen", "0", "--upstream", target, "--connect-timeout", "2"]
+        with Running("-m", "trionet", *argv, "--stats-port", "0") as run:
+            line = rf"trionet proxy: listening on 127\.0\.0\.1:(\d+), forwarding to {target}$"
+            port = int(run.expect(line)[1])
+            stats_port = int(run.expect(r"statistics on http://127\.0\.0\.1:(\d+)/stats")[1])
+            assert echo_roundtrip(port, b"through the proxy") == b"got 17 bytes"
+            records = fetch_stats(stats_port)
+            status, out, err = run.stop()
+    assert status == 0, err
+    assert upstream.requests == [b"through the proxy"]
+    assert records["proxy.process.net.connects_total"] == 1
+    assert records["proxy.process.tcp.total_accepts"] == 1
+    # 17 bytes up, "got 17 bytes" (12) down: each read once and written once.
+    assert "stopped: 1 sessions (0 upstream failures), 29 bytes in, 29 bytes out" in out
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path, Path]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    d = tmp_path_factory.mktemp("tls")
+    cert.private_key_pem.write_to_path(d / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(d / "cert.pem")
+    for pem in cert.cert_chain_pems[1:]:
+        with open(d / "cert.pem", "ab") as f:
+            f.write(pem.bytes())
+    return ca, d / "cert.pem", d / "key.pem"
+
+
+def test_echo_over_tls(certificate: tuple[trustme.CA, Path, Path]) -> None:
+    ca, cert, key = certificate
+    argv = ["echo", "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    with Running("-m", "trionet", *argv) as run:
+        port = int(run.expect(r"listening on 127\.0\.0\.1:(\d+) \(TLS\)$")[1])
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            client_ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(b"secret")
+            assert tls.recv(100) == b"secret"
+            version = tls.version()
+        status, out, err = run.stop()
+    assert status == 0, err
+    assert version in ("TLSv1.2", "TLSv1.3")
+    # The processor counts bytes on the wire: the handshake and TLS records too.
+    m = re.search(r"stopped: 1 connections accepted, (\d+) bytes in, (\d+) bytes out", out)
+    assert m is not None, out
+    assert int(m[1]) > 6 and int(m[2]) > 6
+
+
+def test_echo_behind_proxy_protocol() -> None:
+    argv = ["echo", "--port", "0", "--proxy-protocol", "--stats-port", "0"]
+    with Running("-m", "trionet", *argv) as run:
+        port = int(run.expect(r"listening on 127\.0\.0\.1:(\d+)")[1])
+        stats_port = int(run.expect(r"statistics on http://127\.0\.0\.1:(\d+)/stats")[1])
+        header = b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\n"
+        assert echo_roundtrip(port, header + b"hello") == b"hello"  # header consumed
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as bare:
+            bare.sendall(b"no header at all\r\n")
+            bare.shutdown(socket.SHUT_WR)
+            try:
+                reply = bare.recv(100)
+            except ConnectionResetError:  # closed with our bytes unread
+                reply = b""
+            assert reply == b""  # closed, never echoed
+        records = fetch_stats(stats_port)
+        status, _out, err = run.stop()
+    assert status == 0, err
+    assert records["proxy.process.net.proxy_protocol_errors"] == 1
+    assert records["proxy.process.net.read_bytes"] == len(header) + 5  # header + payload
+
+
+@pytest.mark.slow
+def test_echo_with_two_workers() -> None:
+    argv = ["echo", "--port", "0", "--workers", "2", "--stats-port", "0", "--grace", "2"]
+    with Running("-m", "trionet", *argv) as run:
+        port = int(run.expect(r"trionet echo: listening on 127\.0\.0\.1:(\d+) \(2 workers\)")[1])
+        pages = sorted(
+            run.expect(r"worker (\d): statistics on http://127\.0\.0\.1:(\d+)/", 60).groups()
+            for _ in range(2)
+        )
+        assert [worker for worker, _ in pages] == ["0", "1"]
+        for i in range(8):
+            assert echo_roundtrip(port, b"w%d" % i) == b"w%d" % i
+        accepted = [fetch_stats(int(page))["proxy.process.tcp.total_accepts"] for _, page in pages]
+        status, out, err = run.stop(signal.SIGTERM, timeout=30)
+    assert status == 0, err
+    assert sum(accepted) == 8
+    assert "SIGTERM: shutting down (grace 2 s)" in out
+    assert out.count("connections accepted") == 2

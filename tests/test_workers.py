@@ -1,0 +1,416 @@
+"""Worker processes: run_workers / WorkerSupervisor / WorkerContext.
+
+The supervisor's bookkeeping (back-off, listen plans, argument checks) is tested
+in-process; the real behaviour with real worker processes on loopback: a worker
+killed with SIGKILL is replaced by a new pid that serves, a SIGTERM to the
+supervisor stops everything gracefully without losing a byte of a connection
+in flight, and workers do not outlive a supervisor killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import trionet
+from trionet._workers import RestartBackoff, WorkerSupervisor, _plan_listeners
+
+ROOT = Path(trionet.__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------ worker programs
+# Module-level, so worker processes import them by name (test_workers.echo_worker).
+async def _echo_with_pid(conn: trionet.Connection) -> None:
+    await conn.send_all(f"{os.getpid()}\n".encode())
+    while data := await conn.receive_some():
+        await conn.send_all(data)
+
+
+async def echo_worker(ctx: trionet.WorkerContext) -> None:
+    await ctx.serve(trionet.NetProcessor(), _echo_with_pid)
+
+
+async def crash_worker(ctx: trionet.WorkerContext) -> None:
+    raise RuntimeError(f"worker {ctx.worker_id} fails on purpose")
+
+
+# ------------------------------------------------------------------ arguments
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"workers": 0}, ValueError, "workers=0"),
+        ({"workers": 1.5}, ValueError, "workers=1.5"),
+        ({"grace": -1}, ValueError, "grace=-1"),
+        ({"sharing": "fork"}, ValueError, "sharing='fork'"),
+        ({"restart_delay": 0}, ValueError, "restart_delay=0"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict[str, object], error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        WorkerSupervisor(echo_worker, 0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_main_must_be_importable_by_name() -> None:
+    async def nested(ctx: trionet.WorkerContext) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="nested"):
+        WorkerSupervisor(nested, 0)
+    with pytest.raises(ValueError, match="lambda"):
+        WorkerSupervisor(lambda ctx: nested(ctx), 0)
+    with pytest.raises(TypeError, match="'not callable'"):
+        WorkerSupervisor("not callable", 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one port"):
+        WorkerSupervisor(echo_worker)
+
+
+def test_restart_backoff_doubles_and_resets_after_a_healthy_run() -> None:
+    backoff = RestartBackoff(0.1, 1.0)
+    quick = [backoff.next_delay(0.5) for _ in range(6)]
+    assert quick == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert backoff.next_delay(60.0) == 0.1  # it ran a minute: healthy again
+    assert backoff.next_delay(0.5) == 0.2
+
+
+def test_listen_options_replace_fields_but_not_the_binding() -> None:
+    ctx = trionet.WorkerContext(
+        worker_id=0,
+        workers=1,
+        restarts=0,
+        listen=[trionet.AcceptOptions(port=8080, reuse_port=True)],
+        grace=1.0,
+    )
+    [opts] = ctx.listen_options(inactivity_timeout=5.0)
+    assert (opts.port, opts.reuse_port, opts.inactivity_timeout) == (8080, True, 5.0)
+    with pytest.raises(ValueError, match=r"listen_options\(port=...\)"):
+        ctx.listen_options(port=1)
+
+
+# -------------------------------------------------------------- listen plans
+async def test_reuseport_plan_reserves_the_port_without_listening() -> None:
+    plan = await _plan_listeners([trionet.AcceptOptions(localhost_only=True)], "reuseport")
+    try:
+        ports = {opts.port for opts in plan.listen}
+        assert len(ports) == 1 and ports != {0}  # port 0 resolved once, for every address
+        assert {opts.host for opts in plan.listen} <= {"127.0.0.1", "::1"}
+        assert all(opts.reuse_port and opts.fd is None for opts in plan.listen)
+        assert plan.pass_fds == []
+        for sock in plan.held:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
+        [port] = ports
+        # Not listening: the kernel refuses rather than queueing for nobody...
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        # ...and a worker binding the same port with SO_REUSEPORT succeeds.
+        v4 = next(o for o in plan.listen if o.host == "127.0.0.1")
+        [listener] = await trionet._listen.open_listeners(v4)
+        with listener.socket:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        plan.close()
+
+
+async def test_inherit_plan_opens_one_listening_socket_for_all_workers() -> None:
+    spec = trionet.AcceptOptions(host="127.0.0.1", reuse_port=True, inactivity_timeout=7.0)
+    plan = await _plan_listeners([spec], "inherit")
+    try:
+        [opts] = plan.listen
+        [sock] = plan.held
+        assert opts.fd == sock.fileno() and plan.pass_fds == [sock.fileno()]
+        assert not opts.reuse_port and opts.inactivity_timeout == 7.0
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+    finally:
+        plan.close()
+
+
+async def test_auto_falls_back_to_an_inherited_socket_without_reuseport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(trionet._workers, "reuse_port_available", lambda: False)
+    plan = await _plan_listeners([trionet.AcceptOptions(host="127.0.0.1")], "auto")
+    try:
+        [opts] = plan.listen
+        assert opts.fd is not None and plan.pass_fds == [opts.fd]
+    finally:
+        plan.close()
+
+
+async def test_already_open_sockets_are_passed_to_workers_as_they_are() -> None:
+    # A socket-activated supervisor: run_workers(main, *trionet.inherited_listeners()).
+    raw = socket.create_server(("127.0.0.1", 0))
+    spec = trionet.AcceptOptions(fd=raw.detach())
+    plan = await _plan_listeners([spec], "reuseport")
+    try:
+        assert plan.listen == [spec] and plan.pass_fds == [spec.fd]
+        [sock] = plan.held
+        assert sock.fileno() == spec.fd and not sock.getblocking()
+    finally:
+        plan.close()
+    with pytest.raises(OSError):
+        os.fstat(spec.fd)
+
+
+async def test_ssl_context_cannot_cross_to_workers() -> None:
+    spec = trionet.AcceptOptions(ssl_context=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+    with pytest.raises(ValueError, match="listen_options"):
+        await _plan_listeners([spec], "auto")
+
+
+# ------------------------------------------------- real workers, in-process supervisor
+async def _hello(port: int, payload: bytes = b"ping") -> tuple[int, bytes]:
+    """Connect, read the worker's pid line, echo ``payload``; (pid, echoed)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(payload)
+        await stream.send_eof()
+        got = b""
+        while chunk := await stream.receive_some():
+            got += chunk
+    pid, _, echoed = got.partition(b"\n")
+    return int(pid), echoed
+
+
+async def _run_supervisor(
+    supervisor: WorkerSupervisor, status: list[int], *, task_status: trio.TaskStatus[None]
+) -> None:
+    status.append(await supervisor.run(task_status=task_status))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sharing", "workers"), [("reuseport", 2), ("inherit", 1)])
+async def test_killed_worker_is_replaced(
+    sharing: trionet._workers.Sharing, workers: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trionet.workers")
+    supervisor = WorkerSupervisor(
+        echo_worker,
+        trionet.AcceptOptions(host="127.0.0.1"),
+        workers=workers,
+        grace=2.0,
+        sharing=sharing,
+        restart_delay=0.05,
+    )
+    status: list[int] = []
+    with trio.fail_after(9):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_run_supervisor, supervisor, status)
+            [port] = supervisor.ports
+            first = await supervisor.wait_ready()
+            assert sorted(first) == list(range(workers))
+            victim = first[0]
+            os.kill(victim, signal.SIGKILL)
+            # Ask at once: with an inherited socket the connection waits in the
+            # supervisor's queue until the new worker accepts it.
+            served = {(await _hello(port))[0] for _ in range(1 if workers == 1 else 0)}
+            while supervisor.ready_pids.get(0, victim) == victim:
+                await trio.sleep(0.02)
+            replacement = supervisor.ready_pids[0]
+            for _ in range(60):
+                pid, echoed = await _hello(port, b"after")
+                assert echoed == b"after" and pid != victim
+                served.add(pid)
+                if replacement in served and len(served) == workers:
+                    break
+            supervisor.shutdown()
+    assert replacement != victim and replacement in served
+    assert served == {replacement} | (set(first.values()) - {victim})
+    assert supervisor.restarts == 1 and status == [0]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        re.fullmatch(
+            r"worker 0 was killed by SIGKILL after [\d.]+ s; restarting in 0\.05 s "
+            r"\(restart #1\)",
+            m,
+        )
+        for m in messages
+    ), messages
+    assert f"worker 0 started (pid {replacement})" in messages
+
+
+@pytest.mark.slow
+async def test_crashing_worker_backs_off(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="trionet.workers")
+    supervisor = WorkerSupervisor(
+        crash_worker, trionet.AcceptOptions(host="127.0.0.1"), workers=1, restart_delay=0.05
+    )
+    status: list[int] = []
+    with trio.fail_after(9):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_run_supervisor, supervisor, status)
+            while supervisor.restarts < 2:
+                await trio.sleep(0.02)
+            supervisor.shutdown()
+    delays = [
+        m.group(1)
+        for r in caplog.records
+        if (
+            m := re.search(
+                r"worker 0 exited with status 1 .*restarting in ([\d.]+) s", r.getMessage()
+            )
+        )
+    ]
+    assert delays[:2] == ["0.05", "0.10"]  # doubling; RestartBackoff's test covers the rest
+    assert not supervisor.pids
+
+
+# ----------------------------------------------------- the supervisor as a program
+SCRIPT = """\
+import logging, sys
+import trionet
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                    format="%(process)d %(name)s %(levelname)s %(message)s")
+
+async def echo(conn):
+    while data := await conn.receive_some():
+        await conn.send_all(data)
+
+async def worker(ctx):
+    await ctx.serve(trionet.NetProcessor(), echo)
+
+if __name__ == "__main__":
+    sys.exit(trionet.run_workers(worker, trionet.AcceptOptions(host="127.0.0.1"),
+                                 workers=2, grace=5.0, sharing=sys.argv[1]))
+"""
+
+
+class _Lines:
+    """A subprocess's stderr, read by a thread, waited on with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        assert proc.stderr is not None
+        self._stream = proc.stderr
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            self._queue.put(line)
+
+    def close(self) -> None:
+        """Call once the process has exited: the reader sees EOF and stops."""
+        self._thread.join(5)
+        self._stream.close()
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 5.0) -> list[re.Match[str]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [m for line in self.seen if (m := re.search(pattern, line))]
+            if len(found) >= count:
+                return found
+            try:
+                self.seen.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"no {count}x {pattern!r} in {self.seen}") from None
+
+
+@pytest.fixture
+def supervisor_process(tmp_path: Path) -> Iterator[object]:
+    script = tmp_path / "supervisor.py"
+    script.write_text(SCRIPT)
+    started: list[tuple[subprocess.Popen[str], _Lines]] = []
+
+    def start(sharing: str) -> tuple[subprocess.Popen[str], _Lines]:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen(
+            [sys.executable, str(script), sharing], env=env, stderr=subprocess.PIPE, text=True
+        )
+        started.append((proc, _Lines(proc)))
+        return started[-1]
+
+    yield start
+    for proc, lines in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        lines.close()
+
+
+def _wait_refused(port: int, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except ConnectionRefusedError:
+            return
+        except ConnectionResetError:  # queued on a listener as it closed
+            pass
+        assert time.monotonic() < deadline, f"port {port} still accepts connections"
+        time.sleep(0.02)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    got = bytearray()
+    while len(got) < n:
+        chunk = sock.recv(min(65536, n - len(got)))
+        assert chunk, f"EOF after {len(got)} of {n} bytes"
+        got += chunk
+    return bytes(got)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharing", ["reuseport", "inherit"])
+def test_sigterm_stops_gracefully_without_losing_bytes(
+    supervisor_process: object, sharing: str
+) -> None:
+    proc, lines = supervisor_process(sharing)  # type: ignore[operator]
+    [m] = lines.wait_for(r"on port\(s\) \[(\d+)\]")
+    port = int(m.group(1))
+    lines.wait_for(r"worker \d \(pid \d+\) serving", count=2)
+    first, second = os.urandom(200_000), os.urandom(300_000)
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with client:
+        client.sendall(first)
+        assert _recv_exactly(client, len(first)) == first  # in flight: half done
+        proc.send_signal(signal.SIGTERM)
+        lines.wait_for(r"trionet.workers INFO worker \d \(pid \d+\): shutting down", count=2)
+        # The listening sockets close (new clients are refused); the connection lives on.
+        _wait_refused(port)
+        client.sendall(second)
+        client.shutdown(socket.SHUT_WR)
+        rest = bytearray()
+        while chunk := client.recv(65536):
+            rest += chunk
+    assert bytes(rest) == second
+    assert proc.wait(timeout=8) == 0
+    exits = lines.wait_for(r"worker (\d) \(pid \d+\) exited with status 0", count=2)
+    assert sorted(m.group(1) for m in exits) == ["0", "1"]
+    lines.wait_for("all workers stopped")
+
+
+@pytest.mark.slow
+def test_workers_do_not_outlive_a_killed_supervisor(supervisor_process: object) -> None:
+    proc, lines = supervisor_process("reuseport")  # type: ignore[operator]
+    pids = [int(m.group(1)) for m in lines.wait_for(r"worker \d started \(pid (\d+)\)", count=2)]
+    lines.wait_for(r"worker \d \(pid \d+\) serving", count=2)
+    proc.kill()
+    proc.wait(5)
+    lines.wait_for("supervisor gone, shutting down", count=2)
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"orphaned workers still running: {pids}"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

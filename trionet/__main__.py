@@ -1,0 +1,5 @@
+"""``python -m trionet``: the ``trionet`` command (see :mod:`trionet._cli`)."""
+
+from ._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Steps that run on an inbound connection before its handler: the PROXY
+protocol header, then the TLS handshake (ATS: the PROXY protocol on inbound
+ports, ``SSLNetVConnection``'s handshake before the session starts).
+
+Both run inside the connection's cancel scope (so its timeouts and a server
+shutdown apply) with their own time limits; a failure is counted, logged at
+debug level in one line (no traceback: a scanner or a broken client is not an
+error of ours), and the connection is closed without reaching the handler.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+from typing import Any
+
+import trio
+
+from ._connection import Connection
+from ._errors import ProxyProtocolError
+from ._options import AcceptOptions
+from ._proxy_protocol import apply_proxy_header, receive_proxy_header
+from ._stats import Counters
+from ._tls import describe_tls_failure, tls_server_handshake
+
+__all__ = ["prepare_inbound"]
+
+logger = logging.getLogger("trionet.server")
+
+
+async def prepare_inbound(conn: Connection, opts: AcceptOptions, counters: Counters) -> bool:
+    """Read the PROXY header, then run the TLS handshake, as ``opts`` asks.
+
+    Returns False (the connection closed, the failure counted and logged
+    at debug level in one line) if either step failed or timed out.
+    """
+    if opts.proxy_protocol and not await _read_proxy_header(conn, opts, counters):
+        conn.close()
+        return False
+    if opts.ssl_context is not None and not await _tls_handshake(conn, opts, counters):
+        conn.close()
+        return False
+    return True
+
+
+async def _read_proxy_header(conn: Connection, opts: AcceptOptions, counters: Counters) -> bool:
+    if not _trusted(conn.peer_address, opts.proxy_protocol_trusted):
+        counters.proxy_protocol_errors += 1
+        logger.debug("connection #%d: PROXY header from untrusted %r", conn.id, conn.peer_address)
+        return False
+    why: object = "timed out"
+    with trio.move_on_after(opts.proxy_protocol_timeout):
+        try:
+            header = await receive_proxy_header(conn)
+        except (ProxyProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            why = exc
+        else:
+            apply_proxy_header(conn, header)
+            return True
+    counters.proxy_protocol_errors += 1
+    logger.debug("connection #%d from %r: bad PROXY header: %s", conn.id, conn.peer_address, why)
+    return False
+
+
+async def _tls_handshake(conn: Connection, opts: AcceptOptions, counters: Counters) -> bool:
+    assert opts.ssl_context is not None
+    timeout = opts.tls_handshake_timeout
+    with trio.move_on_after(math.inf if timeout is None else timeout) as hs_scope:
+        try:
+            await tls_server_handshake(conn, opts.ssl_context)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            counters.tls_handshake_errors += 1
+            logger.debug(
+                "connection #%d from %r: TLS handshake failed: %s",
+                conn.id,
+                conn.remote_address,
+                describe_tls_failure(exc),
+            )
+            return False
+        return True
+    if hs_scope.cancelled_caught:
+        counters.tls_handshake_timeouts += 1
+        logger.debug(
+            "connection #%d from %r: TLS handshake timed out after %s s",
+            conn.id,
+            conn.remote_address,
+            timeout,
+        )
+    return False
+
+
+def _trusted(address: Any, networks: tuple[Any, ...]) -> bool:
+    """Is the socket peer allowed to send a PROXY header? Empty: everyone."""
+    if not networks:
+        return True
+    try:
+        ip = ipaddress.ip_address(address[0])
+    except (TypeError, ValueError, IndexError):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
