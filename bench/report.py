@@ -239,7 +239,8 @@ def _stderr_notes(records: list[dict[str, Any]]) -> list[str]:
     for rec in records:
         where = f"rep {rec.get('rep', 0)} {rec['scenario']} {rec['variant']}"
         if "failure" in rec:
-            notes.append(f"- {where}: run failed: {rec['failure']}")
+            failure = " / ".join(str(rec["failure"]).splitlines())
+            notes.append(f"- {where}: run failed: {failure}")
         for who, text in (
             ("server", rec.get("server_stderr")),
             ("load generator", rec.get("result", {}).get("stderr")),

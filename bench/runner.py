@@ -145,7 +145,12 @@ def server_process(variant: Variant, cpus: CpuPlan) -> Iterator[ServerProcess]:
         try:
             if cpus.server is not None:
                 os.sched_setaffinity(proc.pid, cpus.server if variant.pin else cpus.available)
-            port = _read_port(proc, variant)
+            try:
+                port = _read_port(proc, variant)
+            except RuntimeError as exc:
+                err.seek(0)
+                tail = err.read().decode(errors="replace").strip()[-500:]
+                raise RuntimeError(f"{exc}; its stderr: {tail}" if tail else str(exc)) from None
             yield ServerProcess(variant, proc, port, err)
         finally:
             _stop(proc)
