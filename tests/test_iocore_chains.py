@@ -21,6 +21,7 @@ from trionet.iocore import (
     EVENT_ERROR,
     NET_EVENT_ACCEPT,
     NET_EVENT_OPEN_FAILED,
+    VC_EVENT_ACTIVE_TIMEOUT,
     VC_EVENT_EOS,
     VC_EVENT_INACTIVITY_TIMEOUT,
     VC_EVENT_READ_COMPLETE,
@@ -227,6 +228,35 @@ async def test_inactivity_timeout_reader_then_writer_and_vc_stays_usable(
         n = len(rd.events) + len(wr.events)
         await trio.sleep(1000)
         assert len(rd.events) + len(wr.events) == n
+        vc.do_io_close()
+        await client.aclose()
+
+
+async def test_active_timeout_on_busy_vc_reader_then_writer(autojump_clock: Any) -> None:
+    # ATS issue 2761: active timeouts must fire on a connection busy all along.
+    async with running() as unp:
+        rd, wr = Recorder(EVENT_CONT), Recorder(EVENT_CONT)
+        acceptor = Acceptor()
+        _, port = await listen(unp, acceptor)
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await acceptor.arrived.wait()
+        vc = acceptor.vcs[0]
+        vc.set_active_timeout(3)
+        t0 = trio.current_time()
+        rbuf, wbuf = MIOBuffer(), MIOBuffer()
+        reader = rbuf.alloc_reader()
+        read_vio = vc.do_io_read(rd, 1 << 62, rbuf)
+        vc.do_io_write(wr, 1 << 62, wbuf.alloc_reader())
+        while VC_EVENT_ACTIVE_TIMEOUT not in wr.events:
+            await client.send_all(b"busy")  # traffic every 10 ms until the deadline
+            await trio.sleep(0.01)
+            reader.consume(reader.read_avail())
+            read_vio.reenable()
+            assert trio.current_time() - t0 < 4, "active timeout did not fire"
+        assert trio.current_time() - t0 == pytest.approx(3, abs=0.011)
+        assert rd.events.count(VC_EVENT_ACTIVE_TIMEOUT) == 1
+        assert rd.events.index(VC_EVENT_ACTIVE_TIMEOUT) > 100  # many reads before it
+        assert wr.events.count(VC_EVENT_ACTIVE_TIMEOUT) == 1
         vc.do_io_close()
         await client.aclose()
 

@@ -484,6 +484,47 @@ async def test_header_timeout(autojump_clock: trio.abc.Clock) -> None:
     assert rec.seen == []
 
 
+async def test_per_client_limit_applies_to_the_relayed_client() -> None:
+    # Behind a balancer every socket comes from the balancer's address; the
+    # per-client limit must count the clients the headers name instead.
+    hold = trio.Event()
+    served: list[Any] = []
+
+    async def handler(conn: Connection) -> None:
+        served.append(conn.remote_address)
+        await conn.send_all(b"ok")
+        await hold.wait()
+
+    net = NetProcessor(per_client_max_connections=1)
+    streams = []
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            net.serve, handler, AcceptOptions(host="127.0.0.1", proxy_protocol=True)
+        )
+        port = server.ports[0]
+        for client in ("203.0.113.1", "203.0.113.2", "203.0.113.1", "203.0.113.3"):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            streams.append(stream)
+            await stream.send_all(f"PROXY TCP4 {client} 192.0.2.1 5000 80\r\n".encode())
+            reply = await stream.receive_some()
+            assert reply == (b"" if client == "203.0.113.1" and len(served) == 2 else b"ok")
+        # A LOCAL header (the balancer's health check) is not counted per client.
+        local = await trio.open_tcp_stream("127.0.0.1", port)
+        streams.append(local)
+        await local.send_all(V2_SIGNATURE + bytes([0x20, 0x00, 0, 0]))
+        assert await local.receive_some() == b"ok"
+        assert [a[0] for a in served] == ["203.0.113.1", "203.0.113.2", "203.0.113.3", "127.0.0.1"]
+        stats = net.statistics()
+        assert stats.per_client_connections_throttled_in == 1
+        assert net._throttle.per_client == {"203.0.113.1": 1, "203.0.113.2": 1, "203.0.113.3": 1}
+        hold.set()
+        for stream in streams:
+            await stream.aclose()
+        server.shutdown(1)
+    assert net.statistics().connections_currently_open == 0
+    assert net._throttle.per_client == {} and net._throttle.open == 0
+
+
 async def test_plain_port_is_unaffected() -> None:
     # Without proxy_protocol, PROXY-looking bytes are payload.
     seen: list[bytes] = []

@@ -22,6 +22,7 @@ from ._errors import ProxyProtocolError
 from ._options import AcceptOptions
 from ._proxy_protocol import apply_proxy_header, receive_proxy_header
 from ._stats import Counters
+from ._throttle import Throttle
 from ._tls import describe_tls_failure, tls_server_handshake
 
 __all__ = ["prepare_inbound"]
@@ -29,13 +30,18 @@ __all__ = ["prepare_inbound"]
 logger = logging.getLogger("trionet.server")
 
 
-async def prepare_inbound(conn: Connection, opts: AcceptOptions, counters: Counters) -> bool:
+async def prepare_inbound(
+    conn: Connection, opts: AcceptOptions, counters: Counters, throttle: Throttle
+) -> bool:
     """Read the PROXY header, then run the TLS handshake, as ``opts`` asks.
 
     Returns False (the connection closed, the failure counted and logged
     at debug level in one line) if either step failed or timed out.
     """
-    if opts.proxy_protocol and not await _read_proxy_header(conn, opts, counters):
+    if opts.proxy_protocol and not (
+        await _read_proxy_header(conn, opts, counters)
+        and _admit_relayed_client(conn, opts, counters, throttle)
+    ):
         conn.close()
         return False
     if opts.ssl_context is not None and not await _tls_handshake(conn, opts, counters):
@@ -61,6 +67,25 @@ async def _read_proxy_header(conn: Connection, opts: AcceptOptions, counters: Co
     counters.proxy_protocol_errors += 1
     logger.debug("connection #%d from %r: bad PROXY header: %s", conn.id, conn.peer_address, why)
     return False
+
+
+def _admit_relayed_client(
+    conn: Connection, opts: AcceptOptions, counters: Counters, throttle: Throttle
+) -> bool:
+    """The per-client limit, for the client a PROXY header relays (ATS
+    ``per_client.max_connections_in`` keyed on the real client, not the
+    balancer). Headers without a source (LOCAL health checks) are not counted."""
+    source = conn._remote_address
+    if throttle.per_client_max is None or source is None or opts.backdoor:
+        return True
+    host = source[0]
+    if throttle.client_at_limit(host):
+        counters.per_client_connections_throttled_in += 1
+        logger.debug("connection #%d: per-client limit reached for %s (relayed)", conn.id, host)
+        return False
+    throttle.count_client(host)
+    conn._client_key = host
+    return True
 
 
 async def _tls_handshake(conn: Connection, opts: AcceptOptions, counters: Counters) -> bool:

@@ -99,6 +99,7 @@ class NetProcessor:
         counting ``connections_throttled_in``.
       per_client_max_connections: inbound connections allowed from one client
         address (ATS ``per_client.max_connections_in``); excess ones are closed.
+        On a PROXY protocol port the address is the one the header names.
       per_client_exempt: networks (``"10.0.0.0/8"``...) exempt from the per-client limit.
       accept_batch: connections accepted in a row before the accept task yields.
       accept_error_pause: seconds to pause after EMFILE/ENFILE/ENOBUFS/ENOMEM.
@@ -376,7 +377,11 @@ class NetProcessor:
                 self._counters.connections_throttled_in += 1
                 self._throttle_log(logging.WARNING, "too many connections, throttling")
                 return
-            if host is not None and throttle.client_at_limit(host):
+            if opts.proxy_protocol:
+                # The socket's peer is the load balancer: the per-client limit
+                # applies to the client the PROXY header names (trionet._inbound).
+                host = None
+            elif host is not None and throttle.client_at_limit(host):
                 client.close()
                 self._counters.per_client_connections_throttled_in += 1
                 logger.debug("per-client limit reached for %s, closing", host)
@@ -415,7 +420,7 @@ class NetProcessor:
                 # handler, inside the connection's scope (so its timeouts and a
                 # shutdown apply), and a failure closes it without the handler.
                 if (opts.proxy_protocol or opts.ssl_context is not None) and not (
-                    await prepare_inbound(conn, opts, self._counters)
+                    await prepare_inbound(conn, opts, self._counters, self._throttle)
                 ):
                     return
                 await handler(conn)

@@ -84,7 +84,14 @@ class Throttle:
     def acquire(self, host: str | None) -> None:
         """Count one more open connection (``host`` for inbound ones, else None)."""
         self.open += 1
-        if host is not None and self.per_client_max is not None:
+        if host is not None:
+            self.count_client(host)
+
+    def count_client(self, host: str) -> None:
+        """Count a connection already counted with ``acquire(None)`` against
+        ``host`` too (a client that a PROXY protocol header named later);
+        ``release(host)`` then undoes both."""
+        if self.per_client_max is not None:
             self.per_client[host] = self.per_client.get(host, 0) + 1
 
     def release(self, host: str | None) -> None:
