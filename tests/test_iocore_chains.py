@@ -261,6 +261,45 @@ async def test_active_timeout_on_busy_vc_reader_then_writer(autojump_clock: Any)
         await client.aclose()
 
 
+async def test_tls_vc_reads_and_writes_through_the_tls_connection() -> None:
+    # ATS's SSLNetVConnection: the same VIO contract over a TLS connection.
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    net = trionet.NetProcessor()
+    async with running(net) as unp:
+        acceptor = Acceptor()
+        opts = trionet.AcceptOptions(host="127.0.0.1", ssl_context=server_ctx)
+        _, port = await listen(unp, acceptor, opts)
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        client = trio.SSLStream(tcp, client_ctx, server_hostname="localhost")
+        await client.send_all(b"hello")  # handshake, then 5 bytes
+        await acceptor.arrived.wait()
+        vc = acceptor.vcs[0]
+        assert vc.connection.tls is not None and vc.connection.tls.server_name == "localhost"
+        rd, wr = Recorder(EVENT_CONT), Recorder(EVENT_CONT)
+        rbuf = MIOBuffer()
+        reader = rbuf.alloc_reader()
+        vc.do_io_read(rd, 5, rbuf)
+        await wait_until(lambda: VC_EVENT_READ_COMPLETE in rd.events)
+        assert reader.read_avail() == 5
+        vc.do_io_write(wr, 5, reader)  # echo what was read
+        await wait_until(lambda: VC_EVENT_WRITE_COMPLETE in wr.events)
+        assert await client.receive_some() == b"hello"
+        vc.do_io_read(rd, 100, rbuf)
+        await client.aclose()  # close_notify: end of stream
+        await wait_until(lambda: VC_EVENT_EOS in rd.events)
+        vc.do_io_close()
+    assert net.statistics().connections_currently_open == 0
+    assert net.statistics().tls_handshake_errors == 0
+
+
 async def test_default_inactivity_timeout_applies(autojump_clock: Any) -> None:
     net = trionet.NetProcessor()
     async with running(net) as unp:
