@@ -20,6 +20,8 @@ from trionet.iocore import (
     EVENT_DONE,
     EVENT_ERROR,
     NET_EVENT_ACCEPT,
+    NET_EVENT_ACCEPT_FAILED,
+    NET_EVENT_ACCEPT_SUCCEED,
     NET_EVENT_OPEN_FAILED,
     VC_EVENT_ACTIVE_TIMEOUT,
     VC_EVENT_EOS,
@@ -178,6 +180,27 @@ async def test_accept_bind_failure_is_event_error() -> None:
             assert await action.wait_listening() == []
             await acceptor.arrived.wait()
     assert acceptor.events == [(EVENT_ERROR, -errno.EADDRINUSE)]
+
+
+async def test_callback_on_open_succeed_then_accept_and_failed() -> None:
+    # ATS f_callback_on_open: NET_EVENT_ACCEPT_SUCCEED once the port is open,
+    # NET_EVENT_ACCEPT_FAILED with -errno when it cannot be.
+    async with running() as unp:
+        acceptor = Acceptor()
+        action = unp.accept(acceptor, LOCAL, callback_on_open=True)
+        (port,) = await action.wait_listening()
+        await wait_until(lambda: len(acceptor.events) == 1)
+        assert acceptor.events == [(NET_EVENT_ACCEPT_SUCCEED, action)]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await wait_until(lambda: len(acceptor.vcs) == 1)
+        assert [e for e, _ in acceptor.events] == [NET_EVENT_ACCEPT_SUCCEED, NET_EVENT_ACCEPT]
+        refused = Acceptor()
+        taken = trionet.AcceptOptions(host="127.0.0.1", port=port)
+        assert await unp.accept(refused, taken, callback_on_open=True).wait_listening() == []
+        await refused.arrived.wait()
+        assert refused.events == [(NET_EVENT_ACCEPT_FAILED, -errno.EADDRINUSE)]
+        acceptor.vcs[0].do_io_close()
+        await client.aclose()
 
 
 async def test_cancelled_accept_closes_port_vcs_live_on() -> None:
