@@ -333,7 +333,12 @@ def _address(listener_address: tuple[object, ...]) -> str:
 
 
 def _say(plan: _Plan, text: str) -> None:
-    print(f"{PROG} {plan.command}: {plan.who}{text}", flush=True)
+    # One write per line: worker processes share the supervisor's stdout, and
+    # print() writes the text and the newline separately, which interleaves
+    # when the stream is unbuffered (python -u, PYTHONUNBUFFERED). A single
+    # write of under PIPE_BUF bytes to a pipe is atomic.
+    sys.stdout.write(f"{PROG} {plan.command}: {plan.who}{text}\n")
+    sys.stdout.flush()
 
 
 def _summary(plan: _Plan) -> str:

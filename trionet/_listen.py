@@ -103,6 +103,26 @@ async def _bind_addresses(opts: AcceptOptions) -> list[tuple[int, Any]]:
 
 
 def _open_one(family: int, sockaddr: Any, opts: AcceptOptions) -> Listener | None:
+    sock = bind_socket(family, sockaddr, opts)
+    if sock is None:
+        return None
+    try:
+        apply_socket_options(sock, opts.socket)
+        sock.listen(opts.backlog)
+        sock.setblocking(False)
+        return Listener(sock, opts, sock.getsockname())
+    except BaseException:
+        sock.close()
+        raise
+
+
+def bind_socket(family: int, sockaddr: Any, opts: AcceptOptions) -> socket.socket | None:
+    """A TCP socket bound to ``sockaddr`` with ``opts``' listening options, not
+    yet listening (the worker supervisor reserves ports this way).
+
+    Returns None when the host has no IPv6 on that address (the server then
+    serves IPv4 only). Raises OSError naming the address when binding fails.
+    """
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if hasattr(socket, "SO_REUSEADDR"):
@@ -110,18 +130,14 @@ def _open_one(family: int, sockaddr: Any, opts: AcceptOptions) -> Listener | Non
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         apply_listen_options(sock, opts)
-        apply_socket_options(sock, opts.socket)
         try:
             sock.bind(sockaddr)
         except OSError as exc:
             if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                # This host has no IPv6 on that address: serve IPv4 only.
                 sock.close()
                 return None
             raise OSError(exc.errno, f"cannot listen on {_fmt(sockaddr)}: {exc.strerror}") from exc
-        sock.listen(opts.backlog)
-        sock.setblocking(False)
-        return Listener(sock, opts, sock.getsockname())
+        return sock
     except BaseException:
         sock.close()
         raise

@@ -81,10 +81,9 @@ from typing import Any, Final, Literal, final
 
 import trio
 
-from ._listen import _bind_addresses, adopt_listener, open_listeners
+from ._listen import _bind_addresses, adopt_listener, bind_socket, open_listeners
 from ._options import AcceptOptions, _check_int, _check_seconds
 from ._server import Handler, NetProcessor, Server
-from ._sockopt import apply_listen_options
 
 __all__ = ["RestartBackoff", "WorkerContext", "WorkerSupervisor", "run_workers"]
 
@@ -406,7 +405,8 @@ async def _plan_reuseport(plan: _Plan, spec: AcceptOptions) -> None:
     port = spec.port
     reserved = 0
     for family, sockaddr in await _bind_addresses(spec):
-        sock = _reserve(family, (sockaddr[0], port, *sockaddr[2:]), spec)
+        # Bound with SO_REUSEPORT but not listening (see the module notes).
+        sock = bind_socket(family, (sockaddr[0], port, *sockaddr[2:]), spec)
         if sock is None:
             continue
         plan.held.append(sock)
@@ -422,27 +422,6 @@ async def _plan_reuseport(plan: _Plan, spec: AcceptOptions) -> None:
         plan.listen.append(worker_spec)
     if not reserved:
         raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {spec!r}")
-
-
-def _reserve(family: int, sockaddr: Any, spec: AcceptOptions) -> socket.socket | None:
-    """Bind ``sockaddr`` with SO_REUSEPORT, without listening (see the module notes)."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        apply_listen_options(sock, spec)
-        try:
-            sock.bind(sockaddr)
-        except OSError as exc:
-            if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                sock.close()
-                return None
-            raise OSError(exc.errno, f"cannot bind {sockaddr!r}: {exc.strerror}") from exc
-        return sock
-    except BaseException:
-        sock.close()
-        raise
 
 
 # ------------------------------------------------------------------ supervisor
