@@ -446,3 +446,58 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+PRINTING_SCRIPT = """\
+import sys
+import trio
+import trionet
+
+async def worker(ctx):
+    for i in range(500):
+        print(f"worker {ctx.worker_id} line {i}")  # text and newline: two writes
+        if i % 10 == 0:
+            await trio.sleep(0.002)  # both workers print over the same ~0.2 s
+    ctx.ready()
+    await ctx.shutdown_requested.wait()
+
+if __name__ == "__main__":
+    sys.exit(trionet.run_workers(worker, trionet.AcceptOptions(host="127.0.0.1"),
+                                 workers=2, grace=2.0, sharing="inherit"))
+"""
+
+
+@pytest.mark.slow
+def test_worker_lines_do_not_interleave_on_unbuffered_stdout(tmp_path: Path) -> None:
+    # Under PYTHONUNBUFFERED (systemd units often set it) print() writes the
+    # text and the newline separately; workers sharing the supervisor's stdout
+    # would then produce merged lines. Workers run line-buffered instead.
+    script = tmp_path / "printing.py"
+    script.write_text(PRINTING_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(lines) < 1000 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+    bad = [line for line in lines if not re.fullmatch(r"worker [01] line \d+", line)]
+    assert not bad, bad[:5]
+    assert sorted(lines) == sorted(f"worker {w} line {i}" for w in (0, 1) for i in range(500))

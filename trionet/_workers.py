@@ -224,6 +224,7 @@ class _Job:
 
 def _worker_entry(early_sigterm: list[int]) -> None:
     """The worker process's body (started by ``_BOOT``)."""
+    _line_buffered_output()
     job: _Job = pickle.loads(base64.b64decode(os.environ.pop(_PAYLOAD_ENV)))
     main = _resolve_main(job.main_module, job.main_qualname, job.main_path)
     control = socket.socket(fileno=job.control_fd)
@@ -244,6 +245,18 @@ def _worker_entry(early_sigterm: list[int]) -> None:
         # turn a clean exit into "killed by SIGTERM".
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         control.close()
+
+
+def _line_buffered_output() -> None:
+    # Every worker writes to the supervisor's stdout and stderr. Unbuffered
+    # (python -u, PYTHONUNBUFFERED=1, common under systemd) print() issues the
+    # text and the newline as two writes, so lines of different workers
+    # interleave mid-line; line buffering hands each whole line to the kernel
+    # in one write, which is atomic on a pipe.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True, write_through=False)
 
 
 async def _worker_main(main: WorkerMain, ctx: WorkerContext, early: list[int]) -> None:
