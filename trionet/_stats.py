@@ -23,7 +23,10 @@ class NetStatistics:
     outbound connections not yet closed), ``accepts_currently_open``
     (listening sockets with a running accept task), ``idle_connections``
     (connections marked ``conn.idle``). Everything else is a counter that only
-    grows.
+    grows. ``calls_to_read_nodata`` counts receives that returned no data (end
+    of stream: trio waits for readiness inside ``recv``, so ATS's "read
+    returned EAGAIN" is not observable); ``handler_errors`` counts handlers that
+    raised, not connections the peer reset.
     """
 
     connections_currently_open: int = 0
