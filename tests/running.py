@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
+import trio
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -140,3 +142,21 @@ def running_upstream() -> Iterator[HalfCloseUpstream]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for programs that take --port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def connect_when_up(port: int) -> trio.SocketStream:
+    """Connect to 127.0.0.1:port, retrying while the server starts (10 s at most)."""
+    with trio.fail_after(10):
+        while True:
+            try:
+                return await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.01)

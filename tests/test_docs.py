@@ -27,7 +27,7 @@ import trio.testing
 import trionet
 import trionet.iocore
 
-from .running import ROOT, Running, echo_roundtrip, env
+from .running import ROOT, Running, connect_when_up, echo_roundtrip, env, free_port
 
 DOCS = ROOT / "docs"
 SNIPPETS = DOCS / "snippets"
@@ -102,22 +102,6 @@ async def roundtrip(port: int, payload: bytes) -> bytes:
         while chunk := await stream.receive_some():
             got += chunk
     return got
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def connect_when_up(port: int) -> trio.SocketStream:
-    with trio.fail_after(10):
-        while True:
-            try:
-                return await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.01)
 
 
 async def test_tutorial_echo() -> None:

@@ -17,7 +17,7 @@ import trio
 import trionet
 from trionet._cli import build_parser
 
-from .running import ROOT
+from .running import ROOT, connect_when_up, free_port
 
 README = (ROOT / "README.md").read_text()
 CI = (ROOT / ".ci" / "run").read_text()
@@ -84,24 +84,6 @@ async def test_example_runs(nursery: trio.Nursery) -> None:
     records = await connect_stats(stats_port)
     assert records["proxy.process.net.connects_total"] == 1
     assert records["proxy.process.tcp.total_accepts"] == 1
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def connect_when_up(port: int) -> trio.SocketStream:
-    with trio.fail_after(10):
-        while True:
-            try:
-                return await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.01)
 
 
 async def connect_stats(port: int) -> dict[str, int]:

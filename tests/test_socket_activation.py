@@ -27,6 +27,8 @@ import trionet
 from trionet._inherit import parse_listen_environment
 from trionet._listen import adopt_listener, check_listening_fd
 
+from .running import free_port
+
 ROOT = Path(trionet.__file__).resolve().parent.parent
 PID = 4242
 
@@ -383,12 +385,6 @@ def test_launcher_with_another_pid_is_ignored(
     assert f"LISTEN_PID={os.getpid()} is not this process (pid {proc.pid})" in err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-activate"
 
 
@@ -399,7 +395,7 @@ def test_real_systemd_socket_activate(scripts: Path, reaper: list[subprocess.Pop
             f"{SOCKET_ACTIVATE} not installed (Debian package systemd); .ci/run installs it"
         )
     for _attempt in range(3):  # the free port could be taken between probe and bind
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [SOCKET_ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=echo"]
             + [f"-E{k}={v}" for k, v in _env().items() if k in ("PYTHONPATH", "PATH")]
