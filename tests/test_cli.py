@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from trionet._cli import _host_port, build_parser, main
+from trionet._apps._cli import _host_port, build_parser, main
 
 from .running import Running, echo_roundtrip, running_upstream
 

@@ -20,8 +20,8 @@ import pytest
 import trio
 
 import trionet
-from trionet import _connect
-from trionet._errors import ENET_THROTTLING
+from trionet._base._errors import ENET_THROTTLING
+from trionet._outbound import _connect
 
 
 def open_fds() -> int:

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 import trionet
-from trionet._proxy import splice
+from trionet._apps._tcp_proxy import splice
 
 
 class Recording(trio.abc.HalfCloseableStream):

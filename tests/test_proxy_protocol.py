@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import trionet
 from trionet import AcceptOptions, Connection, NetProcessor, ProxyProtocolError
-from trionet._proxy_protocol import (
+from trionet._inbound._proxy_protocol import (
     V2_SIGNATURE,
     ProxyHeader,
     crc32c,

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 import trionet
-from trionet._resolve import format_target, resolve_literal
+from trionet._outbound._resolve import format_target, resolve_literal
 
 
 class ScriptedHostnameResolver(trio.abc.HostnameResolver):

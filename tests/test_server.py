@@ -92,7 +92,7 @@ async def test_socket_options_reach_accepted_sockets(nursery: trio.Nursery) -> N
 
 
 async def test_missing_platform_option_fails_at_serve(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trionet import _sockopt
+    from trionet._base import _sockopt
 
     real = _sockopt._const
     monkeypatch.setattr(

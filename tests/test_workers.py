@@ -27,7 +27,7 @@ import pytest
 import trio
 
 import trionet
-from trionet._workers import RestartBackoff, WorkerSupervisor, _plan_listeners
+from trionet._apps._workers._supervisor import RestartBackoff, WorkerSupervisor, _plan_listeners
 
 ROOT = Path(trionet.__file__).resolve().parent.parent
 
@@ -126,7 +126,7 @@ async def test_reuseport_plan_reserves_the_port_without_listening() -> None:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         # ...and a worker binding the same port with SO_REUSEPORT succeeds.
         v4 = next(o for o in plan.listen if o.host == "127.0.0.1")
-        [listener] = await trionet._listen.open_listeners(v4)
+        [listener] = await trionet._inbound._listen.open_listeners(v4)
         with listener.socket:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
@@ -149,7 +149,7 @@ async def test_inherit_plan_opens_one_listening_socket_for_all_workers() -> None
 async def test_auto_falls_back_to_an_inherited_socket_without_reuseport(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(trionet._workers, "reuse_port_available", lambda: False)
+    monkeypatch.setattr(trionet._apps._workers._supervisor, "reuse_port_available", lambda: False)
     plan = await _plan_listeners([trionet.AcceptOptions(host="127.0.0.1")], "auto")
     try:
         [opts] = plan.listen
@@ -202,7 +202,9 @@ async def _run_supervisor(
 @pytest.mark.slow
 @pytest.mark.parametrize(("sharing", "workers"), [("reuseport", 2), ("inherit", 1)])
 async def test_killed_worker_is_replaced(
-    sharing: trionet._workers.Sharing, workers: int, caplog: pytest.LogCaptureFixture
+    sharing: trionet._apps._workers._supervisor.Sharing,
+    workers: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="trionet.workers")
     supervisor = WorkerSupervisor(
@@ -280,7 +282,7 @@ async def test_crashing_worker_backs_off(caplog: pytest.LogCaptureFixture) -> No
 async def test_worker_ignoring_shutdown_is_killed_after_grace(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(trionet._workers, "EXIT_MARGIN", 0.1)
+    monkeypatch.setattr(trionet._apps._workers._supervisor, "EXIT_MARGIN", 0.1)
     caplog.set_level(logging.INFO, logger="trionet.workers")
     supervisor = WorkerSupervisor(
         stubborn_worker, trionet.AcceptOptions(host="127.0.0.1"), workers=1, grace=0.2

@@ -22,7 +22,7 @@ from typing import Final, Literal, final
 
 import trio
 
-from .._errors import TrionetError
+from .._base._errors import TrionetError
 from ._codes import EVENT_NONE, event_name
 
 __all__ = [

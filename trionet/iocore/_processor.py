@@ -33,10 +33,10 @@ from typing import Any, Final, final
 
 import trio
 
-from .._connection import Connection
-from .._errors import AcceptError, ConnectError, ConnectTimeoutError, ThrottledError
-from .._options import AcceptOptions, ConnectOptions, _check_seconds
-from .._server import NetProcessor, Server
+from .._base._errors import AcceptError, ConnectError, ConnectTimeoutError, ThrottledError
+from .._base._options import AcceptOptions, ConnectOptions, _check_seconds
+from .._core._connection import Connection
+from .._inbound._server import NetProcessor, Server
 from ._codes import (
     ENET_CONNECT_FAILED,
     ENET_CONNECT_TIMEOUT,

@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
-from .._connection import Connection, TimedOut
-from .._options import _check_seconds
+from .._base._options import _check_seconds
+from .._core._connection import Connection, TimedOut
 from ._buffer import IOBufferReader, MIOBuffer
 from ._codes import (
     EVENT_DONE,

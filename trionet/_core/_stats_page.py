@@ -28,9 +28,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from .._base._options import AcceptOptions
+from .._inbound._server import NetProcessor, Server
 from ._connection import Connection
-from ._options import AcceptOptions
-from ._server import NetProcessor, Server
 from ._stats import GAUGES, RECORD_NAMES, NetStatistics
 
 __all__ = ["StatsCollector", "serve_stats"]

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Final, Literal, final
 
 import trio
 
-from ._connection import Connection
-from ._errors import ConnectError
-from ._options import ConnectOptions
+from .._base._errors import ConnectError
+from .._base._options import ConnectOptions
+from .._core._connection import Connection
 
 if TYPE_CHECKING:
-    from ._server import NetProcessor
+    from .._inbound._server import NetProcessor
 
 __all__ = ["ProxyStatistics", "SpliceResult", "TcpProxy", "splice"]
 

@@ -39,8 +39,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
-from ._connection import Connection
-from ._errors import (
+from .._base._errors import (
     ENET_THROTTLING,
     ConnectError,
     ConnectTimeoutError,
@@ -49,7 +48,10 @@ from ._errors import (
     TLSError,
     UnsupportedOptionError,
 )
-from ._options import ConnectOptions
+from .._base._options import ConnectOptions
+from .._base._sockopt import apply_socket_options
+from .._core._connection import Connection
+from .._core._tls import tls_client_handshake
 from ._resolve import (
     Address,
     GetaddrinfoResolver,
@@ -59,11 +61,9 @@ from ._resolve import (
     named_error,
     resolve_literal,
 )
-from ._sockopt import apply_socket_options
-from ._tls import tls_client_handshake
 
 if TYPE_CHECKING:
-    from ._server import NetProcessor
+    from .._inbound._server import NetProcessor
 
 __all__ = ["SocketFactory", "connect", "happy_eyeballs", "interleave"]
 

@@ -46,10 +46,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
-from ._errors import ProxyProtocolError
+from .._base._errors import ProxyProtocolError
 
 if TYPE_CHECKING:
-    from ._connection import Connection
+    from .._core._connection import Connection
 
 __all__ = [
     "DEFAULT_MAX_PROXY_HEADER",

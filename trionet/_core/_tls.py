@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
-from ._errors import TLSError
-from ._resolve import format_target, named_error
+from .._base._errors import TLSError
+from .._outbound._resolve import format_target, named_error
 
 if TYPE_CHECKING:
     from ._connection import Connection

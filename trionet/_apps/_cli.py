@@ -23,13 +23,13 @@ from typing import Any, Final, final
 
 import trio
 
-from . import __version__
-from ._connection import Connection
-from ._options import AcceptOptions, ConnectOptions
-from ._proxy import TcpProxy
-from ._server import Handler, NetProcessor, Server
-from ._stats_page import STATS_INACTIVITY_TIMEOUT
-from ._workers import WorkerContext, WorkerSupervisor
+from .. import __version__
+from .._base._options import AcceptOptions, ConnectOptions
+from .._core._connection import Connection
+from .._core._stats_page import STATS_INACTIVITY_TIMEOUT
+from .._inbound._server import Handler, NetProcessor, Server
+from ._tcp_proxy import TcpProxy
+from ._workers._supervisor import WorkerContext, WorkerSupervisor
 
 __all__ = ["build_parser", "main"]
 

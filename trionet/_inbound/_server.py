@@ -28,16 +28,16 @@ from typing import Any, Final, final
 
 import trio
 
-from . import _connect
-from ._connection import Connection, _Owner
-from ._errors import AcceptError
-from ._inbound import prepare_inbound
+from .._base._errors import AcceptError
+from .._base._options import AcceptOptions, ConnectOptions, _check_int, _check_seconds, _to_networks
+from .._base._sockopt import apply_socket_options
+from .._core._connection import Connection, _Owner
+from .._core._stats import Counters, NetStatistics
+from .._core._throttle import THROTTLE_MODES, Throttle, ThrottleMode
+from .._core._timeouts import TimeoutCop
+from .._outbound import _connect
 from ._listen import Listener, open_listeners
-from ._options import AcceptOptions, ConnectOptions, _check_int, _check_seconds, _to_networks
-from ._sockopt import apply_socket_options
-from ._stats import Counters, NetStatistics
-from ._throttle import THROTTLE_MODES, Throttle, ThrottleMode
-from ._timeouts import TimeoutCop
+from ._prepare import prepare_inbound
 
 __all__ = ["Handler", "NetProcessor", "Server"]
 
@@ -261,7 +261,7 @@ class NetProcessor:
         ATS record names, ``/metrics`` for Prometheus), on loopback unless
         ``host`` says otherwise: ``await nursery.start(net.serve_stats, 9100)``
         reports the :class:`Server`. See :func:`trionet.serve_stats`."""
-        from ._stats_page import serve_stats  # the stats page builds on this module
+        from .._core._stats_page import serve_stats  # the stats page builds on this module
 
         await serve_stats(self.statistics, port, host=host, task_status=task_status)
 

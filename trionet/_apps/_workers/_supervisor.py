@@ -81,9 +81,9 @@ from typing import Any, Final, Literal, final
 
 import trio
 
-from ._listen import _bind_addresses, adopt_listener, bind_socket, open_listeners
-from ._options import AcceptOptions, _check_int, _check_seconds
-from ._server import Handler, NetProcessor, Server
+from ..._base._options import AcceptOptions, _check_int, _check_seconds
+from ..._inbound._listen import _bind_addresses, adopt_listener, bind_socket, open_listeners
+from ..._inbound._server import Handler, NetProcessor, Server
 
 __all__ = ["RestartBackoff", "WorkerContext", "WorkerSupervisor", "run_workers"]
 
@@ -112,7 +112,7 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 _early = []
 signal.signal(signal.SIGTERM, lambda *_: _early.append(1))
 sys.path[:0] = [p for p in os.environ.pop("TRIONET_WORKER_PATH", "").split(os.pathsep) if p]
-from trionet._workers import _worker_entry
+from trionet._apps._workers._supervisor import _worker_entry
 _worker_entry(_early)
 """
 

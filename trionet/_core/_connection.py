@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import trio
 
-from ._options import _check_seconds
+from .._base._options import _check_seconds
 
 if TYPE_CHECKING:
     from ._stats import Counters

@@ -17,13 +17,13 @@ from typing import Any
 
 import trio
 
-from ._connection import Connection
-from ._errors import ProxyProtocolError
-from ._options import AcceptOptions
+from .._base._errors import ProxyProtocolError
+from .._base._options import AcceptOptions
+from .._core._connection import Connection
+from .._core._stats import Counters
+from .._core._throttle import Throttle
+from .._core._tls import describe_tls_failure, tls_server_handshake
 from ._proxy_protocol import apply_proxy_header, receive_proxy_header
-from ._stats import Counters
-from ._throttle import Throttle
-from ._tls import describe_tls_failure, tls_server_handshake
 
 __all__ = ["prepare_inbound"]
 

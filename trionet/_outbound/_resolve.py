@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar, final, runtime_checkable
 
 import trio
 
-from ._errors import ConnectError, ResolveError
+from .._base._errors import ConnectError, ResolveError
 
 __all__ = [
     "Address",

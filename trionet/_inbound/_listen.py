@@ -17,8 +17,8 @@ from typing import Any, final
 
 import trio
 
-from ._options import AcceptOptions
-from ._sockopt import apply_listen_options, apply_socket_options
+from .._base._options import AcceptOptions
+from .._base._sockopt import apply_listen_options, apply_socket_options
 
 __all__ = ["Listener", "adopt_listener", "check_listening_fd", "open_listeners"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._resolve import Resolver
+    from .._outbound._resolve import Resolver
 
 __all__ = ["AcceptOptions", "ConnectOptions", "SocketOptions"]
 

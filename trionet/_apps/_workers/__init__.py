@@ -1,0 +1,1 @@
+"""Worker processes sharing listening ports (see ``_supervisor``)."""
