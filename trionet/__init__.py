@@ -24,7 +24,9 @@ from ._base._errors import TrionetError as TrionetError
 from ._base._errors import UnsupportedOptionError as UnsupportedOptionError
 from ._base._options import AcceptOptions as AcceptOptions
 from ._base._options import ConnectOptions as ConnectOptions
+from ._base._options import Resolver as Resolver
 from ._base._options import SocketOptions as SocketOptions
+from ._base._version import __version__ as __version__
 from ._core._connection import Connection as Connection
 from ._core._stats import NetStatistics as NetStatistics
 from ._core._stats_page import StatsCollector as StatsCollector
@@ -39,6 +41,3 @@ from ._inbound._server import NetProcessor as NetProcessor
 from ._inbound._server import Server as Server
 from ._outbound._resolve import CachingResolver as CachingResolver
 from ._outbound._resolve import GetaddrinfoResolver as GetaddrinfoResolver
-from ._outbound._resolve import Resolver as Resolver
-
-__version__ = "0.1.0"

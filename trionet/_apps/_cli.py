@@ -23,8 +23,10 @@ from typing import Any, Final, final
 
 import trio
 
-from .. import __version__
+from .._base._addr import host_port
+from .._base._errors import leaves
 from .._base._options import AcceptOptions, ConnectOptions
+from .._base._version import __version__
 from .._core._connection import Connection
 from .._core._stats_page import STATS_INACTIVITY_TIMEOUT
 from .._inbound._server import Handler, NetProcessor, Server
@@ -318,18 +320,14 @@ def _plan(args: argparse.Namespace) -> _Plan:
             active_timeout=args.active_timeout,
         )
         plan.proxy = plan.handler = TcpProxy(net, host, port, upstream)
-        plan.suffix = f", forwarding to {_join(host, port)}"
+        plan.suffix = f", forwarding to {host_port(host, port)}"
     if listen.ssl_context is not None:
         plan.suffix += " (TLS)"
     return plan
 
 
-def _join(host: str, port: object) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _address(listener_address: tuple[object, ...]) -> str:
-    return _join(str(listener_address[0]), listener_address[1])
+    return host_port(str(listener_address[0]), listener_address[1])
 
 
 def _say(plan: _Plan, text: str) -> None:
@@ -425,7 +423,7 @@ async def _supervise(plan: _Plan, workers: int) -> int:
             await nursery.start(supervise)
             host = plan.listen.host or "*"
             for port in supervisor.ports:
-                _say(plan, f"listening on {_join(host, port)}{plan.suffix} ({workers} workers)")
+                _say(plan, f"listening on {host_port(host, port)}{plan.suffix} ({workers} workers)")
             nursery.start_soon(_forward_signals, plan, supervisor, signals)
     return status
 
@@ -469,13 +467,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = trio.run(_run, plan)
     except* OSError as group:
         # Binding failed (port taken, address not local...): say so plainly.
-        for error in _leaves(group):
+        for error in leaves(group):
             print(f"{PROG} {args.command}: {error}", file=sys.stderr)
     return status
-
-
-def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
-    out: list[OSError] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final, Literal, final
 
 import trio
 
+from .._base._checks import is_int
 from .._base._errors import ConnectError
 from .._base._options import ConnectOptions
 from .._core._connection import Connection
@@ -118,7 +119,7 @@ async def splice(
     Raises:
       ValueError: ``chunk`` is not a positive int.
     """
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    if not is_int(chunk) or chunk < 1:
         raise ValueError(f"chunk={chunk!r}: must be an int >= 1")
     forward, backward = _Pump(a, b, chunk), _Pump(b, a, chunk)
     async with trio.open_nursery() as nursery:
@@ -188,7 +189,7 @@ class TcpProxy:
     ) -> None:
         if options is not None and not isinstance(options, ConnectOptions):
             raise TypeError(f"options={options!r}: expected ConnectOptions or None")
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        if not is_int(chunk) or chunk < 1:
             raise ValueError(f"chunk={chunk!r}: must be an int >= 1")
         self.net, self.host, self.port = net, host, port
         self.options = options

@@ -3,77 +3,50 @@
 A bad value fails where it is written, with a ``ValueError`` naming the field
 and the value, not later inside an accept loop. Applying the options to a
 socket (and failing clearly when the platform lacks one) is done by
-:mod:`trionet._sockopt`.
+:mod:`trionet._base._sockopt`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from .._outbound._resolve import Resolver
+import trio
 
-__all__ = ["AcceptOptions", "ConnectOptions", "SocketOptions"]
+from ._checks import (
+    Network,
+    bad_value,
+    check_bool,
+    check_family,
+    check_int,
+    check_opt_int,
+    check_seconds,
+    to_networks,
+)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-_FAMILIES = {socket.AF_INET, socket.AF_INET6}
-
-
-def _bad(owner: str, name: str, value: object, why: str) -> ValueError:
-    return ValueError(f"{owner}.{name}={value!r}: {why}")
-
-
-def _check_int(owner: str, name: str, value: object, lo: int, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(owner, name, value, "must be an int")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise _bad(owner, name, value, f"must be {bound}")
+__all__ = ["AcceptOptions", "ConnectOptions", "Resolver", "SocketFactory", "SocketOptions"]
 
 
-def _check_opt_int(owner: str, name: str, value: object, lo: int, hi: int | None = None) -> None:
-    if value is not None:
-        _check_int(owner, name, value, lo, hi)
+@runtime_checkable
+class Resolver(Protocol):
+    """Resolves a host name to socket addresses.
+
+    ``resolve(host, port, family)`` returns a list of ``(family, sockaddr)``
+    pairs, in the order the connection attempts should consider them.
+    ``family`` is ``socket.AF_INET``, ``socket.AF_INET6`` or ``0`` (either).
+    A failed lookup should raise :class:`trionet.ResolveError` (a plain
+    ``OSError`` such as ``socket.gaierror`` is wrapped into one by ``connect``).
+    """
+
+    async def resolve(self, host: str, port: int, family: int) -> list[tuple[int, Any]]: ...
 
 
-def _check_seconds(owner: str, name: str, value: object, *, allow_zero: bool = True) -> None:
-    """``None`` (disabled) or a finite number of seconds >= 0 (> 0 if not allow_zero)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad(owner, name, value, "must be a number of seconds or None")
-    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
-        rule = ">= 0" if allow_zero else "> 0"
-        raise _bad(owner, name, value, f"must be {rule} seconds (None disables it)")
-
-
-def _check_bool(owner: str, name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise _bad(owner, name, value, "must be True or False")
-
-
-def _check_family(owner: str, value: object) -> None:
-    if value is not None and value not in _FAMILIES:
-        raise _bad(owner, "family", value, "must be socket.AF_INET, socket.AF_INET6 or None")
-
-
-def _to_networks(owner: str, name: str, values: Iterable[object]) -> tuple[Network, ...]:
-    if isinstance(values, str | bytes):
-        raise _bad(owner, name, values, "must be a list of networks, not a single string")
-    out: list[Network] = []
-    for v in values:
-        try:
-            out.append(ipaddress.ip_network(v, strict=False))  # type: ignore[arg-type]
-        except (ValueError, TypeError) as exc:
-            raise _bad(owner, name, v, f"not an IP network ({exc})") from None
-    return tuple(out)
+SocketFactory = Callable[[int], trio.socket.SocketType]
+"""Opens an unconnected TCP socket of the given family (``ConnectOptions.socket_factory``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +77,14 @@ class SocketOptions:
 
     def __post_init__(self) -> None:
         o = "SocketOptions"
-        _check_bool(o, "nodelay", self.nodelay)
-        _check_bool(o, "keepalive", self.keepalive)
-        _check_opt_int(o, "linger", self.linger, 0, 65535)
-        _check_opt_int(o, "recv_bufsize", self.recv_bufsize, 1)
-        _check_opt_int(o, "send_bufsize", self.send_bufsize, 1)
-        _check_opt_int(o, "tos", self.tos, 0, 255)
-        _check_opt_int(o, "mark", self.mark, 0, 2**32 - 1)
-        _check_opt_int(o, "notsent_lowat", self.notsent_lowat, 0, 2**32 - 1)
+        check_bool(o, "nodelay", self.nodelay)
+        check_bool(o, "keepalive", self.keepalive)
+        check_opt_int(o, "linger", self.linger, 0, 65535)
+        check_opt_int(o, "recv_bufsize", self.recv_bufsize, 1)
+        check_opt_int(o, "send_bufsize", self.send_bufsize, 1)
+        check_opt_int(o, "tos", self.tos, 0, 255)
+        check_opt_int(o, "mark", self.mark, 0, 2**32 - 1)
+        check_opt_int(o, "notsent_lowat", self.notsent_lowat, 0, 2**32 - 1)
 
 
 # The TLS handshake timeout default: ATS ships proxy.config.ssl.handshake_timeout_in
@@ -174,29 +147,29 @@ class AcceptOptions:
 
     def __post_init__(self) -> None:
         o = "AcceptOptions"
-        _check_int(o, "port", self.port, 0, 65535)
+        check_int(o, "port", self.port, 0, 65535)
         if self.host is not None and not isinstance(self.host, str):
-            raise _bad(o, "host", self.host, "must be a str or None")
-        _check_bool(o, "localhost_only", self.localhost_only)
+            raise bad_value(o, "host", self.host, "must be a str or None")
+        check_bool(o, "localhost_only", self.localhost_only)
         if self.localhost_only and self.host is not None:
-            raise _bad(o, "host", self.host, "cannot be combined with localhost_only=True")
-        _check_family(o, self.family)
-        _check_int(o, "backlog", self.backlog, 1)
+            raise bad_value(o, "host", self.host, "cannot be combined with localhost_only=True")
+        check_family(o, self.family)
+        check_int(o, "backlog", self.backlog, 1)
         for name in ("reuse_port", "transparent", "backdoor", "proxy_protocol"):
-            _check_bool(o, name, getattr(self, name))
-        _check_seconds(o, "defer_accept", self.defer_accept)
+            check_bool(o, name, getattr(self, name))
+        check_seconds(o, "defer_accept", self.defer_accept)
         if not isinstance(self.socket, SocketOptions):
-            raise _bad(o, "socket", self.socket, "must be a SocketOptions")
-        _check_seconds(o, "inactivity_timeout", self.inactivity_timeout)
-        _check_seconds(o, "active_timeout", self.active_timeout)
-        _check_opt_int(o, "fd", self.fd, 0)
+            raise bad_value(o, "socket", self.socket, "must be a SocketOptions")
+        check_seconds(o, "inactivity_timeout", self.inactivity_timeout)
+        check_seconds(o, "active_timeout", self.active_timeout)
+        check_opt_int(o, "fd", self.fd, 0)
         if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
-            raise _bad(o, "ssl_context", self.ssl_context, "must be an ssl.SSLContext")
-        _check_seconds(o, "tls_handshake_timeout", self.tls_handshake_timeout, allow_zero=False)
-        _check_seconds(o, "proxy_protocol_timeout", self.proxy_protocol_timeout, allow_zero=False)
+            raise bad_value(o, "ssl_context", self.ssl_context, "must be an ssl.SSLContext")
+        check_seconds(o, "tls_handshake_timeout", self.tls_handshake_timeout, allow_zero=False)
+        check_seconds(o, "proxy_protocol_timeout", self.proxy_protocol_timeout, allow_zero=False)
         if self.proxy_protocol_timeout is None:
-            raise _bad(o, "proxy_protocol_timeout", None, "must be a number of seconds")
-        nets = _to_networks(o, "proxy_protocol_trusted", self.proxy_protocol_trusted)
+            raise bad_value(o, "proxy_protocol_timeout", None, "must be a number of seconds")
+        nets = to_networks(o, "proxy_protocol_trusted", self.proxy_protocol_trusted)
         object.__setattr__(self, "proxy_protocol_trusted", nets)
 
     @classmethod
@@ -225,6 +198,12 @@ class ConnectOptions:
       inactivity_timeout / active_timeout: set on the returned connection.
       resolver: a :class:`Resolver`; ``None`` uses ``getaddrinfo``.
       ssl_context / server_hostname / alpn_protocols: make a TLS connection.
+      socket_factory: ``socket_factory(family)`` opens the unconnected TCP
+        socket of each connection attempt; ``None`` uses
+        ``trio.socket.socket(family, SOCK_STREAM)``. The seam for fault
+        injection (a socket whose ``connect`` stalls or fails), as httpcore
+        lets a test replace its network backend; every socket it returns is
+        closed by ``connect`` unless it becomes the connection.
     """
 
     connect_timeout: float | None = 30.0
@@ -239,28 +218,33 @@ class ConnectOptions:
     ssl_context: ssl.SSLContext | None = None
     server_hostname: str | None = None
     alpn_protocols: tuple[str, ...] | None = None
+    socket_factory: SocketFactory | None = None
 
     def __post_init__(self) -> None:
         o = "ConnectOptions"
-        _check_seconds(o, "connect_timeout", self.connect_timeout, allow_zero=False)
+        check_seconds(o, "connect_timeout", self.connect_timeout, allow_zero=False)
         if self.local_address is not None:
             try:
                 ipaddress.ip_address(self.local_address)
             except ValueError:
-                raise _bad(o, "local_address", self.local_address, "not an IP address") from None
-        _check_int(o, "local_port", self.local_port, 0, 65535)
-        _check_seconds(o, "happy_eyeballs_delay", self.happy_eyeballs_delay)
-        _check_family(o, self.family)
+                raise bad_value(
+                    o, "local_address", self.local_address, "not an IP address"
+                ) from None
+        check_int(o, "local_port", self.local_port, 0, 65535)
+        check_seconds(o, "happy_eyeballs_delay", self.happy_eyeballs_delay)
+        check_family(o, self.family)
         if not isinstance(self.socket, SocketOptions):
-            raise _bad(o, "socket", self.socket, "must be a SocketOptions")
-        _check_seconds(o, "inactivity_timeout", self.inactivity_timeout)
-        _check_seconds(o, "active_timeout", self.active_timeout)
+            raise bad_value(o, "socket", self.socket, "must be a SocketOptions")
+        check_seconds(o, "inactivity_timeout", self.inactivity_timeout)
+        check_seconds(o, "active_timeout", self.active_timeout)
         if self.resolver is not None and not callable(getattr(self.resolver, "resolve", None)):
-            raise _bad(o, "resolver", self.resolver, "must have an async resolve() method")
+            raise bad_value(o, "resolver", self.resolver, "must have an async resolve() method")
         if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
-            raise _bad(o, "ssl_context", self.ssl_context, "must be an ssl.SSLContext")
+            raise bad_value(o, "ssl_context", self.ssl_context, "must be an ssl.SSLContext")
         if self.alpn_protocols is not None:
             protos: Any = self.alpn_protocols
             if isinstance(protos, str) or not all(isinstance(p, str) and p for p in protos):
-                raise _bad(o, "alpn_protocols", protos, "must be a list of non-empty str")
+                raise bad_value(o, "alpn_protocols", protos, "must be a list of non-empty str")
             object.__setattr__(self, "alpn_protocols", tuple(protos))
+        if self.socket_factory is not None and not callable(self.socket_factory):
+            raise bad_value(o, "socket_factory", self.socket_factory, "must be callable or None")

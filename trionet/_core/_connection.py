@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import trio
 
-from .._base._options import _check_seconds
+from .._base._checks import check_seconds
 
 if TYPE_CHECKING:
     from ._stats import Counters
@@ -396,7 +396,7 @@ class Connection(trio.abc.HalfCloseableStream):
 
     @inactivity_timeout.setter
     def inactivity_timeout(self, value: float | None) -> None:
-        _check_seconds("Connection", "inactivity_timeout", value)
+        check_seconds("Connection", "inactivity_timeout", value)
         self._inactivity_timeout = None if value is None else float(value)
         self._last_activity = _now()
         self._owner.cop.rearm(self)
@@ -411,7 +411,7 @@ class Connection(trio.abc.HalfCloseableStream):
 
     @active_timeout.setter
     def active_timeout(self, value: float | None) -> None:
-        _check_seconds("Connection", "active_timeout", value)
+        check_seconds("Connection", "active_timeout", value)
         self._active_deadline = _INF if value is None else _now() + value
         self._owner.cop.rearm(self)
 

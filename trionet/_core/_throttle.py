@@ -9,16 +9,16 @@ admitted. The accept loop decides what to do with a "no" (wait or close).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from typing import Final, Literal
+
+from .._base._addr import in_networks
+from .._base._checks import Network
 
 __all__ = ["ThrottleMode", "Throttle"]
 
 ThrottleMode = Literal["pause", "close"]
 THROTTLE_MODES: Final = ("pause", "close")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Throttle:
@@ -68,14 +68,7 @@ class Throttle:
     def _is_exempt(self, host: str) -> bool:
         cached = self._exempt_cache.get(host)
         if cached is None:
-            try:
-                addr = ipaddress.ip_address(host.split("%", 1)[0])
-            except ValueError:
-                cached = False
-            else:
-                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-                    addr = addr.ipv4_mapped
-                cached = any(addr in net for net in self._exempt)
+            cached = in_networks(host, self._exempt)
             if len(self._exempt_cache) > 4096:
                 self._exempt_cache.clear()
             self._exempt_cache[host] = cached

@@ -17,7 +17,6 @@ frame their own end of message.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 from collections.abc import Callable
@@ -27,8 +26,8 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
-from .._base._errors import TLSError
-from .._outbound._resolve import format_target, named_error
+from .._base._addr import host_port, is_ip, strip_brackets
+from .._base._errors import TLSError, named_error
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -187,7 +186,7 @@ async def tls_client_handshake(
         reason (for a certificate, OpenSSL's verification message) and ``host:port``;
         ``__cause__`` is the ``ssl.SSLError``.
     """
-    name = server_hostname or _strip_brackets(host)
+    name = server_hostname or strip_brackets(host)
     if alpn_protocols is not None:
         ctx.set_alpn_protocols(list(alpn_protocols))
     stream = trio.SSLStream(_RawTransport(conn), ctx, server_hostname=name)
@@ -196,7 +195,7 @@ async def tls_client_handshake(
         await stream.do_handshake()
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise _tls_error(exc, name, host, port) from (exc.__cause__ or exc)
-    conn.tls = TLSInfo._from_stream(stream, None if _is_ip(name) else name)
+    conn.tls = TLSInfo._from_stream(stream, None if is_ip(name) else name)
     return conn.tls
 
 
@@ -214,20 +213,8 @@ def _tls_error(exc: BaseException, name: str, host: str, port: int) -> Exception
     else:
         why = f"connection lost during the handshake ({cause or exc})"
         code = None
-    target = format_target(host, port)
+    target = host_port(host, port)
     return named_error(TLSError, code, f"TLS handshake failed for {name} ({why}): {target}")
-
-
-def _strip_brackets(host: str) -> str:
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def describe_tls_failure(exc: BaseException) -> str:

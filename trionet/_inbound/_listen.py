@@ -17,6 +17,7 @@ from typing import Any, final
 
 import trio
 
+from .._base._addr import host_port
 from .._base._options import AcceptOptions
 from .._base._sockopt import apply_listen_options, apply_socket_options
 
@@ -136,7 +137,9 @@ def bind_socket(family: int, sockaddr: Any, opts: AcceptOptions) -> socket.socke
             if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
                 sock.close()
                 return None
-            raise OSError(exc.errno, f"cannot listen on {_fmt(sockaddr)}: {exc.strerror}") from exc
+            raise OSError(
+                exc.errno, f"cannot listen on {host_port(sockaddr[0], sockaddr[1])}: {exc.strerror}"
+            ) from exc
         return sock
     except BaseException:
         sock.close()
@@ -202,8 +205,3 @@ def _check_listening(fd: int, sock: socket.socket) -> None:
         raise ValueError(f"fd {fd} is not a TCP socket ({sock.family!r}, {sock.type!r})")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ValueError(f"fd {fd} is a socket but is not listening")
-
-
-def _fmt(sockaddr: Any) -> str:
-    host, port = sockaddr[0], sockaddr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -10,13 +10,13 @@ error of ours), and the connection is closed without reaching the handler.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 from typing import Any
 
 import trio
 
+from .._base._addr import in_networks
 from .._base._errors import ProxyProtocolError
 from .._base._options import AcceptOptions
 from .._core._connection import Connection
@@ -119,10 +119,5 @@ def _trusted(address: Any, networks: tuple[Any, ...]) -> bool:
     """Is the socket peer allowed to send a PROXY header? Empty: everyone."""
     if not networks:
         return True
-    try:
-        ip = ipaddress.ip_address(address[0])
-    except (TypeError, ValueError, IndexError):
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
+    host = address[0] if isinstance(address, tuple) and address else None
+    return isinstance(host, str) and in_networks(host, networks)

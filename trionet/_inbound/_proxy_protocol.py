@@ -46,6 +46,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
+from .._base._checks import is_int
 from .._base._errors import ProxyProtocolError
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def parse_proxy_header(
         says which field was wrong.
       TypeError / ValueError: ``max_length`` is not an int >= 16.
     """
-    if isinstance(max_length, bool) or not isinstance(max_length, int):
+    if not is_int(max_length):
         raise TypeError(f"max_length={max_length!r}: must be an int")
     if max_length < V2_FIXED_LENGTH:
         raise ValueError(f"max_length={max_length!r}: must be >= {V2_FIXED_LENGTH}")

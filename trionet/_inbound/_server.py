@@ -28,8 +28,9 @@ from typing import Any, Final, final
 
 import trio
 
+from .._base._checks import check_int, check_seconds, to_networks
 from .._base._errors import AcceptError
-from .._base._options import AcceptOptions, ConnectOptions, _check_int, _check_seconds, _to_networks
+from .._base._options import AcceptOptions, ConnectOptions
 from .._base._sockopt import apply_socket_options
 from .._core._connection import Connection, _Owner
 from .._core._stats import Counters, NetStatistics
@@ -127,17 +128,17 @@ class NetProcessor:
     ) -> None:
         o = "NetProcessor"
         if max_connections is not None:
-            _check_int(o, "max_connections", max_connections, 1)
+            check_int(o, "max_connections", max_connections, 1)
         if throttle not in THROTTLE_MODES:
             raise ValueError(f"{o}.throttle={throttle!r}: must be one of {THROTTLE_MODES}")
         if per_client_max_connections is not None:
-            _check_int(o, "per_client_max_connections", per_client_max_connections, 1)
-        exempt = _to_networks(o, "per_client_exempt", per_client_exempt)
-        _check_int(o, "accept_batch", accept_batch, 1)
-        _check_seconds(o, "accept_error_pause", accept_error_pause)
-        _check_seconds(o, "default_inactivity_timeout", default_inactivity_timeout)
+            check_int(o, "per_client_max_connections", per_client_max_connections, 1)
+        exempt = to_networks(o, "per_client_exempt", per_client_exempt)
+        check_int(o, "accept_batch", accept_batch, 1)
+        check_seconds(o, "accept_error_pause", accept_error_pause)
+        check_seconds(o, "default_inactivity_timeout", default_inactivity_timeout)
         if max_idle_connections is not None:
-            _check_int(o, "max_idle_connections", max_idle_connections, 0)
+            check_int(o, "max_idle_connections", max_idle_connections, 0)
         self.throttle_mode: ThrottleMode = throttle
         self.accept_batch = accept_batch
         self.accept_error_pause = accept_error_pause
@@ -496,7 +497,7 @@ class Server:
         rest. Returns at once; ``serve()`` returns (and :meth:`wait_closed`
         wakes) when everything is closed. Calling it again can only shorten the
         grace period."""
-        _check_seconds("Server.shutdown", "grace", grace)
+        check_seconds("Server.shutdown", "grace", grace)
         self._stopping = True
         self._accept_scope.cancel()
         if self._handler_scope is not None:

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
+from .._base._addr import host_port
+from .._base._checks import is_int
 from .._base._errors import (
     ENET_THROTTLING,
     ConnectError,
@@ -47,20 +49,13 @@ from .._base._errors import (
     ThrottledError,
     TLSError,
     UnsupportedOptionError,
+    named_error,
 )
-from .._base._options import ConnectOptions
+from .._base._options import ConnectOptions, Resolver
 from .._base._sockopt import apply_socket_options
 from .._core._connection import Connection
 from .._core._tls import tls_client_handshake
-from ._resolve import (
-    Address,
-    GetaddrinfoResolver,
-    Resolver,
-    check_addresses,
-    format_target,
-    named_error,
-    resolve_literal,
-)
+from ._resolve import Address, GetaddrinfoResolver, check_addresses, resolve_literal
 
 if TYPE_CHECKING:
     from .._inbound._server import NetProcessor
@@ -103,7 +98,7 @@ async def connect(
     ``connections_throttled_out``.
     """
     host, port, opts = _check_arguments(host, port, options)
-    target = format_target(host, port)
+    target = host_port(host, port)
     counters = net._counters
     throttle = net._throttle
     if throttle.at_limit():
@@ -173,7 +168,7 @@ async def _establish(
     addresses = await _resolve(host, port, opts)
     sock, address = await happy_eyeballs(
         addresses,
-        target=format_target(host, port),
+        target=host_port(host, port),
         delay=opts.happy_eyeballs_delay,
         prepare=lambda s: _prepare_socket(s, opts),
         socket_factory=socket_factory or _open_tcp_socket,
@@ -216,7 +211,7 @@ def _check_arguments(
 ) -> tuple[str, int, ConnectOptions]:
     if not isinstance(host, str) or not host:
         raise TypeError(f"host={host!r}: must be a non-empty str (a name or an IP literal)")
-    if isinstance(port, bool) or not isinstance(port, int):
+    if not is_int(port):
         raise TypeError(f"port={port!r}: must be an int")
     if not 1 <= port <= 65535:
         raise ValueError(f"port={port!r}: must be 1..65535")
@@ -243,7 +238,7 @@ async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[Address]:
       ResolveError: the lookup failed or gave no usable address.
       ValueError: ``family`` and ``local_address`` ask for different families.
     """
-    target = format_target(host, port)
+    target = host_port(host, port)
     family = _wanted_family(opts)
     literal = resolve_literal(host, port)
     if literal is not None:
@@ -437,7 +432,7 @@ def _all_failed(errors: list[tuple[Address, OSError]], target: str) -> ConnectEr
         err = named_error(ConnectError, code, f"{_reason(exc)}: {target}")
         err.__cause__ = exc
         return err
-    detail = "; ".join(f"{format_target(a[1][0], a[1][1])}: {_reason(e)}" for a, e in errors)
+    detail = "; ".join(f"{host_port(a[1][0], a[1][1])}: {_reason(e)}" for a, e in errors)
     err = named_error(ConnectError, code, f"all {len(errors)} attempts failed ({detail}): {target}")
     err.__cause__ = ExceptionGroup(f"connection attempts to {target}", [e for _, e in errors])
     return err

@@ -20,18 +20,19 @@ import ipaddress
 import math
 import socket
 from collections import OrderedDict
-from typing import Any, Protocol, TypeVar, final, runtime_checkable
+from typing import Any, final
 
 import trio
 
-from .._base._errors import ConnectError, ResolveError
+from .._base._addr import host_port, strip_brackets
+from .._base._checks import is_int
+from .._base._errors import ResolveError, named_error
+from .._base._options import Resolver
 
 __all__ = [
     "Address",
     "CachingResolver",
     "GetaddrinfoResolver",
-    "Resolver",
-    "format_target",
     "resolve_literal",
 ]
 
@@ -42,39 +43,6 @@ Address = tuple[int, Any]
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
-_E = TypeVar("_E", bound=ConnectError)
-
-
-def named_error(cls: type[_E], code: int | None, message: str) -> _E:
-    """``cls(message)`` with ``errno`` set: ``str()`` is then exactly the message
-    (``OSError(errno, msg)`` would print ``[Errno 111] msg``), as Netty's
-    ``connection timed out after 5000 ms: example.com:80``."""
-    err = cls(message)
-    err.errno = code
-    return err
-
-
-@runtime_checkable
-class Resolver(Protocol):
-    """Resolves a host name to socket addresses.
-
-    ``resolve(host, port, family)`` returns a list of ``(family, sockaddr)``
-    pairs, in the order the connection attempts should consider them.
-    ``family`` is ``socket.AF_INET``, ``socket.AF_INET6`` or ``0`` (either).
-    A failed lookup should raise :class:`trionet.ResolveError` (a plain
-    ``OSError`` such as ``socket.gaierror`` is wrapped into one by ``connect``).
-    """
-
-    async def resolve(self, host: str, port: int, family: int) -> list[tuple[int, Any]]: ...
-
-
-def format_target(host: str, port: int) -> str:
-    """``host:port`` for messages, with IPv6 literals bracketed (``[::1]:80``)."""
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
-
-
 def resolve_literal(host: str, port: int) -> Address | None:
     """The address of an IP literal (``"10.0.0.1"``, ``"::1"``, ``"[::1]"``,
     ``"fe80::1%eth0"``), or ``None`` if ``host`` is a name to be resolved.
@@ -83,7 +51,7 @@ def resolve_literal(host: str, port: int) -> Address | None:
     literal. The conversion uses ``getaddrinfo`` with ``AI_NUMERICHOST``, which
     never touches DNS and does not block, so it runs inline.
     """
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bare = strip_brackets(host)
     try:
         ipaddress.ip_address(bare)
     except ValueError:
@@ -140,7 +108,7 @@ class GetaddrinfoResolver:
         try:
             infos = await trio.socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            target = format_target(host, port)
+            target = host_port(host, port)
             raise named_error(
                 ResolveError, exc.errno, f"cannot resolve ({exc.strerror}): {target}"
             ) from exc
@@ -175,11 +143,11 @@ class CachingResolver:
     ) -> None:
         if resolver is not None and not callable(getattr(resolver, "resolve", None)):
             raise TypeError(f"resolver={resolver!r}: must have an async resolve() method")
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+        if not (is_int(ttl) or isinstance(ttl, float)) or not ttl > 0:
             raise ValueError(f"CachingResolver.ttl={ttl!r}: must be a number of seconds > 0")
         if math.isinf(ttl):
             raise ValueError(f"CachingResolver.ttl={ttl!r}: must be finite")
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+        if not is_int(max_entries) or max_entries < 1:
             raise ValueError(f"CachingResolver.max_entries={max_entries!r}: must be an int >= 1")
         self.resolver: Resolver = resolver if resolver is not None else GetaddrinfoResolver()
         self.ttl = float(ttl)

@@ -22,6 +22,7 @@ from typing import Final, Literal, final
 
 import trio
 
+from .._base._checks import is_int
 from .._base._errors import TrionetError
 from ._codes import EVENT_NONE, event_name
 
@@ -245,7 +246,7 @@ def invoke(cont: Continuation, event: int, data: object) -> int | None:
     except Exception:
         logger.exception("contract violation: %r raised while handling %s", cont, event_name(event))
         return None
-    if isinstance(ret, bool) or not isinstance(ret, int):
+    if not is_int(ret):
         logger.error(
             "contract violation: %r returned %r for %s; a handler must return an int "
             "(EVENT_DONE or EVENT_CONT)",

@@ -33,8 +33,9 @@ from typing import Any, Final, final
 
 import trio
 
-from .._base._errors import AcceptError, ConnectError, ConnectTimeoutError, ThrottledError
-from .._base._options import AcceptOptions, ConnectOptions, _check_seconds
+from .._base._checks import check_seconds, is_int
+from .._base._errors import AcceptError, ConnectError, ConnectTimeoutError, ThrottledError, leaves
+from .._base._options import AcceptOptions, ConnectOptions
 from .._core._connection import Connection
 from .._inbound._server import NetProcessor, Server
 from ._codes import (
@@ -134,8 +135,7 @@ def _split_addr(addr: object) -> tuple[str, int]:
         isinstance(addr, tuple)
         and len(addr) in (2, 4)
         and isinstance(addr[0], str)
-        and isinstance(addr[1], int)
-        and not isinstance(addr[1], bool)
+        and is_int(addr[1])
     ):
         return addr[0], addr[1]
     raise TypeError(f"addr={addr!r}: must be a (host, port) tuple")
@@ -181,7 +181,7 @@ class UnixNetProcessor:
         Raises:
           TypeError / ValueError: bad ``cont``, ``fd`` or ``opts``.
         """
-        if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        if not is_int(fd) or fd < 0:
             raise ValueError(f"fd={fd!r}: must be an open file descriptor number")
         base = opts if opts is not None else AcceptOptions()
         return self.accept(cont, dataclasses.replace(base, fd=fd))
@@ -235,7 +235,7 @@ class UnixNetProcessor:
                         if callback_on_open:
                             await self._notify(action, NET_EVENT_ACCEPT_SUCCEED, action)
                 except* OSError as group:
-                    failures.extend(_leaves(group))
+                    failures.extend(leaves(group))
         finally:
             action._listening.set()
             self._accepts.discard(action)
@@ -355,16 +355,6 @@ class UnixNetProcessor:
         await vc._run()
 
 
-def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
-    out: list[OSError] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
-        else:
-            out.append(exc)
-    return out
-
-
 @asynccontextmanager
 async def open_net_processor(
     net: NetProcessor | None = None,
@@ -394,7 +384,7 @@ async def open_net_processor(
         net = NetProcessor()
     elif not isinstance(net, NetProcessor):
         raise TypeError(f"net={net!r}: must be a trionet.NetProcessor or None")
-    _check_seconds("open_net_processor", "default_inactivity_timeout", default_inactivity_timeout)
+    check_seconds("open_net_processor", "default_inactivity_timeout", default_inactivity_timeout)
     async with trio.open_nursery() as nursery:
         unp = UnixNetProcessor(net, nursery, float(default_inactivity_timeout))
         try:

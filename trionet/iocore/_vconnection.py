@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
-from .._base._options import _check_seconds
+from .._base._checks import check_seconds, is_int
 from .._core._connection import Connection, TimedOut
 from ._buffer import IOBufferReader, MIOBuffer
 from ._codes import (
@@ -339,7 +339,7 @@ class NetVConnection:
         Raises:
           ValueError / TypeError: not a number of seconds >= 0.
         """
-        _check_seconds("NetVConnection", "inactivity_timeout", timeout)
+        check_seconds("NetVConnection", "inactivity_timeout", timeout)
         self._inactivity_in = float(timeout) if timeout else None
         self._timeout_gen += 1
         if self.connection.inactivity_timeout is not None and not self.closed:
@@ -358,7 +358,7 @@ class NetVConnection:
         Raises:
           ValueError / TypeError: not a number of seconds >= 0.
         """
-        _check_seconds("NetVConnection", "active_timeout", timeout)
+        check_seconds("NetVConnection", "active_timeout", timeout)
         self._timeout_gen += 1
         if not self.closed:
             self.connection.active_timeout = float(timeout) if timeout else None
@@ -664,7 +664,7 @@ class NetVConnection:
 
 
 def _check_nbytes(nbytes: object) -> None:
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+    if not is_int(nbytes):
         raise TypeError(f"nbytes={nbytes!r}: must be an int")
     if nbytes < 0:
         raise ValueError(f"nbytes={nbytes!r}: must be >= 0 (INT64_MAX for unbounded)")

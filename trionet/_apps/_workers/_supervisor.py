@@ -81,7 +81,8 @@ from typing import Any, Final, Literal, final
 
 import trio
 
-from ..._base._options import AcceptOptions, _check_int, _check_seconds
+from ..._base._checks import check_int, check_seconds
+from ..._base._options import AcceptOptions
 from ..._inbound._listen import _bind_addresses, adopt_listener, bind_socket, open_listeners
 from ..._inbound._server import Handler, NetProcessor, Server
 
@@ -488,10 +489,10 @@ class WorkerSupervisor:
         if not self.specs:
             raise ValueError("run_workers() needs at least one port or AcceptOptions")
         self.workers = workers if workers is not None else usable_cpus()
-        _check_int("run_workers", "workers", self.workers, 1)
-        _check_seconds("run_workers", "grace", grace)
-        _check_seconds("run_workers", "restart_delay", restart_delay, allow_zero=False)
-        _check_seconds("run_workers", "max_restart_delay", max_restart_delay, allow_zero=False)
+        check_int("run_workers", "workers", self.workers, 1)
+        check_seconds("run_workers", "grace", grace)
+        check_seconds("run_workers", "restart_delay", restart_delay, allow_zero=False)
+        check_seconds("run_workers", "max_restart_delay", max_restart_delay, allow_zero=False)
         if sharing not in _SHARING:
             raise ValueError(f"run_workers: sharing={sharing!r}: must be one of {_SHARING}")
         self.grace = float(grace)
