@@ -22,6 +22,7 @@ from trionet._inbound._proxy_protocol import (
     crc32c,
     parse_proxy_header,
 )
+from trionet._processor import table_of
 
 
 # ------------------------------------------------------------------ builders
@@ -516,13 +517,17 @@ async def test_per_client_limit_applies_to_the_relayed_client() -> None:
         assert [a[0] for a in served] == ["203.0.113.1", "203.0.113.2", "203.0.113.3", "127.0.0.1"]
         stats = net.statistics()
         assert stats.per_client_connections_throttled_in == 1
-        assert net._throttle.per_client == {"203.0.113.1": 1, "203.0.113.2": 1, "203.0.113.3": 1}
+        assert table_of(net).throttle.per_client == {
+            "203.0.113.1": 1,
+            "203.0.113.2": 1,
+            "203.0.113.3": 1,
+        }
         hold.set()
         for stream in streams:
             await stream.aclose()
         server.shutdown(1)
     assert net.statistics().connections_currently_open == 0
-    assert net._throttle.per_client == {} and net._throttle.open == 0
+    assert table_of(net).throttle.per_client == {} and table_of(net).throttle.open == 0
 
 
 async def test_plain_port_is_unaffected() -> None:

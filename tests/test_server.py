@@ -11,6 +11,8 @@ import trio
 
 import trionet
 from trionet import AcceptOptions, NetProcessor
+from trionet._inbound._accept import on_accept_error
+from trionet._processor import accept_policy_of, table_of
 
 from .conftest import recv_exactly, start_server, tcp_client, wait_for
 
@@ -119,7 +121,7 @@ async def test_throttle_pause_waits_in_backlog_and_resumes(nursery: trio.Nursery
     clients = [await tcp_client(server.ports[0]) for _ in range(3)]
     await wait_for(lambda: len(served) == 2, "two handlers")
     # The accept task is parked (event-driven, not polling): it is the only waiter.
-    await wait_for(lambda: net._slot_freed.statistics().tasks_waiting == 1, "accept parked")
+    await wait_for(lambda: table_of(net).parked() == 1, "accept parked")
     await trio.sleep(0.05)
     assert len(served) == 2 and net.statistics().connections_currently_open == 2
     assert net.statistics().total_accepts == 2
@@ -189,7 +191,7 @@ async def test_per_client_limit_exempt_and_backdoor(nursery: trio.Nursery) -> No
     for s in [first, second, *exempt, *door]:
         await s.aclose()
     await wait_for(lambda: net.statistics().connections_currently_open == 0)
-    assert net._throttle.per_client == {}
+    assert table_of(net).throttle.per_client == {}
 
 
 async def test_backdoor_ignores_global_limit(nursery: trio.Nursery) -> None:
@@ -428,7 +430,9 @@ async def test_accept_error_classes(code: int, counter: str | None, autojump_clo
     net = NetProcessor(accept_error_pause=0.05)
     listener = trionet.Listener(socket.socket(), AcceptOptions(), ("127.0.0.1", 1234))
     t0 = trio.current_time()
-    await net._accept_error(OSError(code, "injected"), listener)
+    await on_accept_error(
+        OSError(code, "injected"), listener.port, table_of(net).counters, accept_policy_of(net)
+    )
     waited = trio.current_time() - t0
     stats = net.statistics()
     assert stats.accept_errors_transient == (counter == "accept_errors_transient")

@@ -30,14 +30,14 @@ from ._base._version import __version__ as __version__
 from ._core._connection import Connection as Connection
 from ._core._stats import NetStatistics as NetStatistics
 from ._core._stats_page import StatsCollector as StatsCollector
-from ._core._stats_page import serve_stats as serve_stats
 from ._core._tls import TLSInfo as TLSInfo
 from ._inbound._inherit import InheritedListeners as InheritedListeners
 from ._inbound._inherit import inherited_listeners as inherited_listeners
 from ._inbound._listen import Listener as Listener
 from ._inbound._proxy_protocol import ProxyHeader as ProxyHeader
 from ._inbound._proxy_protocol import parse_proxy_header as parse_proxy_header
-from ._inbound._server import NetProcessor as NetProcessor
 from ._inbound._server import Server as Server
 from ._outbound._resolve import CachingResolver as CachingResolver
 from ._outbound._resolve import GetaddrinfoResolver as GetaddrinfoResolver
+from ._processor import NetProcessor as NetProcessor
+from ._processor import serve_stats as serve_stats

@@ -29,7 +29,8 @@ from .._base._options import AcceptOptions, ConnectOptions
 from .._base._version import __version__
 from .._core._connection import Connection
 from .._core._stats_page import STATS_INACTIVITY_TIMEOUT
-from .._inbound._server import Handler, NetProcessor, Server
+from .._inbound._server import Handler, Server
+from .._processor import NetProcessor
 from ._tcp_proxy import TcpProxy
 from ._workers._supervisor import WorkerContext, WorkerSupervisor
 

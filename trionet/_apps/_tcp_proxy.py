@@ -21,7 +21,7 @@ from .._base._options import ConnectOptions
 from .._core._connection import Connection
 
 if TYPE_CHECKING:
-    from .._inbound._server import NetProcessor
+    from .._processor import NetProcessor
 
 __all__ = ["ProxyStatistics", "SpliceResult", "TcpProxy", "splice"]
 

@@ -7,8 +7,23 @@ activity is recorded for the inactivity timeout, and doing it here costs a few
 attribute stores per call instead of another stream layer.
 
 Activity is recorded as a timestamp only; nothing is scheduled per I/O call.
-The processor's :class:`~trionet._timeouts.TimeoutCop` re-arms lazily when a
-deadline comes up (see that module for why).
+The processor's :class:`~trionet._core._timeouts.TimeoutCop` re-arms lazily
+when a deadline comes up (see that module for why).
+
+One owner per piece of state: every field below is set in the constructor or
+by one method of ``Connection``. What others need from a connection they
+declare as a ``typing.Protocol`` in their own (lower) module -- the cop's
+``Timed``, TLS's ``TLSWire``, the PROXY reader's ``HeaderSource`` -- and
+:class:`Owner` here says what a connection needs from the table that opened it.
+
+The wire primitive. :meth:`Connection._wire_receive` and
+:meth:`Connection._wire_send` are the only code that moves bytes through the
+socket: they count the processor's statistics (``calls_to_read``,
+``read_bytes``...) and record activity. Plain TCP's ``receive_some`` /
+``send_all`` *are* them (one coroutine frame per call, as before); TLS runs
+``trio.SSLStream`` over them with ``payload=False`` and counts the plaintext
+itself; the PROXY header reader peeks and reads through them too. Nothing is
+counted twice and nothing is subtracted afterwards.
 """
 
 from __future__ import annotations
@@ -19,20 +34,19 @@ import socket as _stdlib_socket
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 import trio
 
 from .._base._checks import check_seconds
+from ._timeouts import TimedOut
 
 if TYPE_CHECKING:
     from ._stats import Counters
     from ._timeouts import TimeoutCop
     from ._tls import TLSInfo
 
-__all__ = ["Connection", "TimedOut"]
-
-TimedOut = Literal["inactivity", "active", "evicted"]
+__all__ = ["Connection", "Owner", "TimedOut", "TimeoutHook"]
 
 DEFAULT_RECEIVE_SIZE: Final = 65536
 _INF: Final = math.inf
@@ -47,22 +61,29 @@ _CLOSED_ERRNOS: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
 Address = Any  # what getpeername() returns: (host, port) or (host, port, flow, scope)
 
 
-class _Owner:
-    """What a connection needs from whoever created it (a NetProcessor):
-    counters, the timeout cop, and a release callback run exactly once on close.
-    Kept as a tiny interface so the connection does not import the server."""
+TimeoutHook = Callable[[TimedOut], None]
+"""Called instead of closing when a timeout fires (the iocore shim turns it into
+a ``VC_EVENT_*_TIMEOUT`` event); ``"evicted"`` always closes."""
 
-    __slots__ = ("cop", "counters", "release")
 
-    def __init__(
-        self,
-        counters: Counters,
-        cop: TimeoutCop,
-        release: Callable[[Connection], None],
-    ) -> None:
-        self.counters = counters
-        self.cop = cop
-        self.release = release
+class Owner(Protocol):
+    """What a connection needs from the table that opened it
+    (:class:`~trionet._core._table.ConnectionTable`): the counters its I/O
+    counts in, the timeout cop, and two calls."""
+
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def cop(self) -> TimeoutCop: ...
+
+    def release(self, conn: Connection, client: str | None) -> None:
+        """Called exactly once per connection, when it closes; ``client`` is
+        the key it counted under for the per-client limit."""
+
+    def admit_client(self, host: str) -> bool:
+        """Count one more connection from ``host`` if the per-client limit
+        allows it (a PROXY header named the client after the accept)."""
 
 
 @final
@@ -91,14 +112,13 @@ class Connection(trio.abc.HalfCloseableStream):
         "_active_deadline",
         "_client_key",
         "_closed",
-        "_cop_armed",
-        "_cop_gen",
         "_idle",
         "_inactivity_timeout",
         "_last_activity",
         "_local_address",
         "_owner",
         "_peer_address",
+        "_proxy_tlvs",
         "_receiving",
         "_remote_address",
         "_scopes",
@@ -106,15 +126,14 @@ class Connection(trio.abc.HalfCloseableStream):
         "_sock_address",
         "_ssl",
         "_timeout_hook",
+        "_tls",
         "bytes_received",
         "bytes_sent",
         "id",
         "inbound",
         "opened_at",
-        "proxy_tlvs",
         "socket",
         "timed_out",
-        "tls",
     )
 
     def __init__(
@@ -122,10 +141,23 @@ class Connection(trio.abc.HalfCloseableStream):
         sock: trio.socket.SocketType,
         *,
         conn_id: int,
-        owner: _Owner,
+        owner: Owner,
         inbound: bool,
         peer_address: Address = None,
+        client: str | None = None,
+        inactivity_timeout: float | None = None,
+        active_timeout: float | None = None,
+        scope: trio.CancelScope | None = None,
     ) -> None:
+        """Wrap a connected socket (by :meth:`ConnectionTable.open`, which has
+        counted it; users get connections from ``serve`` and ``connect``).
+
+        Args:
+          client: the per-client key the table counted it under, or None.
+          inactivity_timeout / active_timeout: seconds, or None; armed now.
+          scope: the cancel scope the handler task runs in (cancelled with the
+            connection's timeouts), or None.
+        """
         self.socket = sock
         self.id = conn_id
         self.inbound = inbound
@@ -142,25 +174,25 @@ class Connection(trio.abc.HalfCloseableStream):
         self._local_address: Address = None
         # Shared empty mapping: most connections never carry PROXY TLVs, and an
         # empty dict per connection would cost 64 bytes each.
-        self.proxy_tlvs: Mapping[int, bytes] = _NO_TLVS
+        self._proxy_tlvs: Mapping[int, bytes] = _NO_TLVS
         self.bytes_received = 0
         self.bytes_sent = 0
         self.timed_out: TimedOut | None = None
-        self.tls: TLSInfo | None = None
+        self._tls: TLSInfo | None = None
         self._ssl: trio.SSLStream[Any] | None = None
-        self._inactivity_timeout: float | None = None
-        self._active_deadline = _INF
-        self._cop_gen = 0
-        self._cop_armed = False
+        self._inactivity_timeout = None if inactivity_timeout is None else float(inactivity_timeout)
+        self._active_deadline = _INF if active_timeout is None else now + active_timeout
         self._idle = False
         self._closed = False
-        self._client_key: str | None = None
+        self._client_key = client
         self._receiving = False
         self._sending = False
         # Scopes cancelled when a timeout fires: the serve() handler's and any
         # enforce_timeouts() blocks. A tuple: shared and free while empty.
-        self._scopes: tuple[trio.CancelScope, ...] = ()
-        self._timeout_hook: Callable[[TimedOut], None] | None = None
+        self._scopes: tuple[trio.CancelScope, ...] = () if scope is None else (scope,)
+        self._timeout_hook: TimeoutHook | None = None
+        if inactivity_timeout is not None or active_timeout is not None:
+            owner.cop.rearm(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -175,27 +207,27 @@ class Connection(trio.abc.HalfCloseableStream):
     def receive_some(self, max_bytes: int | None = None) -> Coroutine[Any, Any, bytes]:
         if self._ssl is not None:
             return self._tls_receive_some(max_bytes)
-        return self._raw_receive_some(max_bytes)
+        return self._wire_receive(max_bytes)
 
     def send_all(self, data: bytes | bytearray | memoryview) -> Coroutine[Any, Any, None]:
         if self._ssl is not None:
             return self._tls_send_all(data)
-        return self._raw_send_all(data)
+        return self._wire_send(data)
 
     def wait_send_all_might_not_block(self) -> Coroutine[Any, Any, None]:
         if self._ssl is not None:
             return self._ssl.wait_send_all_might_not_block()
-        return self._raw_wait_send_all_might_not_block()
+        return self._wait_wire_writable()
 
     def send_eof(self) -> Coroutine[Any, Any, None]:
         if self._ssl is not None:
             return self._tls_send_eof()
-        return self._raw_send_eof()
+        return self._wire_send_eof()
 
     async def _tls_receive_some(self, max_bytes: int | None) -> bytes:
         assert self._ssl is not None
         data = bytes(await self._ssl.receive_some(max_bytes))
-        self.bytes_received += len(data)  # plaintext; see trionet._tls._RawTransport
+        self.bytes_received += len(data)  # plaintext; the wire counted the records
         return data
 
     async def _tls_send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -228,11 +260,62 @@ class Connection(trio.abc.HalfCloseableStream):
             return
         self._closed = True
         self.socket.close()
-        self._owner.release(self)
+        self._owner.release(self, self._client_key)
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def tls(self) -> TLSInfo | None:  # documented with the class's attributes
+        return self._tls
+
+    @property
+    def proxy_tlvs(self) -> Mapping[int, bytes]:
+        """The TLVs of the connection's PROXY protocol v2 header, by type
+        (empty without one)."""
+        return self._proxy_tlvs
+
+    # ------------------------------------------------------------ the seams
+    # Set by the lower modules through the Protocols they declare (TLSWire in
+    # _tls, HeaderSource in _inbound._proxy_protocol), or by the iocore shim:
+    # each field has this one method as its only writer besides __init__.
+    def _start_tls(self, stream: trio.SSLStream[Any]) -> None:
+        """From now on the connection's I/O goes through ``stream`` (which runs
+        over the wire primitive); set before the handshake, so that closing
+        during it sends what TLS can."""
+        self._ssl = stream
+
+    def _tls_established(self, info: TLSInfo) -> None:
+        """The handshake completed: ``conn.tls`` reports ``info``."""
+        self._tls = info
+
+    def _relay(self, source: Address, destination: Address, tlvs: Mapping[int, bytes]) -> None:
+        """What a PROXY protocol header carries: the relayed client's and
+        server's addresses (``None``: keep the socket's own) and its TLVs."""
+        if source is not None:
+            self._remote_address = source
+            self._local_address = destination
+        if tlvs:  # else keep the shared empty mapping
+            self._proxy_tlvs = tlvs
+
+    def _relay_client(self, host: str) -> bool:
+        """Count the connection against ``host`` for the per-client limit
+        (the client a PROXY header relays), if the limit allows one more.
+
+        Returns:
+          False at the limit (the caller closes the connection).
+        """
+        if not self._owner.admit_client(host):
+            return False
+        self._client_key = host
+        return True
+
+    def _set_timeout_hook(self, hook: TimeoutHook | None) -> None:
+        """Call ``hook(why)`` instead of closing when the inactivity or active
+        timeout fires (the iocore shim delivers it as an event and keeps the
+        connection open); ``None`` restores closing."""
+        self._timeout_hook = hook
 
     @property
     def peer_address(self) -> Address:
@@ -277,12 +360,26 @@ class Connection(trio.abc.HalfCloseableStream):
     def local_address(self, value: Address) -> None:
         self._local_address = value
 
-    # --------------------------------------------------- raw socket I/O (TCP)
-    # These are also the transport under trio.SSLStream for TLS connections, so
-    # handshake and record bytes count as activity exactly like plain bytes.
-    async def _raw_receive_some(self, max_bytes: int | None = None) -> bytes:
+    # ------------------------------------------------------ the wire primitive
+    # Plain TCP's receive_some/send_all are these coroutines themselves; TLS's
+    # transport (trionet._core._tls) and the PROXY header reader call them with
+    # payload=False, so handshake, record and header bytes are counted in the
+    # processor's statistics and are activity exactly like plain bytes, while
+    # bytes_received/bytes_sent stay payload counts.
+    async def _wire_receive(
+        self, max_bytes: int | None = None, flags: int = 0, payload: bool = True
+    ) -> bytes:
+        """One ``recv`` on the socket, counted.
+
+        Args:
+          max_bytes: as ``receive_some``.
+          flags: ``socket.MSG_PEEK`` to look without taking: nothing is counted
+            (the receive that takes the bytes counts them).
+          payload: count the bytes in ``bytes_received`` too.
+        """
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
+        # Written out rather than _base._checks.is_int: no call on the hot path.
         elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
             raise TypeError(f"max_bytes={max_bytes!r}: must be an int")
         elif max_bytes < 1:
@@ -292,23 +389,28 @@ class Connection(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             try:
-                data = await self.socket.recv(max_bytes)
+                data = await self.socket.recv(max_bytes, flags)
             except OSError as exc:
                 raise self._translate(exc) from exc
         finally:
             self._receiving = False
+        if flags:  # MSG_PEEK: the bytes stay queued for the receive that takes them
+            return data
         counters = self._owner.counters
         counters.calls_to_read += 1
         if data:
             n = len(data)
             counters.read_bytes += n
-            self.bytes_received += n
+            if payload:
+                self.bytes_received += n
             self._last_activity = _now()
         else:
             counters.calls_to_read_nodata += 1
         return data
 
-    async def _raw_send_all(self, data: bytes | bytearray | memoryview) -> None:
+    async def _wire_send(self, data: bytes | bytearray | memoryview, payload: bool = True) -> None:
+        """``send`` until every byte of ``data`` is in the kernel, counted
+        (``payload``: in ``bytes_sent`` too)."""
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this connection")
         self._sending = True
@@ -335,12 +437,13 @@ class Connection(trio.abc.HalfCloseableStream):
                     sent += n
                     counters.calls_to_write += 1
                     counters.write_bytes += n
-                    self.bytes_sent += n
+                    if payload:
+                        self.bytes_sent += n
                     self._last_activity = _now()
         finally:
             self._sending = False
 
-    async def _raw_wait_send_all_might_not_block(self) -> None:
+    async def _wait_wire_writable(self) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this connection")
         self._sending = True
@@ -354,7 +457,7 @@ class Connection(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
-    async def _raw_send_eof(self) -> None:
+    async def _wire_send_eof(self) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this connection")
         await trio.lowlevel.checkpoint()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, final
 from urllib.parse import urlsplit
 
@@ -28,12 +28,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
-from .._base._options import AcceptOptions
-from .._inbound._server import NetProcessor, Server
 from ._connection import Connection
 from ._stats import GAUGES, RECORD_NAMES, NetStatistics
 
-__all__ = ["StatsCollector", "serve_stats"]
+__all__ = ["STATS_INACTIVITY_TIMEOUT", "StatisticsSource", "StatsCollector", "serve_page"]
 
 logger = logging.getLogger("trionet.stats_page")
 
@@ -69,9 +67,8 @@ DESCRIPTIONS: Final[dict[str, str]] = {
     "proxy_protocol_errors": "Connections closed for a bad or missing PROXY protocol header.",
 }
 
-# The page's own connections: a scraper holds at most a few, and one that
-# connects and goes quiet must not hold a slot for ever.
-STATS_MAX_CONNECTIONS: Final = 64
+# A scraper that connects and goes quiet must not hold a slot for ever (the
+# page's processor allows 64 connections: trionet._processor).
 STATS_INACTIVITY_TIMEOUT: Final = 10.0
 MAX_REQUEST_HEAD: Final = 16 * 1024
 SERVER_HEADER: Final = b"trionet-stats"
@@ -252,45 +249,16 @@ async def _lingering_close(conn: Connection) -> None:
             discarded += len(chunk)
 
 
-async def serve_stats(
-    source: StatisticsSource,
-    port: int | AcceptOptions = 0,
-    *,
-    host: str | None = "127.0.0.1",
-    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``source()``'s statistics over HTTP at ``/stats`` and ``/metrics``.
-
-    ``server = await nursery.start(serve_stats, net.statistics, 9100)``; or
-    :meth:`NetProcessor.serve_stats`, which passes its own ``statistics``.
-
-    The page runs on a small processor of its own (at most 64 connections,
-    each closed after 10 s without a request), so scraping neither changes
-    the numbers it reports nor competes for the served processor's
-    ``max_connections`` -- a processor at its limit can still be inspected.
-
-    Args:
-      source: returns a fresh :class:`NetStatistics` (``net.statistics``).
-      port: the port (0: any free port, see ``Server.ports``), or a full
-        :class:`AcceptOptions`, which is used as given (``host`` ignored).
-      host: address to bind; loopback unless told otherwise (``None`` binds
-        every address).
-
-    Returns:
-      Runs until cancelled or until the reported :class:`Server` is shut down.
+def serve_page(source: StatisticsSource) -> Callable[[Connection], Awaitable[None]]:
+    """A ``serve()`` handler that answers ``/stats`` and ``/metrics`` from
+    ``source()`` (see :func:`trionet.serve_stats`, which serves it).
 
     Raises:
       TypeError: ``source`` is not callable.
-      OSError: the port could not be bound.
     """
     page = _Page(source)
-    if isinstance(port, AcceptOptions):
-        opts = port
-    else:
-        opts = AcceptOptions(port=port, host=host, inactivity_timeout=STATS_INACTIVITY_TIMEOUT)
-    net = NetProcessor(max_connections=STATS_MAX_CONNECTIONS)
 
     async def handler(conn: Connection) -> None:
         await _serve_page(page, conn)
 
-    await net.serve(handler, opts, task_status=task_status)
+    return handler

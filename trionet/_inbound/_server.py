@@ -1,12 +1,12 @@
-"""``NetProcessor`` and ``Server``: accept loops, connection tasks, throttle,
-accept-error classes, graceful shutdown (ATS ``UnixNetProcessor`` + ``NetAccept``).
+"""``Server`` and ``serve``: listening sockets, accept tasks and connection
+tasks of one ``NetProcessor.serve()`` call, and its graceful shutdown.
 
 Task layout of one ``serve()`` call::
 
     serve()
     └── handler nursery            (cancel scope = shutdown grace deadline)
         ├── accept nursery         (cancel scope = stop accepting)
-        │   └── one accept task per listening socket
+        │   └── one accept task per listening socket  (trionet._inbound._accept)
         └── one task per connection: `with conn scope: await handler(conn)`
 
 The accept nursery sits *inside* the handler nursery's body, so stopping the
@@ -17,442 +17,55 @@ running until they finish or the grace deadline cancels them; cancelling
 
 from __future__ import annotations
 
-import errno
-import itertools
 import logging
-import math
-import socket
-import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, final
+from typing import Protocol, final
 
 import trio
 
-from .._base._checks import check_int, check_seconds, to_networks
+from .._base._checks import check_seconds
 from .._base._errors import AcceptError
-from .._base._options import AcceptOptions, ConnectOptions
-from .._base._sockopt import apply_socket_options
-from .._core._connection import Connection, _Owner
-from .._core._stats import Counters, NetStatistics
-from .._core._throttle import THROTTLE_MODES, Throttle, ThrottleMode
-from .._core._timeouts import TimeoutCop
-from .._outbound import _connect
+from .._base._options import AcceptOptions
+from .._core._stats import NetStatistics
+from .._core._table import ConnectionTable
+from ._accept import Acceptor, AcceptPolicy, Handler
 from ._listen import Listener, open_listeners
-from ._prepare import prepare_inbound
 
-__all__ = ["Handler", "NetProcessor", "Server"]
+__all__ = ["Handler", "Server", "serve"]
 
 logger = logging.getLogger("trionet.server")
 
-Handler = Callable[[Connection], Awaitable[object]]
 
-# ATS accept_error_seriousness(): how the accept loop reacts to each errno.
-#   ignore    -- the client gave up before we accepted (ECONNABORTED)
-#   transient -- try again at once
-#   resource  -- out of descriptors/memory: warn (rate-limited), pause, keep serving
-#   (anything else is fatal: serve() raises AcceptError naming port and errno)
-_ACCEPT_IGNORE: Final = frozenset({errno.ECONNABORTED})
-_ACCEPT_TRANSIENT: Final = frozenset({errno.EAGAIN, errno.ECONNRESET, errno.EPIPE, errno.EPROTO})
-_ACCEPT_RESOURCE: Final = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EINTR}
-    | ({errno.ENOSR} if hasattr(errno, "ENOSR") else set())
-)
+class Processor(Protocol):
+    """What a server reports as its ``processor`` (a ``NetProcessor``)."""
 
-# ATS accepts up to `additional_accepts` connections per wake-up; trio's own
-# accept loop takes one per scheduler pass. 32 keeps a connect flood from
-# starving established connections while halving scheduler round trips per accept.
-DEFAULT_ACCEPT_BATCH: Final = 32
-THROTTLE_LOG_INTERVAL: Final = 600.0  # ATS: "too many connections" once per 10 min
-RESOURCE_LOG_INTERVAL: Final = 10.0
+    def statistics(self) -> NetStatistics: ...
 
 
-class _RateLimitedLog:
-    """Log at most once per ``interval`` seconds (wall clock), counting what was suppressed."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last = -math.inf
-        self._suppressed = 0
-
-    def __call__(self, level: int, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, self._suppressed)
-        self._last, self._suppressed = now, 0
-        logger.log(level, msg, *args)
-
-
-@final
-class NetProcessor:
-    """Global limits, timeouts and statistics for a set of servers and outbound
-    connections (ATS's ``netProcessor``).
-
-    Args:
-      max_connections: open connections allowed, inbound and outbound together
-        (ATS ``proxy.config.net.connections_throttle``); ``None`` for no limit.
-      throttle: what an accept task does at the limit. ``"pause"`` (default):
-        stop calling ``accept()`` until a connection closes, leaving new clients
-        in the kernel backlog. ``"close"`` (ATS): accept and close at once,
-        counting ``connections_throttled_in``.
-      per_client_max_connections: inbound connections allowed from one client
-        address (ATS ``per_client.max_connections_in``); excess ones are closed.
-        On a PROXY protocol port the address is the one the header names.
-      per_client_exempt: networks (``"10.0.0.0/8"``...) exempt from the per-client limit.
-      accept_batch: connections accepted in a row before the accept task yields.
-      accept_error_pause: seconds to pause after EMFILE/ENFILE/ENOBUFS/ENOMEM.
-      default_inactivity_timeout: applied to connections with no inactivity
-        timeout of their own (ATS ``default_inactivity_timeout``). Default
-        ``None``: like trio's ``serve_tcp``, trionet does not end idle
-        connections unless asked; the iocore shim applies ATS's 86400 s.
-      max_idle_connections: keep-alive eviction -- when more connections than
-        this are marked ``conn.idle``, the oldest idle ones are closed.
-      propagate_handler_errors: let a handler's exception crash ``serve()``
-        (trio ``serve_listeners`` behaviour) instead of logging and counting it.
-    """
-
-    def __init__(
-        self,
-        max_connections: int | None = None,
-        throttle: ThrottleMode = "pause",
-        per_client_max_connections: int | None = None,
-        per_client_exempt: Iterable[Any] = (),
-        accept_batch: int = DEFAULT_ACCEPT_BATCH,
-        accept_error_pause: float = 0.05,
-        default_inactivity_timeout: float | None = None,
-        max_idle_connections: int | None = None,
-        propagate_handler_errors: bool = False,
-    ) -> None:
-        o = "NetProcessor"
-        if max_connections is not None:
-            check_int(o, "max_connections", max_connections, 1)
-        if throttle not in THROTTLE_MODES:
-            raise ValueError(f"{o}.throttle={throttle!r}: must be one of {THROTTLE_MODES}")
-        if per_client_max_connections is not None:
-            check_int(o, "per_client_max_connections", per_client_max_connections, 1)
-        exempt = to_networks(o, "per_client_exempt", per_client_exempt)
-        check_int(o, "accept_batch", accept_batch, 1)
-        check_seconds(o, "accept_error_pause", accept_error_pause)
-        check_seconds(o, "default_inactivity_timeout", default_inactivity_timeout)
-        if max_idle_connections is not None:
-            check_int(o, "max_idle_connections", max_idle_connections, 0)
-        self.throttle_mode: ThrottleMode = throttle
-        self.accept_batch = accept_batch
-        self.accept_error_pause = accept_error_pause
-        self.default_inactivity_timeout = default_inactivity_timeout
-        self.propagate_handler_errors = bool(propagate_handler_errors)
-        self._throttle = Throttle(max_connections, per_client_max_connections, exempt)
-        self._counters = Counters()
-        self._cop = TimeoutCop(self._counters, max_idle_connections)
-        self._owner = _Owner(self._counters, self._cop, self._release)
-        self._ids = itertools.count(1)
-        self._slot_freed = trio.lowlevel.ParkingLot()
-        self._throttle_log = _RateLimitedLog(THROTTLE_LOG_INTERVAL)
-        self._resource_log = _RateLimitedLog(RESOURCE_LOG_INTERVAL)
-
-    @property
-    def max_connections(self) -> int | None:
-        return self._throttle.max_connections
-
-    def statistics(self) -> NetStatistics:
-        """A frozen snapshot of this processor's statistics."""
-        return self._counters.snapshot()
-
-    # ------------------------------------------------------- connection slots
-    def _new_connection(
-        self,
-        sock: trio.socket.SocketType,
-        *,
-        inbound: bool,
-        client: str | None,
-        peer_address: Any = None,
-        inactivity_timeout: float | None = None,
-        active_timeout: float | None = None,
-    ) -> Connection:
-        """Wrap a connected socket and count it as open. The caller has already
-        checked the throttle; ``client`` is the per-client key (None: not counted)."""
-        conn = Connection(
-            sock,
-            conn_id=next(self._ids),
-            owner=self._owner,
-            inbound=inbound,
-            peer_address=peer_address,
-        )
-        conn._client_key = client
-        self._throttle.acquire(client)
-        self._counters.connections_currently_open += 1
-        if inactivity_timeout is None and self.default_inactivity_timeout is not None:
-            inactivity_timeout = self.default_inactivity_timeout
-            self._counters.default_inactivity_timeout_applied += 1
-        if inactivity_timeout is not None:
-            conn._inactivity_timeout = float(inactivity_timeout)
-        if active_timeout is not None:
-            conn._active_deadline = conn.opened_at + active_timeout
-        if inactivity_timeout is not None or active_timeout is not None:
-            self._cop.rearm(conn)
-        return conn
-
-    def _release(self, conn: Connection) -> None:
-        """Called exactly once per connection, from ``Connection.close``."""
-        self._throttle.release(conn._client_key)
-        self._counters.connections_currently_open -= 1
-        self._cop.closed(conn)
-        if self._slot_freed:
-            self._slot_freed.unpark_all()
-
-    # ------------------------------------------------------------------ serve
-    async def serve(
-        self,
-        handler: Handler,
-        *listen: int | AcceptOptions,
-        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve ``handler`` on every port or :class:`AcceptOptions` in ``listen``.
-
-        Binds every listen spec, then runs one accept task per listening socket
-        and one task per connection running ``await handler(conn)``; reports the
-        :class:`Server` through ``task_status.started`` (so
-        ``server = await nursery.start(net.serve, handler, 0)`` gives the bound
-        ports). Returns after :meth:`Server.shutdown` once every connection is
-        closed.
-
-        Resource handling:
-          Each connection is closed when its handler returns, raises, is
-          cancelled or times out; listening sockets are closed when the server
-          stops. Cancelling ``serve()`` closes everything at once.
-
-        Error handling:
-          A handler's exception is logged (``trionet.server``, with traceback)
-          and counted in ``handler_errors``; the server keeps serving (unless
-          ``propagate_handler_errors``). Accept errors are classed as ATS does;
-          a fatal one ends ``serve()`` with :class:`AcceptError`.
-
-        Raises:
-          OSError: a listen spec could not be bound (before ``started``).
-          UnsupportedOptionError: an option the platform cannot provide.
-          AcceptError: a fatal accept error.
-        """
-        if not listen:
-            raise ValueError("serve() needs at least one port or AcceptOptions to listen on")
-        if not callable(handler):
-            raise TypeError(f"handler={handler!r} is not callable")
-        specs = [AcceptOptions.coerce(spec) for spec in listen]
-        listeners: list[Listener] = []
-        try:
-            for spec in specs:
-                listeners.extend(await open_listeners(spec))
-        except BaseException:
-            for listener in listeners:
-                listener.socket.close()
-            raise
-        server = Server(self, listeners)
-        await server._run(handler, task_status)
-
-    async def serve_stats(
-        self,
-        port: int | AcceptOptions = 0,
-        *,
-        host: str | None = "127.0.0.1",
-        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve this processor's statistics over HTTP (``/stats`` JSON with
-        ATS record names, ``/metrics`` for Prometheus), on loopback unless
-        ``host`` says otherwise: ``await nursery.start(net.serve_stats, 9100)``
-        reports the :class:`Server`. See :func:`trionet.serve_stats`."""
-        from .._core._stats_page import serve_stats  # the stats page builds on this module
-
-        await serve_stats(self.statistics, port, host=host, task_status=task_status)
-
-    # ---------------------------------------------------------------- connect
-    async def connect(
-        self, host: str, port: int, options: ConnectOptions | None = None
-    ) -> Connection:
-        """Open a TCP connection to ``host:port`` (Netty ``Bootstrap.connect``).
-
-        Returns once the TCP handshake is complete (Netty's ``channelActive``);
-        nothing is read until the caller reads. An IP literal is used as is;
-        a name goes through ``options.resolver`` (default ``getaddrinfo``), and
-        every address it returns is raced with RFC 8305 happy eyeballs.
-        ``options.connect_timeout`` covers resolution and every attempt together.
-
-        Args:
-          host: a host name or an IPv4/IPv6 literal (``"[::1]"`` accepted).
-          port: 1..65535.
-          options: a :class:`ConnectOptions`; ``None`` for the defaults.
-
-        Returns:
-          A :class:`Connection` (``inbound=False``), counted in
-          ``connections_currently_open`` and toward ``max_connections`` until
-          closed, with the options' inactivity/active timeouts (or the
-          processor's ``default_inactivity_timeout``).
-
-        Resource handling:
-          Every socket opened on the way is closed on failure, timeout or
-          cancellation, at any stage; the caller owns the returned connection.
-
-        Raises:
-          ThrottledError: ``max_connections`` reached (``connections_throttled_out``).
-          ResolveError: the name could not be resolved.
-          ConnectTimeoutError: ``connect_timeout`` passed
-            (``connection timed out after 5000 ms: example.com:80``).
-          ConnectError: every attempt failed (``errno`` kept, ``__cause__`` the
-            ``OSError``); the message ends with ``: host:port``.
-          UnsupportedOptionError: a socket option the platform cannot provide.
-          TypeError / ValueError: bad ``host``, ``port`` or ``options``.
-        """
-        return await _connect.connect(self, host, port, options)
-
-    # ------------------------------------------------------ accept (per port)
-    async def _accept_loop(self, server: Server, listener: Listener, handler: Handler) -> None:
-        sock = listener.socket
-        opts = listener.options
-        exempt = opts.backdoor
-        pause = self.throttle_mode == "pause"
-        throttle = self._throttle
-        batch = self.accept_batch
-        in_row = 0
-        while True:
-            if pause and not exempt and throttle.at_limit():
-                # Event-driven: parked until a connection closes (_release).
-                await self._slot_freed.park()
-                continue
-            try:
-                client, addr = sock.accept()
-            except BlockingIOError:
-                in_row = 0
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            except OSError as exc:
-                in_row = 0
-                await self._accept_error(exc, listener)
-                continue
-            self._admit(server, client, addr, listener, handler)
-            in_row += 1
-            if in_row >= batch:
-                # ATS additional_accepts: a flood must not starve established
-                # connections, so yield after a batch even if more are pending.
-                in_row = 0
-                await trio.lowlevel.checkpoint()
-
-    async def _accept_error(self, exc: OSError, listener: Listener) -> None:
-        code = exc.errno
-        if code in _ACCEPT_IGNORE:
-            await trio.lowlevel.checkpoint()
-        elif code in _ACCEPT_TRANSIENT:
-            self._counters.accept_errors_transient += 1
-            await trio.lowlevel.checkpoint()
-        elif code in _ACCEPT_RESOURCE:
-            self._counters.accept_errors_resource += 1
-            self._resource_log(
-                logging.WARNING,
-                "accept on port %d failed: %s; pausing %.0f ms and retrying",
-                listener.port,
-                exc,
-                self.accept_error_pause * 1000,
-            )
-            await trio.sleep(self.accept_error_pause)
-        else:
-            name = errno.errorcode.get(code or 0, str(code))
-            raise AcceptError(
-                code, f"accept on port {listener.port} failed with {name}: {exc.strerror}"
-            ) from exc
-
-    def _admit(
-        self,
-        server: Server,
-        client: socket.socket,
-        addr: Any,
-        listener: Listener,
-        handler: Handler,
-    ) -> None:
-        """Decide about one accepted socket; start its task or close it."""
-        opts = listener.options
-        throttle = self._throttle
-        host: str | None = addr[0] if isinstance(addr, tuple) else None
-        if not opts.backdoor:
-            if throttle.at_limit():  # only reachable in "close" mode
-                client.close()
-                self._counters.connections_throttled_in += 1
-                self._throttle_log(logging.WARNING, "too many connections, throttling")
-                return
-            if opts.proxy_protocol:
-                # The socket's peer is the load balancer: the per-client limit
-                # applies to the client the PROXY header names (trionet._inbound).
-                host = None
-            elif host is not None and throttle.client_at_limit(host):
-                client.close()
-                self._counters.per_client_connections_throttled_in += 1
-                logger.debug("per-client limit reached for %s, closing", host)
-                return
-        else:
-            host = None  # backdoor connections are not counted per client
-        self._counters.total_accepts += 1
-        try:
-            if not _INHERITS_OPTIONS:
-                apply_socket_options(client, opts.socket)
-            tsock = trio.socket.from_stdlib_socket(client)
-        except OSError as exc:  # the peer may already be gone
-            client.close()
-            logger.debug("dropping connection from %r: %s", addr, exc)
-            return
-        conn = self._new_connection(
-            tsock,
-            inbound=True,
-            client=host,
-            # Kept (about 90 bytes per connection): a lazy getpeername() would
-            # return nothing once the peer has reset, and logs need the address.
-            peer_address=addr,
-            inactivity_timeout=opts.inactivity_timeout,
-            active_timeout=opts.active_timeout,
-        )
-        server._start_connection(conn, handler, listener)
-
-    async def _run_connection(
-        self, conn: Connection, handler: Handler, opts: AcceptOptions
-    ) -> None:
-        scope = trio.CancelScope()
-        conn._scopes = (scope,)
-        try:
-            with scope:
-                # Plain TCP pays one test here; PROXY/TLS steps run before the
-                # handler, inside the connection's scope (so its timeouts and a
-                # shutdown apply), and a failure closes it without the handler.
-                if (opts.proxy_protocol or opts.ssl_context is not None) and not (
-                    await prepare_inbound(conn, opts, self._counters, self._throttle)
-                ):
-                    return
-                await handler(conn)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            # The peer reset or the connection was closed under the handler:
-            # the connection's ending, not a bug in the handler.
-            logger.debug("connection #%d ended: %r", conn.id, exc)
-        except Exception as exc:
-            self._counters.handler_errors += 1
-            if self.propagate_handler_errors:
-                raise
-            logger.error(
-                "handler %r failed on connection #%d from %r",
-                handler,
-                conn.id,
-                conn.remote_address,
-                exc_info=exc,
-            )
-        finally:
-            if conn._ssl is not None and not conn.closed:
-                with trio.CancelScope(shield=True):
-                    await conn.aclose()
-            conn.close()
-
-
-# Linux copies a listening socket's options (TCP_NODELAY, SO_KEEPALIVE, SO_LINGER,
-# buffer sizes, IP_TOS, SO_MARK, TCP_NOTSENT_LOWAT) to every socket accept()
-# returns, so setting them on the listener applies them to accepted sockets with
-# no syscalls per connection; tests/test_options.py checks this with getsockopt.
-# Elsewhere they are set on each accepted socket, as ATS does.
-_INHERITS_OPTIONS: Final = hasattr(socket, "AF_NETLINK")
+async def serve(
+    processor: Processor,
+    table: ConnectionTable,
+    policy: AcceptPolicy,
+    handler: Handler,
+    *listen: int | AcceptOptions,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Bind every listen spec, then serve until shut down (the body of
+    :meth:`NetProcessor.serve`, which documents the contract)."""
+    if not listen:
+        raise ValueError("serve() needs at least one port or AcceptOptions to listen on")
+    if not callable(handler):
+        raise TypeError(f"handler={handler!r} is not callable")
+    specs = [AcceptOptions.coerce(spec) for spec in listen]
+    listeners: list[Listener] = []
+    try:
+        for spec in specs:
+            listeners.extend(await open_listeners(spec))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    server = Server(processor, table, policy, listeners)
+    await server._run(handler, task_status)
 
 
 @final
@@ -463,9 +76,17 @@ class Server:
     ``server = await nursery.start(net.serve, handler, 8080)``.
     """
 
-    def __init__(self, processor: NetProcessor, listeners: list[Listener]) -> None:
+    def __init__(
+        self,
+        processor: Processor,
+        table: ConnectionTable,
+        policy: AcceptPolicy,
+        listeners: list[Listener],
+    ) -> None:
         self.processor = processor
         self.listeners: tuple[Listener, ...] = tuple(listeners)
+        self._table = table
+        self._policy = policy
         self._handler_scope: trio.CancelScope | None = None
         self._accept_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
@@ -508,13 +129,11 @@ class Server:
         """Wait until ``serve()`` has closed every listener and connection."""
         await self._closed.wait()
 
-    def _start_connection(self, conn: Connection, handler: Handler, listener: Listener) -> None:
-        assert self._nursery is not None
-        self._nursery.start_soon(self.processor._run_connection, conn, handler, listener.options)
-
     async def _accept_task(self, listener: Listener, handler: Handler) -> None:
+        assert self._nursery is not None
+        acceptor = Acceptor(self._table, self._policy, listener, handler, self._nursery)
         try:
-            await self.processor._accept_loop(self, listener, handler)
+            await acceptor.run()
         except AcceptError as exc:
             logger.error("%s; stopping the server", exc)
             self._fatal = exc
@@ -523,7 +142,7 @@ class Server:
             if self._handler_scope is not None:
                 self._handler_scope.cancel()
         finally:
-            self.processor._counters.accepts_currently_open -= 1
+            self._table.counters.accepts_currently_open -= 1
             trio.lowlevel.notify_closing(listener.socket)
             listener.socket.close()
 
@@ -535,7 +154,7 @@ class Server:
                 with self._accept_scope:
                     async with trio.open_nursery() as accepts:
                         for listener in self.listeners:
-                            self.processor._counters.accepts_currently_open += 1
+                            self._table.counters.accepts_currently_open += 1
                             accepts.start_soon(self._accept_task, listener, handler)
                         task_status.started(self)
                 # Not accepting any more; connection tasks finish (or the

@@ -31,11 +31,8 @@ Where Netty differs, and why trionet does not:
 from __future__ import annotations
 
 import errno
-import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
-from itertools import zip_longest
-from typing import TYPE_CHECKING, Final, final
+from typing import Final
 
 import trio
 
@@ -48,23 +45,17 @@ from .._base._errors import (
     ResolveError,
     ThrottledError,
     TLSError,
-    UnsupportedOptionError,
     named_error,
 )
 from .._base._options import ConnectOptions, Resolver
 from .._base._sockopt import apply_socket_options
 from .._core._connection import Connection
+from .._core._table import ConnectionTable, Reservation
 from .._core._tls import tls_client_handshake
+from ._eyeballs import happy_eyeballs
 from ._resolve import Address, GetaddrinfoResolver, check_addresses, resolve_literal
 
-if TYPE_CHECKING:
-    from .._inbound._server import NetProcessor
-
-__all__ = ["SocketFactory", "connect", "happy_eyeballs", "interleave"]
-
-SocketFactory = Callable[[int], trio.socket.SocketType]
-"""Opens an unconnected TCP socket of the given family. Tests inject a fake
-one to drive the happy-eyeballs race without a network."""
+__all__ = ["connect"]
 
 _DEFAULT_RESOLVER: Final = GetaddrinfoResolver()
 
@@ -79,17 +70,11 @@ def _open_tcp_socket(family: int) -> trio.socket.SocketType:
 
 
 async def connect(
-    net: NetProcessor,
-    host: str,
-    port: int,
-    options: ConnectOptions | None = None,
-    *,
-    _socket_factory: SocketFactory | None = None,
+    table: ConnectionTable, host: str, port: int, options: ConnectOptions | None = None
 ) -> Connection:
-    """Open a TCP connection to ``host:port`` on behalf of ``net``.
+    """Open a TCP connection to ``host:port``, counted in ``table``.
 
-    See :meth:`NetProcessor.connect` for the contract; ``_socket_factory`` is
-    for tests (a fake connect layer).
+    See :meth:`NetProcessor.connect` for the contract.
 
     Statistics: ``connects_total`` counts every call admitted past the
     throttle; of those, ``connect_timeouts`` the ones that timed out and
@@ -99,8 +84,8 @@ async def connect(
     """
     host, port, opts = _check_arguments(host, port, options)
     target = host_port(host, port)
-    counters = net._counters
-    throttle = net._throttle
+    counters = table.counters
+    throttle = table.throttle
     if throttle.at_limit():
         counters.connections_throttled_out += 1
         raise named_error(
@@ -111,11 +96,11 @@ async def connect(
     # The call holds a slot from here on, so concurrent connects (and the
     # accept loops) cannot overshoot max_connections while we resolve and race.
     # _establish hands it over to the Connection it creates.
-    slot = _Slot(net)
+    slot = table.reserve()
     counters.connects_total += 1
     try:
         with trio.move_on_after(_timeout_seconds(opts)):
-            return await _establish(net, host, port, opts, slot, _socket_factory)
+            return await _establish(table, host, port, opts, slot)
         counters.connect_timeouts += 1
         raise named_error(
             ConnectTimeoutError,
@@ -130,39 +115,8 @@ async def connect(
         slot.release()
 
 
-@final
-class _Slot:
-    """The throttle slot a ``connect()`` in progress holds."""
-
-    __slots__ = ("_net", "held")
-
-    def __init__(self, net: NetProcessor) -> None:
-        self._net = net
-        net._throttle.acquire(None)
-        self.held = True
-
-    def hand_over(self) -> None:
-        """Give the slot up for the Connection about to be created, whose own
-        acquire follows with no checkpoint between (so no task can take it)."""
-        if self.held:
-            self.held = False
-            self._net._throttle.release(None)
-
-    def release(self) -> None:
-        """Give the slot back (the connect failed): wake paused accept loops."""
-        if self.held:
-            self.hand_over()
-            if self._net._slot_freed:
-                self._net._slot_freed.unpark_all()
-
-
 async def _establish(
-    net: NetProcessor,
-    host: str,
-    port: int,
-    opts: ConnectOptions,
-    slot: _Slot,
-    socket_factory: SocketFactory | None,
+    table: ConnectionTable, host: str, port: int, opts: ConnectOptions, slot: Reservation
 ) -> Connection:
     """Resolve, race, wrap: everything the connect timeout covers."""
     addresses = await _resolve(host, port, opts)
@@ -171,11 +125,11 @@ async def _establish(
         target=host_port(host, port),
         delay=opts.happy_eyeballs_delay,
         prepare=lambda s: _prepare_socket(s, opts),
-        socket_factory=socket_factory or _open_tcp_socket,
+        socket_factory=opts.socket_factory or _open_tcp_socket,
     )
     slot.hand_over()
     try:
-        conn = net._new_connection(
+        conn = table.open(
             sock,
             inbound=False,
             client=None,
@@ -196,7 +150,7 @@ async def _establish(
                     conn, opts.ssl_context, host, port, opts.server_hostname, opts.alpn_protocols
                 )
             except TLSError:
-                net._counters.tls_handshake_errors += 1
+                table.counters.tls_handshake_errors += 1
                 raise
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -296,151 +250,3 @@ async def _prepare_socket(sock: trio.socket.SocketType, opts: ConnectOptions) ->
         wildcard = "::" if sock.family == socket.AF_INET6 else "0.0.0.0"
         sockaddr = (wildcard, opts.local_port)
     await sock.bind(sockaddr)
-
-
-# --------------------------------------------------------------- happy eyeballs
-def interleave(addresses: Sequence[Address]) -> list[Address]:
-    """RFC 8305 section 4 ordering: duplicates dropped, then alternate address
-    families starting with the family of the first address (the resolver's
-    preference), keeping each family's own order."""
-    unique = list(dict.fromkeys(addresses))
-    if not unique:
-        return []
-    first = unique[0][0]
-    preferred = [a for a in unique if a[0] == first]
-    others = [a for a in unique if a[0] != first]
-    return [a for pair in zip_longest(preferred, others) for a in pair if a is not None]
-
-
-@final
-class _Race:
-    """Shared state of one happy-eyeballs race: every socket opened (so the
-    way out can close each one), the failures, and the winner."""
-
-    __slots__ = ("errors", "fatal", "sockets", "winner")
-
-    def __init__(self) -> None:
-        self.sockets: list[trio.socket.SocketType] = []
-        self.errors: list[tuple[Address, OSError]] = []
-        self.winner: tuple[trio.socket.SocketType, Address] | None = None
-        self.fatal: BaseException | None = None
-
-
-async def happy_eyeballs(
-    addresses: Sequence[Address],
-    *,
-    target: str,
-    delay: float | None,
-    prepare: Callable[[trio.socket.SocketType], Awaitable[None]],
-    socket_factory: SocketFactory,
-) -> tuple[trio.socket.SocketType, Address]:
-    """Race connection attempts to ``addresses`` (RFC 8305) and return the
-    first connected socket with the address it connected to.
-
-    Attempts start in :func:`interleave` order. Each next attempt starts when
-    the previous one fails or ``delay`` seconds after it started, whichever
-    comes first (``delay=None``: only when it fails, i.e. one at a time; ``0``:
-    all at once). The first attempt to connect wins; every other attempt is
-    cancelled and its socket closed.
-
-    Resource handling:
-      Every socket ``socket_factory`` returns is closed before this returns or
-      raises, except the winner's, which the caller owns. On cancellation the
-      winner (if there was one already) is closed too.
-
-    Raises:
-      ConnectError: every attempt failed; ``errno`` from the failures (shared
-        errno, else the first attempt's), ``__cause__`` the ``OSError`` (one
-        attempt) or an ``ExceptionGroup`` of them (several).
-      UnsupportedOptionError: a socket option could not be applied.
-    """
-    race = _Race()
-    ordered = interleave(addresses)
-    stagger = float("inf") if delay is None else delay
-    try:
-        async with trio.open_nursery() as nursery:
-            for i, address in enumerate(ordered):
-                failed = trio.Event()
-                nursery.start_soon(
-                    _attempt, race, address, failed, nursery.cancel_scope, prepare, socket_factory
-                )
-                if i + 1 < len(ordered):
-                    with trio.move_on_after(stagger):
-                        await failed.wait()
-        if race.fatal is not None:
-            raise race.fatal
-        if race.winner is None:
-            raise _all_failed(race.errors, target)
-        return race.winner
-    except BaseException:
-        race.winner = None
-        raise
-    finally:
-        winner = race.winner[0] if race.winner is not None else None
-        for sock in race.sockets:
-            if sock is not winner:
-                sock.close()
-
-
-async def _attempt(
-    race: _Race,
-    address: Address,
-    failed: trio.Event,
-    scope: trio.CancelScope,
-    prepare: Callable[[trio.socket.SocketType], Awaitable[None]],
-    socket_factory: SocketFactory,
-) -> None:
-    """One connection attempt. Never raises except Cancelled: failures are
-    recorded in ``race`` (the nursery would wrap them in an ExceptionGroup)."""
-    family, sockaddr = address
-    try:
-        sock = socket_factory(family)
-    except OSError as exc:  # EMFILE, EAFNOSUPPORT (no IPv6 here)...
-        race.errors.append((address, exc))
-        failed.set()
-        return
-    race.sockets.append(sock)
-    try:
-        await prepare(sock)
-        await sock.connect(sockaddr)
-    except UnsupportedOptionError as exc:
-        race.fatal = exc
-        scope.cancel()
-        return
-    except OSError as exc:
-        # Close now rather than when the race ends: a failed attempt must not
-        # hold a descriptor while the others run. (A cancelled connect is
-        # closed by trio itself, and again -- idempotently -- by the race.)
-        sock.close()
-        race.errors.append((address, exc))
-        failed.set()
-        return
-    if race.winner is None:
-        race.winner = (sock, address)
-        scope.cancel()  # first success wins: cancel the others
-    else:
-        sock.close()  # two finished in the same scheduler batch; the first won
-
-
-def _all_failed(errors: list[tuple[Address, OSError]], target: str) -> ConnectError:
-    if not errors:
-        return named_error(ConnectError, None, f"no address to connect to: {target}")
-    codes = {exc.errno for _, exc in errors}
-    code = errors[0][1].errno if len(codes) > 1 else codes.pop()
-    if len(errors) == 1:
-        exc = errors[0][1]
-        err = named_error(ConnectError, code, f"{_reason(exc)}: {target}")
-        err.__cause__ = exc
-        return err
-    detail = "; ".join(f"{host_port(a[1][0], a[1][1])}: {_reason(e)}" for a, e in errors)
-    err = named_error(ConnectError, code, f"all {len(errors)} attempts failed ({detail}): {target}")
-    err.__cause__ = ExceptionGroup(f"connection attempts to {target}", [e for _, e in errors])
-    return err
-
-
-def _reason(exc: OSError) -> str:
-    """``Connection refused`` -- the errno's text, without trio's own
-    "Error connecting to (...)" prefix (the message names the target itself)."""
-    if exc.errno is not None and exc.errno > 0:
-        return os.strerror(exc.errno)
-    return str(exc)

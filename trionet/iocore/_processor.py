@@ -37,7 +37,8 @@ from .._base._checks import check_seconds, is_int
 from .._base._errors import AcceptError, ConnectError, ConnectTimeoutError, ThrottledError, leaves
 from .._base._options import AcceptOptions, ConnectOptions
 from .._core._connection import Connection
-from .._inbound._server import NetProcessor, Server
+from .._inbound._server import Server
+from .._processor import NetProcessor, table_of
 from ._codes import (
     ENET_CONNECT_FAILED,
     ENET_CONNECT_TIMEOUT,
@@ -162,7 +163,7 @@ class UnixNetProcessor:
         self.event_processor = EventProcessor(nursery)
         self.default_inactivity_timeout = default_inactivity_timeout
         self._nursery = nursery
-        self._counters = net._counters
+        self._counters = table_of(net).counters  # the native processor's statistics
         self._accepts: set[NetAcceptAction] = set()
 
     def __repr__(self) -> str:

@@ -24,7 +24,7 @@ was allowed can return after the VIO was disabled, replaced or shut down; its
 bytes (or its EOS/error) are then kept in ``_pending`` and handed to the next
 read before the socket is read again.
 
-Timeouts come from the processor's TimeoutCop through ``conn._timeout_hook``
+Timeouts come from the processor's TimeoutCop through the connection's timeout hook
 (instead of closing the connection) and are delivered from a separate task
 like ATS's ``mainEvent``: to the read continuation first, then to the write
 continuation if it is a different one, the VC is still open, the reader did
@@ -160,7 +160,7 @@ class NetVConnection:
         # The connection's own inactivity timeout (from AcceptOptions or
         # ConnectOptions) becomes the VC's; the clock starts with the first I/O.
         self._inactivity_in: float | None = conn.inactivity_timeout
-        conn._timeout_hook = self._on_timeout
+        conn._set_timeout_hook(self._on_timeout)
         self._sync_clock()
 
     def __repr__(self) -> str:
@@ -273,9 +273,9 @@ class NetVConnection:
         for side in (self._r, self._w):
             self._clear(side, VIO.NONE)
             side.wake()
-        self.connection._timeout_hook = None
+        self.connection._set_timeout_hook(None)
         self._scope.cancel()
-        if self.connection._ssl is None:
+        if self.connection.tls is None:
             # Plain TCP closes now, so the open-connection gauge drops at once;
             # TLS gets its close_notify from the VC's task (bounded, shielded).
             self.connection.close()
@@ -477,7 +477,7 @@ class NetVConnection:
                     nursery.start_soon(self._guarded, self._write_loop)
         finally:
             self.closed = True
-            self.connection._timeout_hook = None
+            self.connection._set_timeout_hook(None)
             with trio.CancelScope(shield=True):
                 await self.connection.aclose()
 

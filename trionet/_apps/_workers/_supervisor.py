@@ -84,7 +84,8 @@ import trio
 from ..._base._checks import check_int, check_seconds
 from ..._base._options import AcceptOptions
 from ..._inbound._listen import _bind_addresses, adopt_listener, bind_socket, open_listeners
-from ..._inbound._server import Handler, NetProcessor, Server
+from ..._inbound._server import Handler, Server
+from ..._processor import NetProcessor
 
 __all__ = ["RestartBackoff", "WorkerContext", "WorkerSupervisor", "run_workers"]
 

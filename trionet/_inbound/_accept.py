@@ -1,0 +1,295 @@
+"""The accept path (ATS ``NetAccept``): one loop per listening socket that
+accepts in batches, classes accept errors, admits or refuses each client
+against the throttle, and starts one task per connection.
+
+One accepted socket, step by step::
+
+    Acceptor.run                 (one per listening socket, in the server's accept nursery)
+    ├── at the limit ("pause")   park until a connection closes (ConnectionTable)
+    ├── accept() ... x batch     EAGAIN: wait readable; errors: classed (below)
+    └── _admit                   throttle / per-client limit, socket options
+        └── table.open + start   Connection counted; its task in the handler nursery
+            └── _serve_connection: PROXY header, TLS handshake, handler(conn)
+
+:class:`AcceptPolicy` is what a processor's servers share: the settings
+``NetProcessor`` was built with and the rate-limited warnings.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, final
+
+import trio
+
+from .._base._errors import AcceptError
+from .._base._sockopt import apply_socket_options
+from .._core._connection import Connection
+from .._core._stats import Counters
+from .._core._table import ConnectionTable
+from .._core._throttle import ThrottleMode
+from ._listen import Listener
+from ._prepare import prepare_inbound
+
+__all__ = ["DEFAULT_ACCEPT_BATCH", "AcceptPolicy", "Acceptor", "Handler", "on_accept_error"]
+
+logger = logging.getLogger("trionet.server")
+
+Handler = Callable[[Connection], Awaitable[object]]
+
+# ATS accept_error_seriousness(): how the accept loop reacts to each errno.
+#   ignore    -- the client gave up before we accepted (ECONNABORTED)
+#   transient -- try again at once
+#   resource  -- out of descriptors/memory: warn (rate-limited), pause, keep serving
+#   (anything else is fatal: serve() raises AcceptError naming port and errno)
+_ACCEPT_IGNORE: Final = frozenset({errno.ECONNABORTED})
+_ACCEPT_TRANSIENT: Final = frozenset({errno.EAGAIN, errno.ECONNRESET, errno.EPIPE, errno.EPROTO})
+_ACCEPT_RESOURCE: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EINTR}
+    | ({errno.ENOSR} if hasattr(errno, "ENOSR") else set())
+)
+
+# ATS accepts up to `additional_accepts` connections per wake-up; trio's own
+# accept loop takes one per scheduler pass. 32 keeps a connect flood from
+# starving established connections while halving scheduler round trips per accept.
+DEFAULT_ACCEPT_BATCH: Final = 32
+THROTTLE_LOG_INTERVAL: Final = 600.0  # ATS: "too many connections" once per 10 min
+RESOURCE_LOG_INTERVAL: Final = 10.0
+
+# Linux copies a listening socket's options (TCP_NODELAY, SO_KEEPALIVE, SO_LINGER,
+# buffer sizes, IP_TOS, SO_MARK, TCP_NOTSENT_LOWAT) to every socket accept()
+# returns, so setting them on the listener applies them to accepted sockets with
+# no syscalls per connection; tests/test_options.py checks this with getsockopt.
+# Elsewhere they are set on each accepted socket, as ATS does.
+_INHERITS_OPTIONS: Final = hasattr(socket, "AF_NETLINK")
+
+
+class RateLimitedLog:
+    """Log at most once per ``interval`` seconds (wall clock), counting what was suppressed."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def __call__(self, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, self._suppressed)
+        self._last, self._suppressed = now, 0
+        logger.log(level, msg, *args)
+
+
+@final
+class AcceptPolicy:
+    """How every server of one processor accepts (see ``NetProcessor``'s
+    arguments of the same names), and the warnings they share: "too many
+    connections" at most once per 10 minutes per processor, as ATS."""
+
+    __slots__ = (
+        "accept_batch",
+        "accept_error_pause",
+        "propagate_handler_errors",
+        "resource_log",
+        "throttle_log",
+        "throttle_mode",
+    )
+
+    def __init__(
+        self,
+        throttle_mode: ThrottleMode,
+        accept_batch: int,
+        accept_error_pause: float,
+        propagate_handler_errors: bool,
+    ) -> None:
+        self.throttle_mode: ThrottleMode = throttle_mode
+        self.accept_batch = accept_batch
+        self.accept_error_pause = accept_error_pause
+        self.propagate_handler_errors = propagate_handler_errors
+        self.throttle_log = RateLimitedLog(THROTTLE_LOG_INTERVAL)
+        self.resource_log = RateLimitedLog(RESOURCE_LOG_INTERVAL)
+
+
+async def on_accept_error(
+    exc: OSError, port: int, counters: Counters, policy: AcceptPolicy
+) -> None:
+    """React to an ``accept()`` failure on ``port`` by its class (above):
+    retry at once, or count, warn (rate-limited) and pause.
+
+    Raises:
+      AcceptError: a fatal errno, naming the port and the errno.
+    """
+    code = exc.errno
+    if code in _ACCEPT_IGNORE:
+        await trio.lowlevel.checkpoint()
+    elif code in _ACCEPT_TRANSIENT:
+        counters.accept_errors_transient += 1
+        await trio.lowlevel.checkpoint()
+    elif code in _ACCEPT_RESOURCE:
+        counters.accept_errors_resource += 1
+        pause = policy.accept_error_pause
+        policy.resource_log(
+            logging.WARNING,
+            "accept on port %d failed: %s; pausing %.0f ms and retrying",
+            port,
+            exc,
+            pause * 1000,
+        )
+        await trio.sleep(pause)
+    else:
+        name = errno.errorcode.get(code or 0, str(code))
+        raise AcceptError(
+            code, f"accept on port {port} failed with {name}: {exc.strerror}"
+        ) from exc
+
+
+@final
+class Acceptor:
+    """The accept loop of one listening socket: accepts, admits, and starts a
+    task running ``handler`` for each connection in ``nursery``."""
+
+    __slots__ = ("_handler", "_listener", "_nursery", "_policy", "_table")
+
+    def __init__(
+        self,
+        table: ConnectionTable,
+        policy: AcceptPolicy,
+        listener: Listener,
+        handler: Handler,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._table = table
+        self._policy = policy
+        self._listener = listener
+        self._handler = handler
+        self._nursery = nursery
+
+    async def run(self) -> None:
+        """Accept until cancelled.
+
+        Raises:
+          AcceptError: a fatal accept error (naming the port and the errno).
+        """
+        sock = self._listener.socket
+        exempt = self._listener.options.backdoor
+        pause = self._policy.throttle_mode == "pause"
+        table = self._table
+        throttle = table.throttle
+        batch = self._policy.accept_batch
+        in_row = 0
+        while True:
+            if pause and not exempt and throttle.at_limit():
+                # Event-driven: parked until a connection closes (ConnectionTable.release).
+                await table.wait_for_slot()
+                continue
+            try:
+                client, addr = sock.accept()
+            except BlockingIOError:
+                in_row = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                in_row = 0
+                await on_accept_error(exc, self._listener.port, table.counters, self._policy)
+                continue
+            self._admit(client, addr)
+            in_row += 1
+            if in_row >= batch:
+                # ATS additional_accepts: a flood must not starve established
+                # connections, so yield after a batch even if more are pending.
+                in_row = 0
+                await trio.lowlevel.checkpoint()
+
+    def _admit(self, client: socket.socket, addr: Any) -> None:
+        """Decide about one accepted socket; start its task or close it."""
+        opts = self._listener.options
+        table = self._table
+        throttle = table.throttle
+        counters = table.counters
+        host: str | None = addr[0] if isinstance(addr, tuple) else None
+        if not opts.backdoor:
+            if throttle.at_limit():  # only reachable in "close" mode
+                client.close()
+                counters.connections_throttled_in += 1
+                self._policy.throttle_log(logging.WARNING, "too many connections, throttling")
+                return
+            if opts.proxy_protocol:
+                # The socket's peer is the load balancer: the per-client limit
+                # applies to the client the PROXY header names (trionet._inbound._prepare).
+                host = None
+            elif host is not None and throttle.client_at_limit(host):
+                client.close()
+                counters.per_client_connections_throttled_in += 1
+                logger.debug("per-client limit reached for %s, closing", host)
+                return
+        else:
+            host = None  # backdoor connections are not counted per client
+        counters.total_accepts += 1
+        try:
+            if not _INHERITS_OPTIONS:
+                apply_socket_options(client, opts.socket)
+            tsock = trio.socket.from_stdlib_socket(client)
+        except OSError as exc:  # the peer may already be gone
+            client.close()
+            logger.debug("dropping connection from %r: %s", addr, exc)
+            return
+        scope = trio.CancelScope()
+        conn = table.open(
+            tsock,
+            inbound=True,
+            client=host,
+            # Kept (about 90 bytes per connection): a lazy getpeername() would
+            # return nothing once the peer has reset, and logs need the address.
+            peer_address=addr,
+            inactivity_timeout=opts.inactivity_timeout,
+            active_timeout=opts.active_timeout,
+            scope=scope,
+        )
+        self._nursery.start_soon(self._serve_connection, conn, scope)
+
+    async def _serve_connection(self, conn: Connection, scope: trio.CancelScope) -> None:
+        """One connection's task: the steps before the handler, the handler,
+        and the close, whatever happens."""
+        opts = self._listener.options
+        handler = self._handler
+        try:
+            with scope:
+                # Plain TCP pays one test here; PROXY/TLS steps run before the
+                # handler, inside the connection's scope (so its timeouts and a
+                # shutdown apply), and a failure closes it without the handler.
+                if (opts.proxy_protocol or opts.ssl_context is not None) and not (
+                    await prepare_inbound(conn, opts, self._table)
+                ):
+                    return
+                await handler(conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The peer reset or the connection was closed under the handler:
+            # the connection's ending, not a bug in the handler.
+            logger.debug("connection #%d ended: %r", conn.id, exc)
+        except Exception as exc:
+            self._table.counters.handler_errors += 1
+            if self._policy.propagate_handler_errors:
+                raise
+            logger.error(
+                "handler %r failed on connection #%d from %r",
+                handler,
+                conn.id,
+                conn.remote_address,
+                exc_info=exc,
+            )
+        finally:
+            if opts.ssl_context is not None and not conn.closed:
+                # TLS: send close_notify if that can be done promptly (shielded,
+                # bounded in Connection.aclose).
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+            conn.close()
