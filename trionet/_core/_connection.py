@@ -31,6 +31,8 @@ from __future__ import annotations
 import errno
 import math
 import socket as _stdlib_socket
+import struct
+import sys
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from types import MappingProxyType
@@ -109,6 +111,7 @@ class Connection(trio.abc.HalfCloseableStream):
     """
 
     __slots__ = (
+        "_acked_seen",
         "_active_deadline",
         "_client_key",
         "_closed",
@@ -182,6 +185,7 @@ class Connection(trio.abc.HalfCloseableStream):
         self._ssl: trio.SSLStream[Any] | None = None
         self._inactivity_timeout = None if inactivity_timeout is None else float(inactivity_timeout)
         self._active_deadline = _INF if active_timeout is None else now + active_timeout
+        self._acked_seen = -1  # tcpi_bytes_acked at the cop's last look; -1: none yet
         self._idle = False
         self._closed = False
         self._client_key = client
@@ -431,9 +435,9 @@ class Connection(trio.abc.HalfCloseableStream):
                         n = await self.socket.send(view[sent:] if sent else view)
                     except OSError as exc:
                         raise self._translate(exc) from exc
-                    # Every send that moves bytes into the kernel is activity, so a
-                    # slow but steady reader keeps a long send_all alive (Netty's
-                    # observeOutput); a send that is stuck records nothing.
+                    # Every send that moves bytes into the kernel is activity (Netty's
+                    # observeOutput); while one is stuck on a full send buffer, the
+                    # cop asks the kernel instead ("kernel progress of a send").
                     sent += n
                     counters.calls_to_write += 1
                     counters.write_bytes += n
@@ -491,9 +495,12 @@ class Connection(trio.abc.HalfCloseableStream):
     def inactivity_timeout(self) -> float | None:
         """Seconds without activity after which the connection is timed out.
 
-        Activity is a receive that returns data or a send that moves bytes into
-        the kernel. Setting it restarts the idle clock; ``None`` cancels it
-        (ATS ``set_inactivity_timeout`` / ``cancel_inactivity_timeout``).
+        Activity is a receive that returns data, a send that moves bytes into
+        the kernel, and (Linux, TCP) the kernel delivering bytes it has not
+        sent yet: checked only when the deadline comes, so with bytes unsent
+        the timeout fires between T and 2T after the last progress. Setting it
+        restarts the idle clock; ``None`` cancels it (ATS
+        ``set_inactivity_timeout`` / ``cancel_inactivity_timeout``).
         """
         return self._inactivity_timeout
 
@@ -520,7 +527,9 @@ class Connection(trio.abc.HalfCloseableStream):
 
     @property
     def last_activity(self) -> float:
-        """``trio.current_time()`` of the last receive or send that moved bytes."""
+        """``trio.current_time()`` of the last receive or send that moved bytes,
+        or of the timeout check that found the kernel still delivering this
+        connection's queued bytes to a reading peer."""
         return self._last_activity
 
     def _deadline(self) -> tuple[float, TimedOut]:
@@ -530,6 +539,25 @@ class Connection(trio.abc.HalfCloseableStream):
         if self._active_deadline <= inactive_at:
             return self._active_deadline, "active"
         return inactive_at, "inactivity"
+
+    def _kernel_progressed(self, now: float) -> bool:
+        """Called by the cop, only when the inactivity deadline is due: while
+        the kernel holds bytes of ours it has not sent, has the peer acked more
+        since the cop's last look? That counts as activity at ``now``.
+
+        Returns:
+          ``True`` if it progressed (``last_activity`` is then ``now``); ``False``
+          when it did not, nothing is unsent, or the kernel cannot tell. See
+          "kernel progress of a send" at the end of this module.
+        """
+        acked = _bytes_acked_if_unsent(self.socket)
+        if acked is None:
+            return False
+        seen, self._acked_seen = self._acked_seen, acked
+        if acked == seen:
+            return False
+        self._last_activity = now
+        return True
 
     @contextmanager
     def enforce_timeouts(self) -> Iterator[trio.CancelScope]:
@@ -587,6 +615,69 @@ class Connection(trio.abc.HalfCloseableStream):
         if value != self._idle and not self._closed:
             self._idle = value
             self._owner.cop.set_idle(self, value)
+
+
+# ------------------------------------------------ kernel progress of a send
+# A slow but steady reader must not be cut off while it reads. trionet counts a
+# send as activity when bytes move into the kernel, but one send() can fill a
+# send buffer the kernel has grown to megabytes, and Linux wakes the writer
+# only when about a third of it has drained: a peer reading 1.5 MB/s from a
+# 4 MiB buffer keeps the writer asleep for most of a second although it reads
+# all the time. The user-space timestamp cannot see that; the kernel can.
+#
+# * Looked at only when the inactivity deadline is due (TimeoutCop._expire),
+#   never per I/O call: the hot path keeps its single timestamp store, and the
+#   look (one getsockopt) runs at most once per timeout period per connection,
+#   only for connections that user space already judges idle.
+# * Acked bytes, not the queue size: ``tcpi_bytes_acked`` only grows, by exactly
+#   what the peer acknowledged. The queue size (SIOCOUTQ) moves both ways --
+#   our writes raise it, acks lower it -- so two readings only show progress
+#   when we know how many bytes were written in between, which TLS hides.
+#   Acked bytes work the same under TLS: the records go through this socket.
+# * Only while the kernel holds bytes it has not sent yet (tcpi_notsent_bytes):
+#   that is a writer waiting for the peer to read (a closed receive window) or
+#   for the network (the congestion window). Bytes sent and merely awaiting
+#   their ACK do not count: they are in flight, acked within a round trip, and
+#   a reply whose ACK the peer delays must not stretch an idle connection's
+#   timeout. With nothing unsent the connection times out as before.
+# * A reader that stops reading closes its receive window; the acked count
+#   stops (zero-window probes carry no new data), the next look sees the same
+#   count and the timeout fires. Progress is only seen at looks, and the first
+#   look has nothing to compare with (it counts as progress), so a connection
+#   with unsent bytes is timed out between T and 2T after its last progress
+#   (its last read or write, or the kernel's last ack); exactly T after its
+#   last read or write when the kernel acked nothing since the previous look.
+# * Not Linux, not TCP (a Unix socket), an old kernel with a shorter
+#   struct tcp_info, or any error: no information, the timeout fires as before.
+#
+# Offsets in struct tcp_info (linux/tcp.h; checked against the header and by
+# experiment): u64 tcpi_bytes_acked at 120, u32 tcpi_notsent_bytes at 144.
+_TCP_INFO: Final = getattr(_stdlib_socket, "TCP_INFO", None) if sys.platform == "linux" else None
+_TCP_INFO_LEN: Final = 148  # through tcpi_notsent_bytes, the newer of the two
+_INET_FAMILIES: Final = frozenset({_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6})
+
+
+def _bytes_acked_if_unsent(sock: trio.socket.SocketType) -> int | None:
+    """The kernel's count of bytes the peer acknowledged on ``sock``, if the
+    kernel still holds bytes for it that it has not sent.
+
+    Returns:
+      ``tcpi_bytes_acked``, or ``None`` when nothing is waiting to be sent or
+      the kernel cannot tell (not Linux, not TCP, the socket closed).
+
+    Error handling:
+      never raises: an ``OSError`` from ``getsockopt`` means "cannot tell".
+    """
+    if _TCP_INFO is None or sock.family not in _INET_FAMILIES or sock.fileno() == -1:
+        return None
+    try:
+        info = sock.getsockopt(_stdlib_socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_LEN or not struct.unpack_from("=I", info, 144)[0]:
+        return None
+    acked: int = struct.unpack_from("=Q", info, 120)[0]
+    return acked
 
 
 def _peername(sock: trio.socket.SocketType) -> Address:

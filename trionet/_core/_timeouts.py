@@ -19,6 +19,13 @@ trionet splits the two jobs:
   exactly at ``last_activity + timeout``, a busy connection costs one heap push
   per timeout period rather than per I/O call, and an idle server does no work
   at all between deadlines.
+* Before an inactivity timeout fires, the cop asks the kernel whether it
+  still holds unsent bytes of the connection and the peer has acked more
+  since the last look: a slow but steady reader keeps a connection alive
+  while one ``send`` has put megabytes in the kernel and the writer sleeps.
+  The look is one syscall at expiry only, so I/O calls still cost just a
+  timestamp store; with unsent bytes, a timeout fires between T and 2T after
+  the last progress (see ``_connection``'s "kernel progress of a send").
 * Firing cancels the connection's cancel scope(s) -- the scope its handler task
   runs in, and any ``conn.enforce_timeouts()`` block -- and closes it.
 
@@ -67,6 +74,12 @@ class Timed(Protocol):
 
     def _deadline(self) -> tuple[float, TimedOut]:
         """The earliest pending deadline (``math.inf``: none) and its kind."""
+        ...
+
+    def _kernel_progressed(self, now: float) -> bool:
+        """Asked when the inactivity deadline is due: has the kernel delivered
+        more of the connection's unsent bytes since the last look? If so that
+        is activity at ``now`` (``_deadline`` then moves)."""
         ...
 
     def _fire_timeout(self, why: TimedOut) -> None:
@@ -156,6 +169,11 @@ class TimeoutCop:
                 self._stale -= 1
                 continue
             deadline, why = conn._deadline()
+            if deadline <= now and why == "inactivity" and conn._kernel_progressed(now):
+                # Idle in user space, but the kernel is still delivering our
+                # bytes to a reading peer: that is progress (see _connection's
+                # "kernel progress of a send"); one syscall, at expiry only.
+                deadline, why = conn._deadline()
             if deadline > now:
                 # Activity since this entry was armed: re-arm at the real deadline.
                 seq = next(self._seq)
