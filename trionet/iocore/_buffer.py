@@ -132,6 +132,11 @@ class IOBufferReader:
     def __repr__(self) -> str:
         return f"<IOBufferReader avail={self.read_avail() if self._mbuf else 'detached'}>"
 
+    def allocated(self) -> bool:
+        """Whether the reader still belongs to its buffer (ATS ``allocated``):
+        false after :meth:`MIOBuffer.dealloc_reader`."""
+        return self._mbuf is not None
+
     @property
     def mbuf(self) -> MIOBuffer:
         """The buffer this reader reads.

@@ -50,9 +50,9 @@ from ._codes import (
     NET_EVENT_OPEN,
     NET_EVENT_OPEN_FAILED,
 )
-from ._continuation import Action, Continuation, Skipped, call_locked
+from ._continuation import Action, Continuation, call_locked
 from ._event import EventProcessor
-from ._vconnection import DEFAULT_INACTIVITY_TIMEOUT, NetVConnection
+from ._vconnection import DEFAULT_INACTIVITY_TIMEOUT, run_vc
 
 __all__ = ["ConnectAction", "NetAcceptAction", "UnixNetProcessor", "open_net_processor"]
 
@@ -259,16 +259,9 @@ class UnixNetProcessor:
         """serve()'s handler: ATS ``acceptEvent`` -- wrap, announce, run."""
         if action.cancelled:
             return
-        vc = NetVConnection(conn, self)
-        ret = await call_locked(
-            action.continuation, NET_EVENT_ACCEPT, vc, lambda: not action.cancelled
+        await run_vc(
+            conn, self, action.continuation, NET_EVENT_ACCEPT, lambda: not action.cancelled
         )
-        if ret is Skipped.SKIPPED:
-            vc.do_io_close()
-            return
-        if ret is None:
-            vc._contract_close(action.continuation, NET_EVENT_ACCEPT)
-        await vc._run()
 
     # ------------------------------------------------------------ connect
     def connect_re(
@@ -345,15 +338,7 @@ class UnixNetProcessor:
         await self._opened(action, conn)
 
     async def _opened(self, action: ConnectAction, conn: Connection) -> None:
-        vc = NetVConnection(conn, self)
-        ret = await call_locked(
-            action.continuation, NET_EVENT_OPEN, vc, lambda: not action.cancelled
-        )
-        if ret is Skipped.SKIPPED:
-            vc.do_io_close()
-        elif ret is None:
-            vc._contract_close(action.continuation, NET_EVENT_OPEN)
-        await vc._run()
+        await run_vc(conn, self, action.continuation, NET_EVENT_OPEN, lambda: not action.cancelled)
 
 
 @asynccontextmanager
