@@ -66,10 +66,12 @@ RESOURCE_LOG_INTERVAL: Final = 10.0
 
 
 class _RateLimitedLog:
-    """Log at most once per ``interval`` seconds (wall clock), counting what was suppressed."""
+    """Log at most once per ``interval`` seconds (wall clock), counting what was
+    suppressed; to ``log`` (default ``trionet.server``)."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, log: logging.Logger = logger) -> None:
         self.interval = interval
+        self._log = log
         self._last = -math.inf
         self._suppressed = 0
 
@@ -82,7 +84,7 @@ class _RateLimitedLog:
             msg += " (%d similar messages suppressed)"
             args = (*args, self._suppressed)
         self._last, self._suppressed = now, 0
-        logger.log(level, msg, *args)
+        self._log.log(level, msg, *args)
 
 
 @final
