@@ -11,7 +11,7 @@ here too: the stats page is a small server of its own processor.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final, final
+from typing import Any, final
 
 import trio
 
@@ -19,18 +19,25 @@ from ._base._checks import check_int, check_seconds, to_networks
 from ._base._options import AcceptOptions, ConnectOptions
 from ._core._connection import Connection
 from ._core._stats import NetStatistics
-from ._core._stats_page import STATS_INACTIVITY_TIMEOUT, StatisticsSource, serve_page
+from ._core._stats_page import (
+    STATS_INACTIVITY_TIMEOUT,
+    STATS_MAX_CONNECTIONS,
+    STATS_MAX_WAITING,
+    StatisticsSource,
+    serve_page,
+)
 from ._core._table import ConnectionTable
 from ._core._throttle import THROTTLE_MODES, ThrottleMode
-from ._inbound._accept import DEFAULT_ACCEPT_BATCH, AcceptPolicy, Handler
+from ._inbound._accept import (
+    DEFAULT_ACCEPT_BATCH,
+    DEFAULT_ACCEPT_ERROR_GRACE,
+    AcceptPolicy,
+    Handler,
+)
 from ._inbound._server import Server, serve
 from ._outbound._connect import connect
 
 __all__ = ["NetProcessor", "accept_policy_of", "serve_stats", "table_of"]
-
-# The stats page's own connections: a scraper holds at most a few, and one that
-# connects and goes quiet must not hold a slot for ever.
-STATS_MAX_CONNECTIONS: Final = 64
 
 
 @final
@@ -51,6 +58,10 @@ class NetProcessor:
       per_client_exempt: networks (``"10.0.0.0/8"``...) exempt from the per-client limit.
       accept_batch: connections accepted in a row before the accept task yields.
       accept_error_pause: seconds to pause after EMFILE/ENFILE/ENOBUFS/ENOMEM.
+      accept_error_grace: after a fatal accept error (the listening socket
+        itself failed), seconds open connections get to finish before they are
+        cancelled and ``serve()`` raises :class:`AcceptError`; the same 5 s
+        default as :meth:`Server.shutdown`.
       default_inactivity_timeout: applied to connections with no inactivity
         timeout of their own (ATS ``default_inactivity_timeout``). Default
         ``None``: like trio's ``serve_tcp``, trionet does not end idle
@@ -69,6 +80,7 @@ class NetProcessor:
         per_client_exempt: Iterable[Any] = (),
         accept_batch: int = DEFAULT_ACCEPT_BATCH,
         accept_error_pause: float = 0.05,
+        accept_error_grace: float = DEFAULT_ACCEPT_ERROR_GRACE,
         default_inactivity_timeout: float | None = None,
         max_idle_connections: int | None = None,
         propagate_handler_errors: bool = False,
@@ -83,6 +95,9 @@ class NetProcessor:
         exempt = to_networks(o, "per_client_exempt", per_client_exempt)
         check_int(o, "accept_batch", accept_batch, 1)
         check_seconds(o, "accept_error_pause", accept_error_pause)
+        check_seconds(o, "accept_error_grace", accept_error_grace)
+        if accept_error_grace is None:
+            raise ValueError(f"{o}.accept_error_grace=None: must be a number of seconds")
         check_seconds(o, "default_inactivity_timeout", default_inactivity_timeout)
         if max_idle_connections is not None:
             check_int(o, "max_idle_connections", max_idle_connections, 0)
@@ -94,7 +109,11 @@ class NetProcessor:
             default_inactivity_timeout=default_inactivity_timeout,
         )
         self._accept = AcceptPolicy(
-            throttle, accept_batch, accept_error_pause, bool(propagate_handler_errors)
+            throttle,
+            accept_batch,
+            accept_error_pause,
+            accept_error_grace,
+            bool(propagate_handler_errors),
         )
 
     @property
@@ -113,6 +132,10 @@ class NetProcessor:
     @property
     def accept_error_pause(self) -> float:
         return self._accept.accept_error_pause
+
+    @property
+    def accept_error_grace(self) -> float:
+        return self._accept.accept_error_grace
 
     @property
     def propagate_handler_errors(self) -> bool:
@@ -150,15 +173,21 @@ class NetProcessor:
         Error handling:
           A handler's exception is logged (``trionet.server``, with traceback)
           and counted in ``handler_errors``; the server keeps serving (unless
-          ``propagate_handler_errors``). Accept errors are classed as ATS does;
-          a fatal one ends ``serve()`` with :class:`AcceptError`.
+          ``propagate_handler_errors``). Accept errors are classed as ATS does:
+          an error of one incoming connection (ECONNRESET, EPROTO, the network
+          errors Linux passes on, EPERM from a firewall) is counted in
+          ``accept_errors_transient`` and the next one accepted; running out of
+          descriptors or memory pauses accepting (``accept_errors_resource``).
+          Any other error is fatal: the server stops accepting on every port,
+          lets open connections finish for up to ``accept_error_grace``
+          seconds, then ``serve()`` raises :class:`AcceptError`.
 
         Raises:
           OSError: a listen spec could not be bound (before ``started``).
           UnsupportedOptionError: an option the platform cannot provide.
-          AcceptError: a fatal accept error.
+          AcceptError: a fatal accept error (once the connections have ended).
         """
-        await serve(self, self._table, self._accept, handler, *listen, task_status=task_status)
+        await serve(self, handler, *listen, task_status=task_status)
 
     async def serve_stats(
         self,
@@ -225,10 +254,26 @@ async def serve_stats(
     ``server = await nursery.start(serve_stats, net.statistics, 9100)``; or
     :meth:`NetProcessor.serve_stats`, which passes its own ``statistics``.
 
-    The page runs on a small processor of its own (at most 64 connections,
-    each closed after 10 s without a request), so scraping neither changes
-    the numbers it reports nor competes for the served processor's
-    ``max_connections`` -- a processor at its limit can still be inspected.
+    The page runs on a small processor of its own (``server.processor``), so
+    scraping neither changes the numbers it reports nor competes for the
+    served processor's ``max_connections`` -- a processor at its limit can
+    still be inspected. It is built to stay reachable on a hostile network:
+
+    - a request must be complete 5 s after the connection opened (in total,
+      however slowly it trickles in), else 408; a kept-alive connection may
+      wait 10 s for its next request, which then has 5 s; a response must be
+      taken within 10 s;
+    - connections that owe a request (not yet complete, or between requests)
+      are evictable: when more than 64 are, the oldest is closed, so a new
+      client always gets in at once, whatever a flood of slow or silent
+      connections holds; at most 256 connections in all, more are closed at
+      once (never left waiting in the backlog);
+    - a malformed request gets a 400 (431 for an oversized head, 413 for a
+      body over 16 KiB) and a one-line INFO log on ``trionet.stats_page``,
+      at most one every 10 s; an ``Accept`` header prometheus-client cannot
+      use gets the Prometheus text format.
+
+    These apply whatever ``port``'s :class:`AcceptOptions` say.
 
     Args:
       source: returns a fresh :class:`NetStatistics` (``net.statistics``).
@@ -249,7 +294,11 @@ async def serve_stats(
         opts = port
     else:
         opts = AcceptOptions(port=port, host=host, inactivity_timeout=STATS_INACTIVITY_TIMEOUT)
-    net = NetProcessor(max_connections=STATS_MAX_CONNECTIONS)
+    net = NetProcessor(
+        max_connections=STATS_MAX_CONNECTIONS,
+        throttle="close",
+        max_idle_connections=STATS_MAX_WAITING,
+    )
     await net.serve(handler, opts, task_status=task_status)
 
 

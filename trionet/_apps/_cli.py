@@ -25,7 +25,7 @@ import trio
 
 from .._base._addr import host_port
 from .._base._errors import leaves
-from .._base._options import AcceptOptions, ConnectOptions
+from .._base._options import DEFAULT_PROXY_PROTOCOL_TRUSTED, AcceptOptions, ConnectOptions
 from .._base._version import __version__
 from .._core._connection import Connection
 from .._core._stats_page import STATS_INACTIVITY_TIMEOUT
@@ -167,7 +167,8 @@ def _common_options() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NET",
-        help="accept PROXY headers only from this network (repeatable; default: any source)",
+        help="accept PROXY headers only from this network (repeatable; default: loopback "
+        "only; '0.0.0.0/0' and '::/0' trust every source)",
     )
     ops = p.add_argument_group("operations")
     ops.add_argument(
@@ -303,7 +304,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
         active_timeout=args.active_timeout,
         ssl_context=_tls_context(args.tls_cert, args.tls_key),
         proxy_protocol=args.proxy_protocol,
-        proxy_protocol_trusted=tuple(args.proxy_protocol_trusted),
+        proxy_protocol_trusted=tuple(args.proxy_protocol_trusted) or DEFAULT_PROXY_PROTOCOL_TRUSTED,
     )
     stats = None
     if args.stats_port is not None:

@@ -10,8 +10,9 @@ Two documents:
   through :class:`StatsCollector`.
 
 Anything else is a 404 (405 for a method other than GET/HEAD), a malformed
-request a 400. HTTP is parsed by h11; this module only maps requests to
-responses.
+request a 400. HTTP is parsed by h11; this module maps requests to responses
+and keeps the page reachable when clients are slow, silent or hostile
+(deadlines, eviction of connections that owe a request: see ``serve_stats``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,25 @@ from urllib.parse import urlsplit
 import h11
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    choose_encoder,
+    generate_latest,
+)
 from prometheus_client.registry import CollectorRegistry
 
+from .._base._ratelog import RateLimitedLog
 from ._connection import Connection
 from ._stats import GAUGES, RECORD_NAMES, NetStatistics
 
-__all__ = ["STATS_INACTIVITY_TIMEOUT", "StatisticsSource", "StatsCollector", "serve_page"]
+__all__ = [
+    "STATS_INACTIVITY_TIMEOUT",
+    "STATS_MAX_CONNECTIONS",
+    "STATS_MAX_WAITING",
+    "StatisticsSource",
+    "StatsCollector",
+    "serve_page",
+]
 
 logger = logging.getLogger("trionet.stats_page")
 
@@ -67,13 +80,38 @@ DESCRIPTIONS: Final[dict[str, str]] = {
     "proxy_protocol_errors": "Connections closed for a bad or missing PROXY protocol header.",
 }
 
-# A scraper that connects and goes quiet must not hold a slot for ever (the
-# page's processor allows 64 connections: trionet._processor).
+# The page's own connections. A scraper holds one or two; a hostile client can
+# open hundreds and send nothing, or trickle a header line a second. So slots
+# are handed out the way ATS hands out keep-alive slots: a connection that has
+# not yet delivered a complete request (or waits between requests) is marked
+# idle, and when more than STATS_MAX_WAITING are idle the *oldest* is evicted.
+# A new client therefore always gets a slot at once -- it is the newest -- and
+# a flood of slow or silent connections only evicts itself. Connections being
+# answered are not evictable; STATS_MAX_CONNECTIONS caps all of them, and the
+# accept loop closes the excess at once ("close" throttle) rather than leaving
+# clients in the kernel backlog, where a good one would wait behind a flood.
+STATS_MAX_WAITING: Final = 64
+STATS_MAX_CONNECTIONS: Final = 256
+# Deadlines of the page's own, applied whatever AcceptOptions say: a request
+# (head and body) must be complete REQUEST_TIMEOUT seconds after the connection
+# opened -- in total, not per byte, so trickling does not extend it; between
+# requests a client may wait KEEP_ALIVE_TIMEOUT for its next one, which then
+# has REQUEST_TIMEOUT from its first byte. A response must be taken within
+# RESPONSE_TIMEOUT. STATS_INACTIVITY_TIMEOUT is the listener's own inactivity
+# timeout (the CLI's too), a backstop under these.
+REQUEST_TIMEOUT: Final = 5.0
+KEEP_ALIVE_TIMEOUT: Final = 10.0
+RESPONSE_TIMEOUT: Final = 10.0
 STATS_INACTIVITY_TIMEOUT: Final = 10.0
 MAX_REQUEST_HEAD: Final = 16 * 1024
+MAX_REQUEST_BODY: Final = 16 * 1024  # GET needs none; read only to keep framing
 SERVER_HEADER: Final = b"trionet-stats"
 LINGER_SECONDS: Final = 2.0
 LINGER_BYTES: Final = 256 * 1024
+# A malformed request is the client's error, not ours: one line at INFO, at
+# most every 10 s per page (a scanner must not be able to flood the log).
+BAD_REQUEST_LOG_INTERVAL: Final = 10.0
+TEXT: Final = b"text/plain; charset=utf-8"
 
 
 def metric_name(field: str) -> str:
@@ -139,19 +177,35 @@ class _Page:
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(StatsCollector(source))
 
-    def respond(self, request: h11.Request) -> tuple[int, bytes, bytes]:
+    def respond(self, method: bytes, path: str, accept: str) -> tuple[int, bytes, bytes]:
         """Returns ``(status, content type, body)``."""
-        path = urlsplit(request.target.decode("ascii", "replace")).path
         if path not in ("/stats", "/metrics"):
-            return 404, b"text/plain; charset=utf-8", b"not found; try /stats or /metrics\n"
-        if request.method not in (b"GET", b"HEAD"):
-            return 405, b"text/plain; charset=utf-8", b"method not allowed; use GET\n"
+            return 404, TEXT, b"not found; try /stats or /metrics\n"
+        if method not in (b"GET", b"HEAD"):
+            return 405, TEXT, b"method not allowed; use GET\n"
         if path == "/stats":
             body = json.dumps(self._source().as_records(), indent=1).encode() + b"\n"
             return 200, b"application/json", body
-        accept = _header(request, b"accept")
-        encoder, content_type = choose_encoder(accept)
-        return 200, content_type.encode("ascii"), encoder(self._registry)
+        content_type, body = self._exposition(accept)
+        return 200, content_type, body
+
+    def _exposition(self, accept: str) -> tuple[bytes, bytes]:
+        """The metrics in the format ``accept`` asks for, or in the Prometheus
+        text format when prometheus-client cannot use it.
+
+        Error handling:
+          ``choose_encoder`` and the encoders parse the client's header
+          (``version=zzz`` raises TypeError, ``version=x.y`` ValueError) and
+          echo its parameters into the content type; a failure there, or a
+          content type that is not ASCII, falls back to text. A failure of the
+          collector itself raises again in the fallback: that one is ours.
+        """
+        try:
+            encoder, content_type = choose_encoder(accept)
+            return content_type.encode("ascii"), encoder(self._registry)
+        except (TypeError, ValueError, LookupError) as exc:
+            logger.debug("stats page: unusable Accept %r (%s); sending text", accept, exc)
+        return CONTENT_TYPE_PLAIN_0_0_4.encode("ascii"), generate_latest(self._registry)
 
 
 def _header(request: h11.Request, name: bytes) -> str:
@@ -159,16 +213,161 @@ def _header(request: h11.Request, name: bytes) -> str:
     return ", ".join(values)
 
 
-async def _next_event(conn: Connection, http: h11.Connection) -> h11.Event | None:
-    """The next h11 event, reading from ``conn`` as needed; ``None`` when h11
-    is PAUSED (the client pipelined a request before our response was done)."""
-    while True:
-        event = http.next_event()
-        if isinstance(event, h11.Event):
-            return event
-        if event is h11.PAUSED:
-            return None
-        http.receive_data(await conn.receive_some(MAX_REQUEST_HEAD))
+def _target_path(target: bytes) -> str:
+    """The path of a request target, origin form (``/stats?x``) or absolute
+    form (``http://host/stats``).
+
+    Raises:
+      h11.RemoteProtocolError: (400) a target ``urlsplit`` rejects, such as
+        ``http://[/stats``.
+    """
+    try:
+        return urlsplit(target.decode("ascii", "replace")).path
+    except ValueError as exc:
+        raise h11.RemoteProtocolError(f"bad request target {target!r} ({exc})", 400) from None
+
+
+@final
+class _Session:
+    """One connection to the page: requests read under the page's deadlines
+    and answered in turn, until either side closes or a deadline passes.
+
+    The connection is marked ``idle`` -- evictable, oldest first, by the page's
+    processor (``max_idle_connections``) -- whenever it owes us a request:
+    from its opening until a complete request (head and body) is in, between
+    requests, and while it lingers after a refusal. It is busy only while it
+    is being answered.
+
+    Error handling:
+      A request h11 cannot parse, a bad target, an oversized head (431) or
+      body (413), or a request still incomplete at its deadline (408) gets
+      that status (400 for anything h11 would answer with a 5xx), a
+      rate-limited one-line log, and a lingering close -- never a traceback.
+      A client that closes or resets ends the session quietly (the server
+      logs that at debug level).
+    """
+
+    def __init__(self, page: _Page, conn: Connection, log: RateLimitedLog) -> None:
+        self._page = page
+        self._conn = conn
+        self._log = log
+        self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        self._scope = trio.CancelScope()
+        self._got_bytes = False  # some of the current request has arrived
+        self._between_requests = False  # its deadline starts at its first byte
+        self._method = b""  # of the current request, once its head is in
+
+    async def run(self) -> None:
+        http = self._http
+        deadline = self._conn.opened_at + REQUEST_TIMEOUT
+        while (received := await self._read_request(deadline)) is not None:
+            if not await self._answer(*received):
+                return
+            if http.our_state is h11.MUST_CLOSE or http.their_state is not h11.DONE:
+                return
+            http.start_next_cycle()
+            # A pipelined request may already be buffered: its clock runs.
+            self._got_bytes = bool(http.trailing_data[0])
+            self._method = b""
+            self._between_requests = not self._got_bytes
+            wait = REQUEST_TIMEOUT if self._got_bytes else KEEP_ALIVE_TIMEOUT
+            deadline = trio.current_time() + wait
+
+    async def _read_request(self, deadline: float) -> tuple[h11.Request, str] | None:
+        """The next complete request and its path; ``None`` when the session
+        is over (the client closed, or the request was refused or late)."""
+        self._conn.idle = True
+        refusal: h11.RemoteProtocolError | None = None
+        with trio.move_on_at(deadline) as self._scope:
+            try:
+                received = await self._receive_request()
+            except h11.RemoteProtocolError as exc:
+                refusal = exc
+            else:
+                self._conn.idle = received is None
+                return received
+        if refusal is None:  # the deadline passed
+            if not self._got_bytes:
+                return None  # nothing asked: a quiet close, as at keep-alive's end
+            refusal = h11.RemoteProtocolError(f"request not complete in {REQUEST_TIMEOUT:g} s", 408)
+        await self._refuse(refusal)
+        return None
+
+    async def _receive_request(self) -> tuple[h11.Request, str] | None:
+        event = await self._next_event()
+        if not isinstance(event, h11.Request):
+            return None  # the client closed between requests
+        self._method = event.method
+        path = _target_path(event.target)
+        if self._http.they_are_waiting_for_100_continue:
+            await self._conn.send_all(
+                self._http.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+            )
+        await self._receive_body()
+        return event, path
+
+    async def _receive_body(self) -> None:
+        """Read (and drop) a request body, so that its framing is checked and
+        the next request can be parsed."""
+        size = 0
+        while self._http.their_state is h11.SEND_BODY:
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_REQUEST_BODY:
+                    raise h11.RemoteProtocolError(
+                        f"request body over {MAX_REQUEST_BODY} bytes", 413
+                    )
+
+    async def _next_event(self) -> h11.Event | None:
+        """The next h11 event, reading as needed; ``None`` when h11 is PAUSED."""
+        while True:
+            event = self._http.next_event()
+            if isinstance(event, h11.Event):
+                return event
+            if event is h11.PAUSED:
+                return None
+            data = await self._conn.receive_some(MAX_REQUEST_HEAD)
+            if data and not self._got_bytes:
+                self._got_bytes = True
+                if self._between_requests:
+                    self._scope.deadline = trio.current_time() + REQUEST_TIMEOUT
+            self._http.receive_data(data)
+
+    async def _answer(self, request: h11.Request, path: str) -> bool:
+        """Send the response; False if the client did not take it in time."""
+        accept = _header(request, b"accept")
+        status, ctype, body = self._page.respond(request.method, path, accept)
+        head_only = request.method == b"HEAD"
+        with trio.move_on_after(RESPONSE_TIMEOUT):
+            await _send_response(self._conn, self._http, status, ctype, body, head_only)
+            return True
+        return False
+
+    async def _refuse(self, exc: h11.RemoteProtocolError) -> None:
+        """Log ``exc`` (one rate-limited line), answer with its status and
+        ``Connection: close``, then linger; the connection stays evictable."""
+        hint = exc.error_status_hint
+        status = hint if 400 <= hint < 500 else 400
+        conn = self._conn
+        self._log(
+            logging.INFO,
+            "stats page: %d for connection #%d from %r: %s",
+            status,
+            conn.id,
+            conn.remote_address,
+            exc,
+        )
+        # h11 allows one response after a protocol error if we had not
+        # started ours. The client may still be sending: linger so that it
+        # gets to read the answer (all of it bounded by LINGER_SECONDS).
+        if self._http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = f"bad request: {exc}\n".encode()
+        head_only = self._method == b"HEAD"  # h11 sends no body in reply to HEAD
+        with trio.move_on_after(LINGER_SECONDS):
+            await _send_response(conn, self._http, status, TEXT, body, head_only, close=True)
+            await _lingering_close(conn)
 
 
 async def _send_response(
@@ -178,6 +377,7 @@ async def _send_response(
     content_type: bytes,
     body: bytes,
     head_only: bool = False,
+    close: bool = False,
 ) -> None:
     headers = [
         (b"content-type", content_type),
@@ -187,53 +387,13 @@ async def _send_response(
     ]
     if status == 405:
         headers.append((b"allow", b"GET, HEAD"))
+    if close:
+        headers.append((b"connection", b"close"))
     data = http.send(h11.Response(status_code=status, headers=headers))
     if not head_only:
         data = (data or b"") + (http.send(h11.Data(data=body)) or b"")
     data = (data or b"") + (http.send(h11.EndOfMessage()) or b"")
     await conn.send_all(data)
-
-
-async def _serve_page(page: _Page, conn: Connection) -> None:
-    """One connection: requests in a keep-alive loop until either side closes."""
-    http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
-    while True:
-        try:
-            event = await _next_event(conn, http)
-        except h11.RemoteProtocolError as exc:
-            await _bad_request(conn, http, exc)
-            return
-        if isinstance(event, h11.Request):
-            status, ctype, body = page.respond(event)
-            await _drain_body(conn, http)
-            await _send_response(conn, http, status, ctype, body, event.method == b"HEAD")
-        elif isinstance(event, h11.ConnectionClosed) or event is None:
-            return
-        if http.our_state is h11.MUST_CLOSE or http.their_state is not h11.DONE:
-            return
-        http.start_next_cycle()
-
-
-async def _drain_body(conn: Connection, http: h11.Connection) -> None:
-    """Read (and ignore) a request body, so the next request can be parsed."""
-    while http.their_state is h11.SEND_BODY:
-        event = await _next_event(conn, http)
-        if isinstance(event, h11.ConnectionClosed):
-            return
-
-
-async def _bad_request(
-    conn: Connection, http: h11.Connection, exc: h11.RemoteProtocolError
-) -> None:
-    # h11 allows one response after a protocol error if we had not started
-    # ours (IDLE: the request line itself was bad).
-    logger.debug("stats page: bad request on connection #%d: %s", conn.id, exc)
-    if http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-        return
-    status = exc.error_status_hint
-    body = f"bad request: {exc}\n".encode()
-    await _send_response(conn, http, status, b"text/plain; charset=utf-8", body)
-    await _lingering_close(conn)
 
 
 async def _lingering_close(conn: Connection) -> None:
@@ -257,8 +417,9 @@ def serve_page(source: StatisticsSource) -> Callable[[Connection], Awaitable[Non
       TypeError: ``source`` is not callable.
     """
     page = _Page(source)
+    log = RateLimitedLog(BAD_REQUEST_LOG_INTERVAL, logger)
 
     async def handler(conn: Connection) -> None:
-        await _serve_page(page, conn)
+        await _Session(page, conn, log).run()
 
     return handler

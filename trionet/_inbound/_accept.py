@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, final
 
 import trio
 
 from .._base._errors import AcceptError
+from .._base._ratelog import RateLimitedLog
 from .._base._sockopt import apply_socket_options
 from .._core._connection import Connection
 from .._core._stats import Counters
@@ -36,23 +35,56 @@ from .._core._throttle import ThrottleMode
 from ._listen import Listener
 from ._prepare import prepare_inbound
 
-__all__ = ["DEFAULT_ACCEPT_BATCH", "AcceptPolicy", "Acceptor", "Handler", "on_accept_error"]
+__all__ = [
+    "DEFAULT_ACCEPT_BATCH",
+    "DEFAULT_ACCEPT_ERROR_GRACE",
+    "AcceptPolicy",
+    "Acceptor",
+    "Handler",
+    "on_accept_error",
+]
 
 logger = logging.getLogger("trionet.server")
 
 Handler = Callable[[Connection], Awaitable[object]]
 
+
+def _errnos(*names: str) -> frozenset[int]:
+    """The errno values of ``names`` this platform defines."""
+    return frozenset(getattr(errno, name) for name in names if hasattr(errno, name))
+
+
 # ATS accept_error_seriousness(): how the accept loop reacts to each errno.
 #   ignore    -- the client gave up before we accepted (ECONNABORTED)
-#   transient -- try again at once
+#   transient -- that one connection failed: count it and accept the next at once
 #   resource  -- out of descriptors/memory: warn (rate-limited), pause, keep serving
-#   (anything else is fatal: serve() raises AcceptError naming port and errno)
+#   (anything else is fatal: the server stops accepting, lets open connections
+#   finish within NetProcessor.accept_error_grace, then serve() raises
+#   AcceptError naming port and errno)
 _ACCEPT_IGNORE: Final = frozenset({errno.ECONNABORTED})
-_ACCEPT_TRANSIENT: Final = frozenset({errno.EAGAIN, errno.ECONNRESET, errno.EPIPE, errno.EPROTO})
-_ACCEPT_RESOURCE: Final = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EINTR}
-    | ({errno.ENOSR} if hasattr(errno, "ENOSR") else set())
+# Linux's accept(2) reports an error already pending on the *new* connection
+# as accept's own error, and its manual asks callers to retry on these as on
+# EAGAIN; it returns EPERM when a firewall rule refused the connection. Each is
+# the loss of one connection, not of the listening socket: the list trio's
+# SocketListener ignores (ENOSR is in the resource class below).
+_ACCEPT_TRANSIENT: Final = _errnos(
+    "EAGAIN",
+    "ECONNRESET",
+    "EPIPE",
+    "EPROTO",
+    "EPERM",
+    "ENETDOWN",
+    "ENOPROTOOPT",
+    "EHOSTDOWN",
+    "ENONET",
+    "EHOSTUNREACH",
+    "EOPNOTSUPP",
+    "ENETUNREACH",
+    "ESOCKTNOSUPPORT",
+    "EPROTONOSUPPORT",
+    "ETIMEDOUT",
 )
+_ACCEPT_RESOURCE: Final = _errnos("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "EINTR", "ENOSR")
 
 # ATS accepts up to `additional_accepts` connections per wake-up; trio's own
 # accept loop takes one per scheduler pass. 32 keeps a connect flood from
@@ -60,6 +92,10 @@ _ACCEPT_RESOURCE: Final = frozenset(
 DEFAULT_ACCEPT_BATCH: Final = 32
 THROTTLE_LOG_INTERVAL: Final = 600.0  # ATS: "too many connections" once per 10 min
 RESOURCE_LOG_INTERVAL: Final = 10.0
+# After a fatal accept error the server is going down with an error, but the
+# connections it has are healthy: they get the same time to finish as a
+# shutdown() without arguments gives them.
+DEFAULT_ACCEPT_ERROR_GRACE: Final = 5.0
 
 # Linux copies a listening socket's options (TCP_NODELAY, SO_KEEPALIVE, SO_LINGER,
 # buffer sizes, IP_TOS, SO_MARK, TCP_NOTSENT_LOWAT) to every socket accept()
@@ -67,26 +103,6 @@ RESOURCE_LOG_INTERVAL: Final = 10.0
 # no syscalls per connection; tests/test_options.py checks this with getsockopt.
 # Elsewhere they are set on each accepted socket, as ATS does.
 _INHERITS_OPTIONS: Final = hasattr(socket, "AF_NETLINK")
-
-
-class RateLimitedLog:
-    """Log at most once per ``interval`` seconds (wall clock), counting what was suppressed."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last = -math.inf
-        self._suppressed = 0
-
-    def __call__(self, level: int, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, self._suppressed)
-        self._last, self._suppressed = now, 0
-        logger.log(level, msg, *args)
 
 
 @final
@@ -97,6 +113,7 @@ class AcceptPolicy:
 
     __slots__ = (
         "accept_batch",
+        "accept_error_grace",
         "accept_error_pause",
         "propagate_handler_errors",
         "resource_log",
@@ -109,14 +126,16 @@ class AcceptPolicy:
         throttle_mode: ThrottleMode,
         accept_batch: int,
         accept_error_pause: float,
+        accept_error_grace: float,
         propagate_handler_errors: bool,
     ) -> None:
         self.throttle_mode: ThrottleMode = throttle_mode
         self.accept_batch = accept_batch
         self.accept_error_pause = accept_error_pause
+        self.accept_error_grace = accept_error_grace
         self.propagate_handler_errors = propagate_handler_errors
-        self.throttle_log = RateLimitedLog(THROTTLE_LOG_INTERVAL)
-        self.resource_log = RateLimitedLog(RESOURCE_LOG_INTERVAL)
+        self.throttle_log = RateLimitedLog(THROTTLE_LOG_INTERVAL, logger)
+        self.resource_log = RateLimitedLog(RESOURCE_LOG_INTERVAL, logger)
 
 
 async def on_accept_error(

@@ -113,8 +113,8 @@ async def _tls_handshake(conn: Connection, opts: AcceptOptions, counters: Counte
 
 
 def _trusted(address: Any, networks: tuple[Any, ...]) -> bool:
-    """Is the socket peer allowed to send a PROXY header? Empty: everyone."""
-    if not networks:
-        return True
+    """Is the socket peer allowed to send a PROXY header? Only if its address
+    is in ``networks`` (an IPv4 peer on a dual-stack socket matches either
+    spelling of its network, :mod:`trionet._base._addr`)."""
     host = address[0] if isinstance(address, tuple) and address else None
     return isinstance(host, str) and in_networks(host, networks)

@@ -11,8 +11,10 @@ Task layout of one ``serve()`` call::
 
 The accept nursery sits *inside* the handler nursery's body, so stopping the
 accept tasks (shutdown, or a fatal accept error) leaves the connection tasks
-running until they finish or the grace deadline cancels them; cancelling
-``serve()`` itself cancels everything at once.
+running until they finish or the grace deadline cancels them (``shutdown``'s
+``grace``; ``accept_error_grace`` after a fatal accept error, which ``serve()``
+raises as :class:`AcceptError` once they are done); cancelling ``serve()``
+itself cancels everything at once.
 """
 
 from __future__ import annotations
@@ -36,15 +38,21 @@ logger = logging.getLogger("trionet.server")
 
 
 class Processor(Protocol):
-    """What a server reports as its ``processor`` (a ``NetProcessor``)."""
+    """What a server needs from its ``processor`` (a ``NetProcessor``, which
+    is above this module): its statistics, and the connection table and accept
+    policy its connections go through (private to trionet)."""
 
     def statistics(self) -> NetStatistics: ...
+
+    @property
+    def _table(self) -> ConnectionTable: ...
+
+    @property
+    def _accept(self) -> AcceptPolicy: ...
 
 
 async def serve(
     processor: Processor,
-    table: ConnectionTable,
-    policy: AcceptPolicy,
     handler: Handler,
     *listen: int | AcceptOptions,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
@@ -64,7 +72,7 @@ async def serve(
         for listener in listeners:
             listener.socket.close()
         raise
-    server = Server(processor, table, policy, listeners)
+    server = Server(processor, listeners)
     await server._run(handler, task_status)
 
 
@@ -76,17 +84,11 @@ class Server:
     ``server = await nursery.start(net.serve, handler, 8080)``.
     """
 
-    def __init__(
-        self,
-        processor: Processor,
-        table: ConnectionTable,
-        policy: AcceptPolicy,
-        listeners: list[Listener],
-    ) -> None:
+    def __init__(self, processor: Processor, listeners: list[Listener]) -> None:
         self.processor = processor
         self.listeners: tuple[Listener, ...] = tuple(listeners)
-        self._table = table
-        self._policy = policy
+        self._table = processor._table
+        self._policy = processor._accept
         self._handler_scope: trio.CancelScope | None = None
         self._accept_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
@@ -119,6 +121,8 @@ class Server:
         wakes) when everything is closed. Calling it again can only shorten the
         grace period."""
         check_seconds("Server.shutdown", "grace", grace)
+        if grace is None:  # check_seconds lets None (disabled) through
+            raise ValueError("Server.shutdown.grace=None: must be a number of seconds")
         self._stopping = True
         self._accept_scope.cancel()
         if self._handler_scope is not None:
@@ -135,12 +139,18 @@ class Server:
         try:
             await acceptor.run()
         except AcceptError as exc:
-            logger.error("%s; stopping the server", exc)
-            self._fatal = exc
-            self._stopping = True
-            self._accept_scope.cancel()
-            if self._handler_scope is not None:
-                self._handler_scope.cancel()
+            # The listening socket failed, not the connections: stop accepting
+            # on every port (serve() is going to fail) but end like a shutdown,
+            # letting open connections finish within the grace period.
+            grace = self._policy.accept_error_grace
+            logger.error(
+                "%s; stopping the server: no new connections, open ones get %s s to finish",
+                exc,
+                grace,
+            )
+            if self._fatal is None:
+                self._fatal = exc
+            self.shutdown(grace)
         finally:
             self._table.counters.accepts_currently_open -= 1
             trio.lowlevel.notify_closing(listener.socket)
