@@ -27,7 +27,8 @@ import pytest
 import trio
 
 import trionet
-from trionet._apps._workers._supervisor import RestartBackoff, WorkerSupervisor, _plan_listeners
+from trionet._apps._workers._sockets import plan_listeners
+from trionet._apps._workers._supervisor import RestartBackoff, WorkerSupervisor
 
 ROOT = Path(trionet.__file__).resolve().parent.parent
 
@@ -111,7 +112,7 @@ def test_listen_options_replace_fields_but_not_the_binding() -> None:
 
 # -------------------------------------------------------------- listen plans
 async def test_reuseport_plan_reserves_the_port_without_listening() -> None:
-    plan = await _plan_listeners([trionet.AcceptOptions(localhost_only=True)], "reuseport")
+    plan = await plan_listeners([trionet.AcceptOptions(localhost_only=True)], "reuseport")
     try:
         ports = {opts.port for opts in plan.listen}
         assert len(ports) == 1 and ports != {0}  # port 0 resolved once, for every address
@@ -135,7 +136,7 @@ async def test_reuseport_plan_reserves_the_port_without_listening() -> None:
 
 async def test_inherit_plan_opens_one_listening_socket_for_all_workers() -> None:
     spec = trionet.AcceptOptions(host="127.0.0.1", reuse_port=True, inactivity_timeout=7.0)
-    plan = await _plan_listeners([spec], "inherit")
+    plan = await plan_listeners([spec], "inherit")
     try:
         [opts] = plan.listen
         [sock] = plan.held
@@ -149,8 +150,8 @@ async def test_inherit_plan_opens_one_listening_socket_for_all_workers() -> None
 async def test_auto_falls_back_to_an_inherited_socket_without_reuseport(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(trionet._apps._workers._supervisor, "reuse_port_available", lambda: False)
-    plan = await _plan_listeners([trionet.AcceptOptions(host="127.0.0.1")], "auto")
+    monkeypatch.setattr(trionet._apps._workers._sockets, "reuse_port_available", lambda: False)
+    plan = await plan_listeners([trionet.AcceptOptions(host="127.0.0.1")], "auto")
     try:
         [opts] = plan.listen
         assert opts.fd is not None and plan.pass_fds == [opts.fd]
@@ -162,7 +163,7 @@ async def test_already_open_sockets_are_passed_to_workers_as_they_are() -> None:
     # A socket-activated supervisor: run_workers(main, *trionet.inherited_listeners()).
     raw = socket.create_server(("127.0.0.1", 0))
     spec = trionet.AcceptOptions(fd=raw.detach())
-    plan = await _plan_listeners([spec], "reuseport")
+    plan = await plan_listeners([spec], "reuseport")
     try:
         assert plan.listen == [spec] and plan.pass_fds == [spec.fd]
         [sock] = plan.held
@@ -176,7 +177,7 @@ async def test_already_open_sockets_are_passed_to_workers_as_they_are() -> None:
 async def test_ssl_context_cannot_cross_to_workers() -> None:
     spec = trionet.AcceptOptions(ssl_context=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
     with pytest.raises(ValueError, match="listen_options"):
-        await _plan_listeners([spec], "auto")
+        await plan_listeners([spec], "auto")
 
 
 # ------------------------------------------------- real workers, in-process supervisor
@@ -202,7 +203,7 @@ async def _run_supervisor(
 @pytest.mark.slow
 @pytest.mark.parametrize(("sharing", "workers"), [("reuseport", 2), ("inherit", 1)])
 async def test_killed_worker_is_replaced(
-    sharing: trionet._apps._workers._supervisor.Sharing,
+    sharing: trionet._apps._workers._sockets.Sharing,
     workers: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -2,7 +2,9 @@
 
 Each sub-command builds a :class:`NetProcessor` and one server from its
 options, prints the bound addresses, optionally serves the stats page, and
-stops gracefully on SIGINT/SIGTERM (a second signal stops at once). Bad
+stops gracefully on SIGINT/SIGTERM (a second signal stops at once; with
+``--workers``, the supervisor's policy: a second SIGINT, not a repeated
+SIGTERM, see ``trionet._apps._workers._signals``). Bad
 option values are reported by argparse naming the option
 (``argument --upstream: 'foo': expected HOST:PORT``), never as a traceback.
 """
@@ -19,7 +21,8 @@ import signal
 import ssl
 import sys
 from collections.abc import Sequence
-from typing import Any, Final, final
+from functools import partial
+from typing import Any, Final, Literal, final
 
 import trio
 
@@ -32,7 +35,9 @@ from .._core._stats_page import STATS_INACTIVITY_TIMEOUT
 from .._inbound._server import Handler, Server
 from .._processor import NetProcessor
 from ._tcp_proxy import TcpProxy
-from ._workers._supervisor import WorkerContext, WorkerSupervisor
+from ._workers._runtime import WorkerContext
+from ._workers._signals import forward_signals
+from ._workers._supervisor import WorkerSupervisor
 
 __all__ = ["build_parser", "main"]
 
@@ -190,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Network servers on trionet: an echo server and a TCP proxy with "
         "connection limits, timeouts and a statistics page.",
         epilog="Run 'trionet COMMAND --help' for a command's options. "
-        "SIGINT/SIGTERM stop gracefully; a second one stops at once.",
+        "SIGINT/SIGTERM stop gracefully; a second one stops at once (with --workers, "
+        "a second SIGINT: a repeated SIGTERM changes nothing).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -245,7 +251,7 @@ class _UsageError(Exception):
 
 @final
 @dataclasses.dataclass
-class _Plan:
+class _Command:
     """What to run, built from the parsed options."""
 
     command: str
@@ -291,7 +297,7 @@ def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
-def _plan(args: argparse.Namespace) -> _Plan:
+def _plan(args: argparse.Namespace) -> _Command:
     net = NetProcessor(
         max_connections=args.max_connections,
         throttle=args.throttle,
@@ -313,7 +319,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
             port=args.stats_port,
             inactivity_timeout=STATS_INACTIVITY_TIMEOUT,
         )
-    plan = _Plan(args.command, net, _echo, listen, stats, args.grace, "")
+    plan = _Command(args.command, net, _echo, listen, stats, args.grace, "")
     if args.command == "proxy":
         host, port = args.upstream
         upstream = ConnectOptions(
@@ -332,7 +338,7 @@ def _address(listener_address: tuple[object, ...]) -> str:
     return host_port(str(listener_address[0]), listener_address[1])
 
 
-def _say(plan: _Plan, text: str) -> None:
+def _say(plan: _Command, text: str) -> None:
     # One write per line: worker processes share the supervisor's stdout, and
     # print() writes the text and the newline separately, which interleaves
     # when the stream is unbuffered (python -u, PYTHONUNBUFFERED). A single
@@ -341,7 +347,7 @@ def _say(plan: _Plan, text: str) -> None:
     sys.stdout.flush()
 
 
-def _summary(plan: _Plan) -> str:
+def _summary(plan: _Command) -> str:
     stats = plan.processor.statistics()
     if plan.proxy is not None:
         p = plan.proxy.statistics()
@@ -351,7 +357,7 @@ def _summary(plan: _Plan) -> str:
     return f"stopped: {done}, {stats.read_bytes} bytes in, {stats.write_bytes} bytes out"
 
 
-async def _serve_stats(plan: _Plan, nursery: trio.Nursery, offset: int = 0) -> Server | None:
+async def _serve_stats(plan: _Command, nursery: trio.Nursery, offset: int = 0) -> Server | None:
     if plan.stats is None:
         return None
     opts = plan.stats
@@ -365,7 +371,7 @@ async def _serve_stats(plan: _Plan, nursery: trio.Nursery, offset: int = 0) -> S
 
 
 # ------------------------------------------------------------- one process
-async def _stop_on_signal(plan: _Plan, servers: list[Server], cancel: trio.CancelScope) -> None:
+async def _stop_on_signal(plan: _Command, servers: list[Server], cancel: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             if any(s.stopping for s in servers):
@@ -377,7 +383,7 @@ async def _stop_on_signal(plan: _Plan, servers: list[Server], cancel: trio.Cance
                 server.shutdown(plan.grace)
 
 
-async def _run(plan: _Plan) -> int:
+async def _run(plan: _Command) -> int:
     async with trio.open_nursery() as nursery:
         server: Server = await nursery.start(plan.processor.serve, plan.handler, plan.listen)
         for listener in server.listeners:
@@ -396,7 +402,7 @@ async def _run(plan: _Plan) -> int:
 # The supervisor (this process) binds the port and starts N interpreters; each
 # re-parses the command line from the environment and serves with its own
 # processor, so every limit applies per worker.
-async def _worker_main(ctx: WorkerContext) -> None:
+async def _serve_in_worker(ctx: WorkerContext) -> None:
     args = build_parser().parse_args(json.loads(os.environ[_ARGV_ENV]))
     plan = _plan(args)
     plan.who = f"worker {ctx.worker_id}: "
@@ -409,10 +415,10 @@ async def _worker_main(ctx: WorkerContext) -> None:
     _say(plan, _summary(plan))
 
 
-async def _supervise(plan: _Plan, workers: int) -> int:
+async def _supervise(plan: _Command, workers: int) -> int:
     # An SSLContext cannot be sent to another process: each worker builds its own.
     listen = dataclasses.replace(plan.listen, ssl_context=None)
-    supervisor = WorkerSupervisor(_worker_main, listen, workers=workers, grace=plan.grace)
+    supervisor = WorkerSupervisor(_serve_in_worker, listen, workers=workers, grace=plan.grace)
     status = 1
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -426,19 +432,15 @@ async def _supervise(plan: _Plan, workers: int) -> int:
             host = plan.listen.host or "*"
             for port in supervisor.ports:
                 _say(plan, f"listening on {host_port(host, port)}{plan.suffix} ({workers} workers)")
-            nursery.start_soon(_forward_signals, plan, supervisor, signals)
+            nursery.start_soon(forward_signals, supervisor, signals, partial(_announce, plan))
     return status
 
 
-async def _forward_signals(plan: _Plan, supervisor: WorkerSupervisor, signals: Any) -> None:
-    async for signum in signals:
-        name = signal.Signals(signum).name
-        if not supervisor.stopping:
-            _say(plan, f"{name}: shutting down (grace {plan.grace:g} s)")
-            supervisor.shutdown()
-        else:
-            _say(plan, f"{name} again: stopping now")
-            supervisor.kill()
+def _announce(plan: _Command, name: str, action: Literal["stop", "kill"]) -> None:
+    if action == "stop":
+        _say(plan, f"{name}: shutting down (grace {plan.grace:g} s)")
+    else:
+        _say(plan, f"{name} again: stopping now")
 
 
 # ------------------------------------------------------------------- main

@@ -21,7 +21,14 @@ from .._base._addr import host_port
 from .._base._options import AcceptOptions
 from .._base._sockopt import apply_listen_options, apply_socket_options
 
-__all__ = ["Listener", "adopt_listener", "check_listening_fd", "open_listeners"]
+__all__ = [
+    "Listener",
+    "adopt_listener",
+    "bind_addresses",
+    "bind_socket",
+    "check_listening_fd",
+    "open_listeners",
+]
 
 
 @final
@@ -61,7 +68,7 @@ async def open_listeners(opts: AcceptOptions) -> list[Listener]:
     """
     if opts.fd is not None:
         return [adopt_listener(opts.fd, opts)]
-    addresses = await _bind_addresses(opts)
+    addresses = await bind_addresses(opts)
     listeners: list[Listener] = []
     try:
         port = opts.port
@@ -81,7 +88,7 @@ async def open_listeners(opts: AcceptOptions) -> list[Listener]:
     return listeners
 
 
-async def _bind_addresses(opts: AcceptOptions) -> list[tuple[int, Any]]:
+async def bind_addresses(opts: AcceptOptions) -> list[tuple[int, Any]]:
     if opts.localhost_only:
         candidates = [(socket.AF_INET, ("127.0.0.1", 0)), (socket.AF_INET6, ("::1", 0, 0, 0))]
         return [c for c in candidates if opts.family in (None, c[0])]

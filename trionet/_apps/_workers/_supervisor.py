@@ -63,380 +63,33 @@ worker dies; Linux >= 5.14 migrates them to a sibling when
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import dataclasses
-import errno
-import importlib
-import importlib.util
 import logging
 import os
-import pickle
 import signal
 import socket
-import subprocess
-import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Literal, final
+from typing import Final, final
 
 import trio
 
 from ..._base._checks import check_int, check_seconds
 from ..._base._options import AcceptOptions
-from ..._inbound._listen import _bind_addresses, adopt_listener, bind_socket, open_listeners
-from ..._inbound._server import Handler, Server
-from ..._processor import NetProcessor
+from ._job import READY, Job, WorkerMain, boot_command, encode_job, locate_main
+from ._signals import supervise_with_signals
+from ._sockets import Sharing, SocketPlan, plan_listeners, port_of, usable_cpus
 
-__all__ = ["RestartBackoff", "WorkerContext", "WorkerSupervisor", "run_workers"]
+__all__ = ["EXIT_MARGIN", "STABLE_AFTER", "RestartBackoff", "WorkerSupervisor", "run_workers"]
 
 logger = logging.getLogger("trionet.workers")
 
-WorkerMain = Callable[["WorkerContext"], Awaitable[object]]
-Sharing = Literal["auto", "reuseport", "inherit"]
 _SHARING: Final = ("auto", "reuseport", "inherit")
 
-_PAYLOAD_ENV: Final = "TRIONET_WORKER"
-_PATH_ENV: Final = "TRIONET_WORKER_PATH"
 # After the grace period the workers' own servers cancel what is left; this is
 # how much longer the supervisor waits for the interpreters to exit before SIGKILL.
 EXIT_MARGIN: Final = 2.0
 # A worker that ran this long before dying is considered to have been healthy:
 # its replacement starts after the initial delay again.
 STABLE_AFTER: Final = 10.0
-_READY: Final = b"R"
-
-# The worker's first lines: SIGINT is ignored (a terminal's Ctrl-C reaches every
-# process of the group; the supervisor turns it into one SIGTERM per worker),
-# and a SIGTERM arriving before trio takes over is remembered, not fatal.
-_BOOT: Final = """\
-import os, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-_early = []
-signal.signal(signal.SIGTERM, lambda *_: _early.append(1))
-sys.path[:0] = [p for p in os.environ.pop("TRIONET_WORKER_PATH", "").split(os.pathsep) if p]
-from trionet._apps._workers._supervisor import _worker_entry
-_worker_entry(_early)
-"""
-
-
-# ----------------------------------------------------------------- worker side
-@final
-class WorkerContext:
-    """What a worker's ``main(ctx)`` gets from the supervisor.
-
-    Attributes:
-      worker_id: 0..workers-1; a restarted worker keeps the id of the one it replaces.
-      workers: how many workers the supervisor runs.
-      restarts: how many times this worker id was restarted before this process.
-      listen: the :class:`AcceptOptions` to serve, already adjusted for the
-        sharing mode (``reuse_port=True`` on the resolved port, or ``fd=`` of an
-        inherited socket).
-      grace: seconds connections get to finish after a shutdown request.
-      shutdown_requested: a :class:`trio.Event` set when the supervisor asks
-        this worker to stop (SIGTERM), or when the supervisor has gone away.
-    """
-
-    def __init__(
-        self,
-        *,
-        worker_id: int,
-        workers: int,
-        restarts: int,
-        listen: Sequence[AcceptOptions],
-        grace: float,
-        control: socket.socket | None = None,
-    ) -> None:
-        self.worker_id = worker_id
-        self.workers = workers
-        self.restarts = restarts
-        self.listen: tuple[AcceptOptions, ...] = tuple(listen)
-        self.grace = grace
-        self.shutdown_requested = trio.Event()
-        self._control = control
-
-    def __repr__(self) -> str:
-        return f"<trionet.WorkerContext worker {self.worker_id}/{self.workers} pid {os.getpid()}>"
-
-    def listen_options(self, **changes: Any) -> list[AcceptOptions]:
-        """``listen`` with fields replaced, e.g. ``ssl_context=`` built in the
-        worker (an SSLContext cannot be sent to another process).
-
-        Raises:
-          TypeError: a field AcceptOptions does not have.
-          ValueError: an invalid value (AcceptOptions validates it).
-        """
-        for key in ("fd", "host", "port", "reuse_port", "localhost_only"):
-            if key in changes:
-                raise ValueError(f"listen_options({key}=...): the supervisor decides where to bind")
-        return [dataclasses.replace(opts, **changes) for opts in self.listen]
-
-    def ready(self) -> None:
-        """Tell the supervisor this worker is serving (``serve`` does it for you)."""
-        if self._control is not None:
-            # OSError: the supervisor is gone; _watch_supervisor handles that.
-            with contextlib.suppress(OSError):
-                self._control.send(_READY)
-
-    async def serve(
-        self,
-        net: NetProcessor,
-        handler: Handler,
-        *,
-        listen: Sequence[AcceptOptions] | None = None,
-    ) -> Server:
-        """Serve ``handler`` on ``listen`` (default :attr:`listen`) until shut down.
-
-        Reports readiness to the supervisor once bound; on
-        :attr:`shutdown_requested` it calls ``server.shutdown(grace)``: the
-        listening sockets close at once, running connections get ``grace``
-        seconds. Returns the (closed) :class:`Server` when every connection is done.
-
-        Raises:
-          OSError / UnsupportedOptionError / AcceptError: as ``NetProcessor.serve``.
-        """
-        specs = self.listen if listen is None else tuple(listen)
-        async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(net.serve, handler, *specs)
-            self.ready()
-            nursery.start_soon(self._shutdown_on_request, server)
-            await server.wait_closed()
-            nursery.cancel_scope.cancel()
-        return server
-
-    async def _shutdown_on_request(self, server: Server) -> None:
-        await self.shutdown_requested.wait()
-        logger.info("worker %d (pid %d): shutting down", self.worker_id, os.getpid())
-        server.shutdown(self.grace)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Job:
-    """Everything a worker process needs, pickled into its environment."""
-
-    main_module: str
-    main_qualname: str
-    main_path: str | None
-    worker_id: int
-    workers: int
-    restarts: int
-    listen: tuple[AcceptOptions, ...]
-    grace: float
-    control_fd: int
-
-
-def _worker_entry(early_sigterm: list[int]) -> None:
-    """The worker process's body (started by ``_BOOT``)."""
-    _line_buffered_output()
-    job: _Job = pickle.loads(base64.b64decode(os.environ.pop(_PAYLOAD_ENV)))
-    main = _resolve_main(job.main_module, job.main_qualname, job.main_path)
-    control = socket.socket(fileno=job.control_fd)
-    control.setblocking(False)
-    ctx = WorkerContext(
-        worker_id=job.worker_id,
-        workers=job.workers,
-        restarts=job.restarts,
-        listen=job.listen,
-        grace=job.grace,
-        control=control,
-    )
-    try:
-        trio.run(_worker_main, main, ctx, early_sigterm)
-    finally:
-        # Python restores SIGTERM's default action while the interpreter shuts
-        # down; a late SIGTERM (sent to the whole process group, say) must not
-        # turn a clean exit into "killed by SIGTERM".
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        control.close()
-
-
-def _line_buffered_output() -> None:
-    # Every worker writes to the supervisor's stdout and stderr. Unbuffered
-    # (python -u, PYTHONUNBUFFERED=1, common under systemd) print() issues the
-    # text and the newline as two writes, so lines of different workers
-    # interleave mid-line; line buffering hands each whole line to the kernel
-    # in one write, which is atomic on a pipe.
-    for stream in (sys.stdout, sys.stderr):
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(line_buffering=True, write_through=False)
-
-
-async def _worker_main(main: WorkerMain, ctx: WorkerContext, early: list[int]) -> None:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(_watch_sigterm, ctx, early)
-        if ctx._control is not None:
-            nursery.start_soon(_watch_supervisor, ctx, ctx._control)
-        await main(ctx)
-        nursery.cancel_scope.cancel()
-
-
-async def _watch_sigterm(
-    ctx: WorkerContext, early: list[int], task_status: trio.TaskStatus[None]
-) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        task_status.started()
-        if early:
-            ctx.shutdown_requested.set()
-        async for _ in signals:
-            ctx.shutdown_requested.set()
-
-
-async def _watch_supervisor(ctx: WorkerContext, control: socket.socket) -> None:
-    # The supervisor never writes; EOF means it died (even by SIGKILL): stop
-    # gracefully rather than serve on as an orphan nobody will restart or stop.
-    while True:
-        await trio.lowlevel.wait_readable(control)
-        try:
-            if control.recv(64):
-                continue
-        except BlockingIOError:
-            continue
-        except OSError:
-            pass
-        break
-    logger.warning("worker %d: supervisor gone, shutting down", ctx.worker_id)
-    ctx.shutdown_requested.set()
-
-
-def _resolve_main(module_name: str, qualname: str, path: str | None) -> WorkerMain:
-    if path is not None:
-        # main lives in the script the supervisor ran: load it under another
-        # name, as multiprocessing does, so its `if __name__ == "__main__"` block
-        # (which calls run_workers) does not run again.
-        spec = importlib.util.spec_from_file_location("__mp_main__", path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load the worker's main script {path!r}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["__mp_main__"] = module
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj  # type: ignore[no-any-return]
-
-
-def _locate_main(main: WorkerMain) -> tuple[str, str, str | None]:
-    """How a fresh interpreter finds ``main``: (module, qualname, script path)."""
-    module = getattr(main, "__module__", None)
-    qualname = getattr(main, "__qualname__", None)
-    if not callable(main) or not isinstance(module, str) or not isinstance(qualname, str):
-        raise TypeError(f"main={main!r}: expected an async function defined in a module")
-    if "<" in qualname:  # <lambda>, <locals>
-        raise ValueError(
-            f"main={main!r}: a worker process must import it by name; "
-            "define it at module level (not a lambda or a nested function)"
-        )
-    path: str | None = None
-    if module == "__main__":
-        main_mod = sys.modules["__main__"]
-        spec = getattr(main_mod, "__spec__", None)
-        if spec is not None and spec.name not in (None, "__main__"):
-            module = spec.name  # python -m package.module
-        else:
-            path = getattr(main_mod, "__file__", None)
-            if path is None:
-                raise ValueError(f"main={main!r} lives in an interactive session; put it in a file")
-            path = os.path.abspath(path)
-    return module, qualname, path
-
-
-# ------------------------------------------------------------- listen sockets
-@dataclasses.dataclass
-class _Plan:
-    """The supervisor's sockets and what each worker serves."""
-
-    listen: list[AcceptOptions] = dataclasses.field(default_factory=list)
-    held: list[socket.socket] = dataclasses.field(default_factory=list)
-    pass_fds: list[int] = dataclasses.field(default_factory=list)
-
-    def close(self) -> None:
-        for sock in self.held:
-            sock.close()
-        self.held.clear()
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: a container's cpuset, taskset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def reuse_port_available() -> bool:
-    """Whether this platform lets several sockets share a port with ``SO_REUSEPORT``."""
-    if not hasattr(socket, "SO_REUSEPORT"):
-        return False
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        except OSError:
-            return False
-    return True
-
-
-async def _plan_listeners(specs: Sequence[AcceptOptions], sharing: Sharing) -> _Plan:
-    if sharing == "auto":
-        sharing = "reuseport" if reuse_port_available() else "inherit"
-    plan = _Plan()
-    try:
-        for spec in specs:
-            if spec.ssl_context is not None:
-                raise ValueError(
-                    f"{spec!r}: an ssl_context cannot be sent to a worker process; build it in "
-                    "the worker: ctx.serve(net, handler, listen=ctx.listen_options(ssl_context=c))"
-                )
-            if spec.fd is not None:
-                _plan_adopted(plan, spec)
-            elif sharing == "reuseport":
-                await _plan_reuseport(plan, spec)
-            else:
-                await _plan_inherit(plan, spec)
-    except BaseException:
-        plan.close()
-        raise
-    return plan
-
-
-def _plan_adopted(plan: _Plan, spec: AcceptOptions) -> None:
-    assert spec.fd is not None
-    listener = adopt_listener(spec.fd, spec)
-    plan.held.append(listener.socket)
-    plan.pass_fds.append(spec.fd)
-    plan.listen.append(spec)
-
-
-async def _plan_inherit(plan: _Plan, spec: AcceptOptions) -> None:
-    for listener in await open_listeners(dataclasses.replace(spec, reuse_port=False)):
-        plan.held.append(listener.socket)
-        fd = listener.socket.fileno()
-        plan.pass_fds.append(fd)
-        plan.listen.append(dataclasses.replace(listener.options, fd=fd))
-
-
-async def _plan_reuseport(plan: _Plan, spec: AcceptOptions) -> None:
-    spec = dataclasses.replace(spec, reuse_port=True)
-    port = spec.port
-    reserved = 0
-    for family, sockaddr in await _bind_addresses(spec):
-        # Bound with SO_REUSEPORT but not listening (see the module notes).
-        sock = bind_socket(family, (sockaddr[0], port, *sockaddr[2:]), spec)
-        if sock is None:
-            continue
-        plan.held.append(sock)
-        port = sock.getsockname()[1]
-        reserved += 1
-        worker_spec = dataclasses.replace(
-            spec,
-            host=sockaddr[0],
-            port=port,
-            localhost_only=False,
-            family=socket.AddressFamily(family),
-        )
-        plan.listen.append(worker_spec)
-    if not reserved:
-        raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {spec!r}")
 
 
 # ------------------------------------------------------------------ supervisor
@@ -485,7 +138,7 @@ class WorkerSupervisor:
         restart_delay: float = 0.1,
         max_restart_delay: float = 10.0,
     ) -> None:
-        self._main_ref = _locate_main(main)
+        self._main_ref = locate_main(main)
         self.specs = [AcceptOptions.coerce(spec) for spec in listen]
         if not self.specs:
             raise ValueError("run_workers() needs at least one port or AcceptOptions")
@@ -508,7 +161,7 @@ class WorkerSupervisor:
         self._stopping = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._failed = False
-        self._plan = _Plan()
+        self._plan = SocketPlan()
         self._ports: list[int] = []
 
     @property
@@ -576,9 +229,9 @@ class WorkerSupervisor:
           OSError: a listen spec could not be bound (before ``started``).
           ValueError: a listen spec a worker cannot receive (``ssl_context``).
         """
-        self._plan = await _plan_listeners(self.specs, self.sharing)
+        self._plan = await plan_listeners(self.specs, self.sharing)
         self.listen = tuple(self._plan.listen)
-        self._ports = list(dict.fromkeys(_port_of(opts, self._plan) for opts in self.listen))
+        self._ports = list(dict.fromkeys(port_of(opts, self._plan) for opts in self.listen))
         logger.info(
             "starting %d worker(s) on port(s) %s (%s)",
             self.workers,
@@ -658,7 +311,7 @@ class WorkerSupervisor:
     async def _spawn(self, wid: int, restarts: int) -> tuple[trio.Process, trio.socket.SocketType]:
         parent_end, child_end = socket.socketpair()
         try:
-            job = _Job(
+            job = Job(
                 *self._main_ref,
                 worker_id=wid,
                 workers=self.workers,
@@ -668,11 +321,9 @@ class WorkerSupervisor:
                 control_fd=child_end.fileno(),
             )
             env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-            env[_PAYLOAD_ENV] = base64.b64encode(pickle.dumps(job)).decode("ascii")
-            env[_PATH_ENV] = os.pathsep.join(p for p in sys.path if p)
-            argv = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", _BOOT]  # type: ignore[attr-defined]
+            encode_job(job, env)
             proc = await trio.lowlevel.open_process(
-                argv, env=env, pass_fds=(*self._plan.pass_fds, child_end.fileno())
+                boot_command(), env=env, pass_fds=(*self._plan.pass_fds, child_end.fileno())
             )
         except BaseException:
             parent_end.close()
@@ -685,19 +336,10 @@ class WorkerSupervisor:
 
     async def _read_control(self, wid: int, pid: int, control: trio.socket.SocketType) -> None:
         while data := await control.recv(64):
-            if _READY in data and wid not in self._ready:
+            if READY in data and wid not in self._ready:
                 self._ready.add(wid)
                 logger.info("worker %d (pid %d) serving", wid, pid)
                 self._ready_changed.unpark_all()
-
-
-def _port_of(opts: AcceptOptions, plan: _Plan) -> int:
-    if opts.fd is None:
-        return opts.port
-    for sock in plan.held:
-        if sock.fileno() == opts.fd:
-            return int(sock.getsockname()[1])
-    return opts.port
 
 
 def _signal(proc: trio.Process, signum: int) -> None:
@@ -780,27 +422,4 @@ def run_workers(
         restart_delay=restart_delay,
         max_restart_delay=max_restart_delay,
     )
-    return trio.run(_supervise_with_signals, supervisor)
-
-
-async def _supervise_with_signals(supervisor: WorkerSupervisor) -> int:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_forward_signals, supervisor, signals)
-            status = await supervisor.run()
-            nursery.cancel_scope.cancel()
-    return status
-
-
-async def _forward_signals(supervisor: WorkerSupervisor, signals: Any) -> None:
-    # A repeated SIGTERM is not an escalation: `timeout`, `kill -- -pgid` and
-    # some init systems send it to the supervisor twice (directly and via the
-    # process group). A second SIGINT (Ctrl-C twice) is: the workers die now.
-    async for signum in signals:
-        name = signal.Signals(signum).name
-        if not supervisor.stopping:
-            logger.warning("%s: graceful shutdown (grace %.1f s)", name, supervisor.grace)
-            supervisor.shutdown()
-        elif signum == signal.SIGINT:
-            logger.warning("%s again: killing the workers now", name)
-            supervisor.kill()
+    return trio.run(supervise_with_signals, supervisor)
