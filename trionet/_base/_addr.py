@@ -41,7 +41,7 @@ __all__ = [
     "strip_brackets",
 ]
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def host_port(host: str, port: object) -> str:
@@ -70,7 +70,7 @@ _MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
 _ALL_IPV4: Final = ipaddress.IPv4Network("0.0.0.0/0")
 
 
-def parse_address(host: str) -> Address | None:
+def parse_address(host: str) -> IPAddress | None:
     """``host`` as an IP address with a mapped IPv6 address turned into its
     IPv4 form and a scope id (``fe80::1%eth0``) dropped; ``None`` if ``host``
     is not an IP address."""

@@ -60,7 +60,7 @@ _NO_TLVS: Final[Mapping[int, bytes]] = MappingProxyType({})
 # to an errno that means we misused a closed socket.
 _CLOSED_ERRNOS: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
 
-Address = Any  # what getpeername() returns: (host, port) or (host, port, flow, scope)
+SockAddr = Any  # what getpeername() returns: (host, port) or (host, port, flow, scope)
 
 
 TimeoutHook = Callable[[TimedOut], None]
@@ -146,7 +146,7 @@ class Connection(trio.abc.HalfCloseableStream):
         conn_id: int,
         owner: Owner,
         inbound: bool,
-        peer_address: Address = None,
+        peer_address: SockAddr = None,
         client: str | None = None,
         inactivity_timeout: float | None = None,
         active_timeout: float | None = None,
@@ -170,11 +170,11 @@ class Connection(trio.abc.HalfCloseableStream):
         self._last_activity = now
         # The peer address comes from accept()/connect() (free); our own address
         # costs a syscall and is looked up when first asked for.
-        self._peer_address: Address = peer_address
-        self._remote_address: Address = None
+        self._peer_address: SockAddr = peer_address
+        self._remote_address: SockAddr = None
         # Our own address costs a getsockname() syscall: asked for lazily.
-        self._sock_address: Address = None
-        self._local_address: Address = None
+        self._sock_address: SockAddr = None
+        self._local_address: SockAddr = None
         # Shared empty mapping: most connections never carry PROXY TLVs, and an
         # empty dict per connection would cost 64 bytes each.
         self._proxy_tlvs: Mapping[int, bytes] = _NO_TLVS
@@ -294,7 +294,7 @@ class Connection(trio.abc.HalfCloseableStream):
         """The handshake completed: ``conn.tls`` reports ``info``."""
         self._tls = info
 
-    def _relay(self, source: Address, destination: Address, tlvs: Mapping[int, bytes]) -> None:
+    def _relay(self, source: SockAddr, destination: SockAddr, tlvs: Mapping[int, bytes]) -> None:
         """What a PROXY protocol header carries: the relayed client's and
         server's addresses (``None``: keep the socket's own) and its TLVs."""
         if source is not None:
@@ -322,7 +322,7 @@ class Connection(trio.abc.HalfCloseableStream):
         self._timeout_hook = hook
 
     @property
-    def peer_address(self) -> Address:
+    def peer_address(self) -> SockAddr:
         """The socket's own peer address (``getpeername()``, cached; None if
         the socket was already closed or reset when first asked)."""
         if self._peer_address is None:
@@ -330,7 +330,7 @@ class Connection(trio.abc.HalfCloseableStream):
         return self._peer_address
 
     @property
-    def remote_address(self) -> Address:
+    def remote_address(self) -> SockAddr:
         """The client's address: the socket's peer, or the source a PROXY
         protocol header carries."""
         if self._remote_address is None:
@@ -338,11 +338,11 @@ class Connection(trio.abc.HalfCloseableStream):
         return self._remote_address
 
     @remote_address.setter
-    def remote_address(self, value: Address) -> None:
+    def remote_address(self, value: SockAddr) -> None:
         self._remote_address = value
 
     @property
-    def sock_address(self) -> Address:
+    def sock_address(self) -> SockAddr:
         """The socket's own local address (``getsockname()``; None if the socket
         was closed before anyone asked)."""
         if self._sock_address is None:
@@ -353,7 +353,7 @@ class Connection(trio.abc.HalfCloseableStream):
         return self._sock_address
 
     @property
-    def local_address(self) -> Address:
+    def local_address(self) -> SockAddr:
         """Our address as the client sees it: the socket's, or the destination
         a PROXY protocol header carries."""
         if self._local_address is None:
@@ -361,7 +361,7 @@ class Connection(trio.abc.HalfCloseableStream):
         return self._local_address
 
     @local_address.setter
-    def local_address(self, value: Address) -> None:
+    def local_address(self, value: SockAddr) -> None:
         self._local_address = value
 
     # ------------------------------------------------------ the wire primitive
@@ -680,7 +680,7 @@ def _bytes_acked_if_unsent(sock: trio.socket.SocketType) -> int | None:
     return acked
 
 
-def _peername(sock: trio.socket.SocketType) -> Address:
+def _peername(sock: trio.socket.SocketType) -> SockAddr:
     if sock.fileno() == -1:
         return None
     try:

@@ -23,7 +23,7 @@ from typing import final
 import trio
 
 from .._base._checks import Network
-from ._connection import Address, Connection
+from ._connection import Connection, SockAddr
 from ._stats import Counters, NetStatistics
 from ._throttle import Throttle
 from ._timeouts import TimeoutCop
@@ -75,7 +75,7 @@ class ConnectionTable:
         *,
         inbound: bool,
         client: str | None,
-        peer_address: Address = None,
+        peer_address: SockAddr = None,
         inactivity_timeout: float | None = None,
         active_timeout: float | None = None,
         scope: trio.CancelScope | None = None,

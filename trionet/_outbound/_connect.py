@@ -53,7 +53,7 @@ from .._core._connection import Connection
 from .._core._table import ConnectionTable, Reservation
 from .._core._tls import tls_client_handshake
 from ._eyeballs import happy_eyeballs
-from ._resolve import Address, GetaddrinfoResolver, check_addresses, resolve_literal
+from ._resolve import AddrInfo, GetaddrinfoResolver, check_addresses, resolve_literal
 
 __all__ = ["connect"]
 
@@ -185,7 +185,7 @@ def _format_ms(seconds: float | None) -> str:
     return f"{(seconds or 0.0) * 1000:.3f}".rstrip("0").rstrip(".")
 
 
-async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[Address]:
+async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[AddrInfo]:
     """Addresses to try for ``host``, restricted to the wanted family.
 
     Raises:

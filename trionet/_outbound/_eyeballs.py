@@ -18,12 +18,12 @@ import trio
 from .._base._addr import host_port
 from .._base._errors import ConnectError, UnsupportedOptionError, named_error
 from .._base._options import SocketFactory
-from ._resolve import Address
+from ._resolve import AddrInfo
 
 __all__ = ["happy_eyeballs", "interleave"]
 
 
-def interleave(addresses: Sequence[Address]) -> list[Address]:
+def interleave(addresses: Sequence[AddrInfo]) -> list[AddrInfo]:
     """RFC 8305 section 4 ordering: duplicates dropped, then alternate address
     families starting with the family of the first address (the resolver's
     preference), keeping each family's own order."""
@@ -45,19 +45,19 @@ class _Race:
 
     def __init__(self) -> None:
         self.sockets: list[trio.socket.SocketType] = []
-        self.errors: list[tuple[Address, OSError]] = []
-        self.winner: tuple[trio.socket.SocketType, Address] | None = None
+        self.errors: list[tuple[AddrInfo, OSError]] = []
+        self.winner: tuple[trio.socket.SocketType, AddrInfo] | None = None
         self.fatal: BaseException | None = None
 
 
 async def happy_eyeballs(
-    addresses: Sequence[Address],
+    addresses: Sequence[AddrInfo],
     *,
     target: str,
     delay: float | None,
     prepare: Callable[[trio.socket.SocketType], Awaitable[None]],
     socket_factory: SocketFactory,
-) -> tuple[trio.socket.SocketType, Address]:
+) -> tuple[trio.socket.SocketType, AddrInfo]:
     """Race connection attempts to ``addresses`` (RFC 8305) and return the
     first connected socket with the address it connected to.
 
@@ -108,7 +108,7 @@ async def happy_eyeballs(
 
 async def _attempt(
     race: _Race,
-    address: Address,
+    address: AddrInfo,
     failed: trio.Event,
     scope: trio.CancelScope,
     prepare: Callable[[trio.socket.SocketType], Awaitable[None]],
@@ -146,7 +146,7 @@ async def _attempt(
         sock.close()  # two finished in the same scheduler batch; the first won
 
 
-def _all_failed(errors: list[tuple[Address, OSError]], target: str) -> ConnectError:
+def _all_failed(errors: list[tuple[AddrInfo, OSError]], target: str) -> ConnectError:
     if not errors:
         return named_error(ConnectError, None, f"no address to connect to: {target}")
     codes = {exc.errno for _, exc in errors}

@@ -30,20 +30,20 @@ from .._base._errors import ResolveError, named_error
 from .._base._options import Resolver
 
 __all__ = [
-    "Address",
+    "AddrInfo",
     "CachingResolver",
     "GetaddrinfoResolver",
     "resolve_literal",
 ]
 
-Address = tuple[int, Any]
+AddrInfo = tuple[int, Any]
 """``(family, sockaddr)``: ``(AF_INET, (ip, port))`` or
 ``(AF_INET6, (ip, port, flowinfo, scope_id))``."""
 
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
-def resolve_literal(host: str, port: int) -> Address | None:
+def resolve_literal(host: str, port: int) -> AddrInfo | None:
     """The address of an IP literal (``"10.0.0.1"``, ``"::1"``, ``"[::1]"``,
     ``"fe80::1%eth0"``), or ``None`` if ``host`` is a name to be resolved.
 
@@ -66,11 +66,11 @@ def resolve_literal(host: str, port: int) -> Address | None:
     return int(family), sockaddr
 
 
-def check_addresses(resolver: object, host: str, result: object) -> list[Address]:
+def check_addresses(resolver: object, host: str, result: object) -> list[AddrInfo]:
     """Validate what a resolver returned (``TypeError`` naming the bad value)."""
     if not isinstance(result, list | tuple):
         raise TypeError(f"resolver {resolver!r} returned {result!r} for {host!r}: expected a list")
-    out: list[Address] = []
+    out: list[AddrInfo] = []
     for item in result:
         ok = (
             isinstance(item, tuple)
@@ -104,7 +104,7 @@ class GetaddrinfoResolver:
     def __repr__(self) -> str:
         return "GetaddrinfoResolver()"
 
-    async def resolve(self, host: str, port: int, family: int) -> list[Address]:
+    async def resolve(self, host: str, port: int, family: int) -> list[AddrInfo]:
         try:
             infos = await trio.socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
         except socket.gaierror as exc:
@@ -112,7 +112,7 @@ class GetaddrinfoResolver:
             raise named_error(
                 ResolveError, exc.errno, f"cannot resolve ({exc.strerror}): {target}"
             ) from exc
-        seen: dict[Address, None] = {}
+        seen: dict[AddrInfo, None] = {}
         for fam, _, _, _, sockaddr in infos:
             if fam in _FAMILIES:
                 seen.setdefault((int(fam), sockaddr), None)
@@ -154,7 +154,7 @@ class CachingResolver:
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[tuple[str, int, int], tuple[float, list[Address]]] = (
+        self._entries: OrderedDict[tuple[str, int, int], tuple[float, list[AddrInfo]]] = (
             OrderedDict()
         )
 
@@ -168,7 +168,7 @@ class CachingResolver:
         """Forget every cached answer."""
         self._entries.clear()
 
-    async def resolve(self, host: str, port: int, family: int) -> list[Address]:
+    async def resolve(self, host: str, port: int, family: int) -> list[AddrInfo]:
         key = (host.lower(), port, family)
         now = trio.current_time()
         entry = self._entries.get(key)

@@ -31,7 +31,7 @@ __all__ = [
     "Action",
     "Continuation",
     "ContinuationError",
-    "Handler",
+    "EventHandler",
     "ProxyMutex",
     "Skipped",
     "call_locked",
@@ -40,7 +40,7 @@ __all__ = [
 
 logger = logging.getLogger("trionet.iocore")
 
-Handler = Callable[[int, object], int]
+EventHandler = Callable[[int, object], int]
 
 # ATS net_retry_delay: 10 ms between attempts to take a contended mutex.
 NET_RETRY_DELAY: Final = 0.01
@@ -166,11 +166,13 @@ class Continuation:
 
     __slots__ = ("__weakref__", "handler", "mutex")
 
-    def __init__(self, mutex: ProxyMutex | None = None, handler: Handler | None = None) -> None:
+    def __init__(
+        self, mutex: ProxyMutex | None = None, handler: EventHandler | None = None
+    ) -> None:
         if mutex is not None and not isinstance(mutex, ProxyMutex):
             raise TypeError(f"mutex={mutex!r}: must be a ProxyMutex or None")
         self.mutex = mutex if mutex is not None else ProxyMutex()
-        self.handler: Handler | None = None
+        self.handler: EventHandler | None = None
         if handler is not None:
             self.set_handler(handler)
 
@@ -178,7 +180,7 @@ class Continuation:
         name = getattr(self.handler, "__name__", None)
         return f"<{type(self).__name__} handler={name}>"
 
-    def set_handler(self, handler: Handler) -> None:
+    def set_handler(self, handler: EventHandler) -> None:
         """Make ``handler(event, data) -> int`` receive the next events (ATS ``SET_HANDLER``).
 
         Raises:
