@@ -50,11 +50,12 @@ Lifecycle. A worker that exits while no shutdown was asked for -- crash,
 SIGKILL, or ``main`` returning -- is restarted with an exponential back-off
 (:class:`RestartBackoff`) and logged on ``trionet.workers``. A worker that
 fails at start-up (exits before it reported serving, see
-:meth:`WorkerContext.ready`) reports its error to the supervisor as one line,
-without a traceback; after ``STARTUP_ATTEMPTS`` such failures in a row the
-supervisor stops every worker and raises :class:`WorkerStartupError` with that
-line, rather than restart a worker that cannot start for ever (a port taken, a
-bad option, a missing module). SIGTERM/SIGINT to
+:meth:`WorkerContext.ready`, and within ``STABLE_AFTER`` seconds) reports its
+error to the supervisor as one line, without a traceback; after
+``STARTUP_ATTEMPTS`` such failures in a row the supervisor stops every worker
+and raises :class:`WorkerStartupError` with that line, rather than restart a
+worker that cannot start for ever (a port taken, a bad option, a missing
+module). SIGTERM/SIGINT to
 the supervisor become one SIGTERM per worker: ``ctx.shutdown_requested`` is set
 and ``ctx.serve`` shuts its server down gracefully. Workers watch a control
 socket to the supervisor and stop by themselves if it dies. Workers ignore
