@@ -145,6 +145,22 @@ def test_error_line_is_one_line_with_every_leaf() -> None:
     assert len(_error_line(ValueError("x" * 5000))) <= 1024
 
 
+async def test_control_messages_are_framed_and_bounded() -> None:
+    # Worker -> supervisor: "R\n" when serving, "E<line>\n" for a start-up
+    # error. Split across reads, or oversized and unterminated, they neither
+    # confuse nor grow the supervisor's buffer.
+    supervisor = WorkerSupervisor(echo_worker, 0, workers=1)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(b"E[Errno 98] R in the middle")  # no ready: an "R" inside text
+        theirs.sendall(b" of an error\nR")
+        theirs.sendall(b"\n" + b"x" * 10_000 + b"E tail\n")
+        theirs.shutdown(socket.SHUT_WR)
+        await supervisor._read_control(0, 1, trio.socket.from_stdlib_socket(ours))
+    assert supervisor._ready == {0}
+    assert supervisor._errors == {0: "[Errno 98] R in the middle of an error"}
+
+
 # -------------------------------------------------------------- listen plans
 async def test_reuseport_plan_reserves_the_port_without_listening() -> None:
     plan = await _plan_listeners([trionet.AcceptOptions(localhost_only=True)], "reuseport")

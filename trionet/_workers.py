@@ -335,7 +335,9 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def _report_startup_failure(ctx: WorkerContext, line: str) -> None:
     # The supervisor prints (or raises) it once it gives up; printing here too
     # would repeat it once per attempt. Without a supervisor to tell, say it.
-    message = _ERROR + line.encode("utf-8", "replace") + b"\n"
+    # Bytes, not characters, are what the supervisor bounds (_MAX_MESSAGE).
+    text = line.encode("utf-8", "replace")[: _MAX_MESSAGE - len(_ERROR) - 1]
+    message = _ERROR + text + b"\n"
     if ctx._control is not None:
         try:
             ctx._control.setblocking(True)
