@@ -1,6 +1,8 @@
 """Every example under examples/ runs: started as a subprocess on a free port,
-bytes exchanged, stopped with SIGINT, clean exit checked. (echo_client.py and
-ats_echo_server.py are tested by their authors' test files.)"""
+bytes exchanged, stopped with SIGINT, clean exit checked; and every server
+example given a port that is taken says so in one line and exits 1. (The
+echo_client.py and ats_echo_server.py runs are tested by their authors' test
+files.)"""
 
 from __future__ import annotations
 
@@ -28,6 +30,39 @@ def test_every_example_has_help(name: str) -> None:
     ).stdout
     assert out.startswith("usage: ")
     assert "--port" in out or "--listen" in out or "--host" in out
+
+
+SERVERS = {
+    "echo_server.py": [],
+    "tcp_proxy.py": ["--upstream", "127.0.0.1:9"],
+    "ats_echo_server.py": [],
+    "ats_tunnel.py": ["--upstream", "127.0.0.1:9"],
+}
+
+
+def test_every_server_example_is_checked_with_its_port_taken() -> None:
+    clients = {"echo_client.py"}
+    assert set(SERVERS) | clients == {p.name for p in EXAMPLES.glob("*.py")}
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_port_taken_is_one_line_and_status_1(name: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLES / name), "--port", str(port), *SERVERS[name]],
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()  # one line: no traceback, no second report
+    assert line.startswith(name.removesuffix(".py") + ": "), line
+    assert f"127.0.0.1:{port}" in line and "Address already in use" in line, line
 
 
 def test_echo_server() -> None:

@@ -11,6 +11,7 @@ from ._apps._tcp_proxy import SpliceResult as SpliceResult
 from ._apps._tcp_proxy import TcpProxy as TcpProxy
 from ._apps._tcp_proxy import splice as splice
 from ._apps._workers._runtime import WorkerContext as WorkerContext
+from ._apps._workers._supervisor import WorkerStartupError as WorkerStartupError
 from ._apps._workers._supervisor import WorkerSupervisor as WorkerSupervisor
 from ._apps._workers._supervisor import run_workers as run_workers
 from ._base._errors import AcceptError as AcceptError

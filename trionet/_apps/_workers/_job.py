@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from ._runtime import WorkerContext
 
 __all__ = [
+    "ERROR",
+    "MAX_MESSAGE",
     "READY",
     "Job",
     "WorkerMain",
@@ -46,8 +48,11 @@ WorkerMain = Callable[["WorkerContext"], Awaitable[object]]
 
 PAYLOAD_ENV: Final = "TRIONET_WORKER"
 PATH_ENV: Final = "TRIONET_WORKER_PATH"
-# The control socket, worker to supervisor: "serving".
-READY: Final = b"R"
+# The control socket carries newline-terminated messages from worker to
+# supervisor: "R" (serving), "E<one line>" (the error a start-up failed with).
+READY: Final = b"R\n"
+ERROR: Final = b"E"
+MAX_MESSAGE: Final = 2048
 _BOOT: Final = Path(__file__).with_name("_boot.py")
 
 

@@ -16,10 +16,11 @@ from typing import Any, final
 
 import trio
 
+from ..._base._errors import leaves
 from ..._base._options import AcceptOptions
 from ..._inbound._server import Handler, Server
 from ..._processor import NetProcessor
-from ._job import READY, WorkerMain, decode_job, resolve_main
+from ._job import ERROR, MAX_MESSAGE, READY, WorkerMain, decode_job, resolve_main
 
 __all__ = ["WorkerContext", "run_worker", "worker_entry"]
 
@@ -59,6 +60,7 @@ class WorkerContext:
         self.grace = grace
         self.shutdown_requested = trio.Event()
         self._control = control
+        self._serving = False
 
     def __repr__(self) -> str:
         return f"<trionet.WorkerContext worker {self.worker_id}/{self.workers} pid {os.getpid()}>"
@@ -77,7 +79,12 @@ class WorkerContext:
         return [dataclasses.replace(opts, **changes) for opts in self.listen]
 
     def ready(self) -> None:
-        """Tell the supervisor this worker is serving (``serve`` does it for you)."""
+        """Tell the supervisor this worker is serving (``serve`` does it for you).
+
+        Until then an exception out of ``main`` is a start-up failure: reported
+        to the supervisor as one line, counted towards ``STARTUP_ATTEMPTS``.
+        """
+        self._serving = True
         if self._control is not None:
             # OSError: the supervisor is gone; _watch_supervisor handles that.
             with contextlib.suppress(OSError):
@@ -116,10 +123,16 @@ class WorkerContext:
 
 
 def worker_entry(early_sigterm: list[int]) -> None:
-    """The worker process's body (called by ``_boot``)."""
+    """The worker process's body (called by ``_boot``).
+
+    Error handling:
+      An exception before the worker reported ready (an import error, a port
+      it cannot bind...) is sent to the supervisor as one line and the process
+      exits with status 1, without a traceback. After that, an exception is a
+      crash of a serving worker: Python prints its traceback, as for any bug.
+    """
     _line_buffered_output()
     job = decode_job(os.environ)
-    main = resolve_main(job.main_module, job.main_qualname, job.main_path)
     control = socket.socket(fileno=job.control_fd)
     control.setblocking(False)
     ctx = WorkerContext(
@@ -131,13 +144,49 @@ def worker_entry(early_sigterm: list[int]) -> None:
         control=control,
     )
     try:
+        main = resolve_main(job.main_module, job.main_qualname, job.main_path)
         trio.run(run_worker, main, ctx, early_sigterm)
+    except Exception as exc:
+        if ctx._serving:
+            raise
+        _report_startup_failure(ctx, _error_line(exc))
+        raise SystemExit(1) from None
     finally:
         # Python restores SIGTERM's default action while the interpreter shuts
         # down; a late SIGTERM (sent to the whole process group, say) must not
         # turn a clean exit into "killed by SIGTERM".
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         control.close()
+
+
+def _error_line(exc: BaseException) -> str:
+    """``exc`` as one line: an OSError as its message (``[Errno 98] ...``), any
+    other exception with its type; the leaves of an exception group joined."""
+    parts: list[str] = []
+    for leaf in leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]:
+        text = str(leaf)
+        if not isinstance(leaf, OSError) or not text:
+            text = f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
+        parts.append(" ".join(text.split()))  # no newlines in a one-line report
+    line = "; ".join(dict.fromkeys(parts))
+    return line if len(line) <= MAX_MESSAGE // 2 else line[: MAX_MESSAGE // 2 - 3] + "..."
+
+
+def _report_startup_failure(ctx: WorkerContext, line: str) -> None:
+    # The supervisor prints (or raises) it once it gives up; printing here too
+    # would repeat it once per attempt. Without a supervisor to tell, say it.
+    # Bytes, not characters, are what the supervisor bounds (MAX_MESSAGE).
+    text = line.encode("utf-8", "replace")[: MAX_MESSAGE - len(ERROR) - 1]
+    message = ERROR + text + b"\n"
+    if ctx._control is not None:
+        try:
+            ctx._control.setblocking(True)
+            ctx._control.sendall(message)
+            return
+        except OSError:
+            pass
+    sys.stderr.write(f"trionet worker {ctx.worker_id} (pid {os.getpid()}): {line}\n")
+    sys.stderr.flush()
 
 
 def _line_buffered_output() -> None:

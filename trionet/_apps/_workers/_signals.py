@@ -15,9 +15,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Literal, Protocol
 
-import trio
-
-__all__ = ["Announce", "forward_signals", "supervise_with_signals"]
+__all__ = ["Announce", "Supervised", "forward_signals"]
 
 logger = logging.getLogger("trionet.workers")
 
@@ -36,8 +34,6 @@ class Supervised(Protocol):
     def shutdown(self) -> None: ...
 
     def kill(self) -> None: ...
-
-    async def run(self) -> int: ...
 
 
 def _log(name: str, action: Literal["stop", "kill"], supervisor: Supervised) -> None:
@@ -68,13 +64,3 @@ async def forward_signals(
             supervisor.shutdown()
         else:
             supervisor.kill()
-
-
-async def supervise_with_signals(supervisor: Supervised) -> int:
-    """Run ``supervisor`` with SIGTERM/SIGINT forwarded; its exit status."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(forward_signals, supervisor, signals)
-            status = await supervisor.run()
-            nursery.cancel_scope.cancel()
-    return status

@@ -48,7 +48,14 @@ over the workers) and for statistics (each worker counts its own).
 
 Lifecycle. A worker that exits while no shutdown was asked for -- crash,
 SIGKILL, or ``main`` returning -- is restarted with an exponential back-off
-(:class:`RestartBackoff`) and logged on ``trionet.workers``. SIGTERM/SIGINT to
+(:class:`RestartBackoff`) and logged on ``trionet.workers``. A worker that
+fails at start-up (exits before it reported serving, see
+:meth:`WorkerContext.ready`, and within ``STABLE_AFTER`` seconds) reports its
+error to the supervisor as one line, without a traceback; after
+``STARTUP_ATTEMPTS`` such failures in a row the supervisor stops every worker
+and raises :class:`WorkerStartupError` with that line, rather than restart a
+worker that cannot start for ever (a port taken, a bad option, a missing
+module). SIGTERM/SIGINT to
 the supervisor become one SIGTERM per worker: ``ctx.shutdown_requested`` is set
 and ``ctx.serve`` shuts its server down gracefully. Workers watch a control
 socket to the supervisor and stop by themselves if it dies. Workers ignore
@@ -64,6 +71,7 @@ worker dies; Linux >= 5.14 migrates them to a sibling when
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -73,12 +81,21 @@ from typing import Final, final
 import trio
 
 from ..._base._checks import check_int, check_seconds
+from ..._base._errors import TrionetError
 from ..._base._options import AcceptOptions
-from ._job import READY, Job, WorkerMain, boot_command, encode_job, locate_main
-from ._signals import supervise_with_signals
+from ._job import ERROR, MAX_MESSAGE, READY, Job, WorkerMain, boot_command, encode_job, locate_main
+from ._signals import forward_signals
 from ._sockets import Sharing, SocketPlan, plan_listeners, port_of, usable_cpus
 
-__all__ = ["EXIT_MARGIN", "STABLE_AFTER", "RestartBackoff", "WorkerSupervisor", "run_workers"]
+__all__ = [
+    "EXIT_MARGIN",
+    "STABLE_AFTER",
+    "STARTUP_ATTEMPTS",
+    "RestartBackoff",
+    "WorkerStartupError",
+    "WorkerSupervisor",
+    "run_workers",
+]
 
 logger = logging.getLogger("trionet.workers")
 
@@ -90,6 +107,35 @@ EXIT_MARGIN: Final = 2.0
 # A worker that ran this long before dying is considered to have been healthy:
 # its replacement starts after the initial delay again.
 STABLE_AFTER: Final = 10.0
+# A worker that exits before reporting ready, within STABLE_AFTER seconds, failed
+# at start-up. Causes that go away by themselves (a port in TIME_WAIT elsewhere, a
+# short fork failure) rarely outlast two retries with back-off; a port somebody
+# else holds, a bad option or a missing module never pass, and restarting them for
+# ever only floods the log. Three attempts in a row, then the supervisor gives up.
+STARTUP_ATTEMPTS: Final = 3
+# After a worker exited, how long the supervisor reads what it wrote before dying
+# (normally there at once; a grandchild holding the socket must not stall us).
+_DRAIN_TIMEOUT: Final = 1.0
+
+
+@final
+class WorkerStartupError(TrionetError, RuntimeError):
+    """A worker failed at start-up ``STARTUP_ATTEMPTS`` times in a row; the
+    supervisor stopped every worker.
+
+    Attributes:
+      worker_id: the worker that could not start.
+      attempts: how many times in a row it failed.
+      error: its last error, one line (``"[Errno 98] cannot listen on
+        127.0.0.1:9101: Address already in use"``), or how it ended when it
+        could not say (``"was killed by SIGKILL"``).
+    """
+
+    def __init__(self, worker_id: int, attempts: int, error: str) -> None:
+        super().__init__(f"worker {worker_id} could not start ({attempts} attempts): {error}")
+        self.worker_id = worker_id
+        self.attempts = attempts
+        self.error = error
 
 
 # ------------------------------------------------------------------ supervisor
@@ -161,6 +207,8 @@ class WorkerSupervisor:
         self._stopping = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._failed = False
+        self._startup_error: WorkerStartupError | None = None
+        self._errors: dict[int, str] = {}
         self._plan = SocketPlan()
         self._ports: list[int] = []
 
@@ -228,6 +276,8 @@ class WorkerSupervisor:
         Raises:
           OSError: a listen spec could not be bound (before ``started``).
           ValueError: a listen spec a worker cannot receive (``ssl_context``).
+          WorkerStartupError: a worker failed at start-up ``STARTUP_ATTEMPTS``
+            times in a row (after ``started``); every worker was stopped first.
         """
         self._plan = await plan_listeners(self.specs, self.sharing)
         self.listen = tuple(self._plan.listen)
@@ -249,6 +299,8 @@ class WorkerSupervisor:
         finally:
             self._plan.close()
         logger.info("all workers stopped")
+        if self._startup_error is not None:
+            raise self._startup_error
         return 1 if self._failed else 0
 
     async def _kill_after(self, delay: float) -> None:
@@ -260,42 +312,72 @@ class WorkerSupervisor:
     async def _slot(self, wid: int) -> None:
         backoff = RestartBackoff(self.restart_delay, self.max_restart_delay)
         restarts = 0
+        failed_starts = 0  # start-up failures in a row
         while not self._stopping.is_set():
             started = trio.current_time()
-            status = await self._run_one(wid, restarts)
+            end = await self._run_one(wid, restarts)
             if self._stopping.is_set():
-                self._failed |= status != 0
+                self._failed |= end.status != 0
                 break
             lived = trio.current_time() - started
+            # Never said it was serving, and soon gone: it failed at start-up.
+            # A worker that served, or ran long, starts the count again.
+            failed_starts = 0 if end.ready or lived >= STABLE_AFTER else failed_starts + 1
+            why = end.error or f"{_describe_status(end.status)} before it was serving"
+            if failed_starts >= STARTUP_ATTEMPTS:
+                self._give_up(WorkerStartupError(wid, failed_starts, why))
+                break
             delay = backoff.next_delay(lived)
             restarts += 1
             self.restarts += 1
-            logger.warning(
-                "worker %d %s after %.1f s; restarting in %.2f s (restart #%d)",
-                wid,
-                _describe_status(status),
-                lived,
-                delay,
-                restarts,
-            )
+            if failed_starts:
+                # INFO: the retry may well succeed, and if it does not the error
+                # is raised once, rather than logged once per attempt.
+                logger.info(
+                    "worker %d could not start (attempt %d of %d): %s; retrying in %.2f s",
+                    wid,
+                    failed_starts,
+                    STARTUP_ATTEMPTS,
+                    why,
+                    delay,
+                )
+            else:
+                logger.warning(
+                    "worker %d %s after %.1f s; restarting in %.2f s (restart #%d)",
+                    wid,
+                    _describe_status(end.status),
+                    lived,
+                    delay,
+                    restarts,
+                )
             with trio.move_on_after(delay):
                 await self._stopping.wait()
 
-    async def _run_one(self, wid: int, restarts: int) -> int:
+    def _give_up(self, error: WorkerStartupError) -> None:
+        if self._startup_error is None:
+            self._startup_error = error
+            logger.info("%s; stopping every worker", error)
+        self.shutdown()
+
+    async def _run_one(self, wid: int, restarts: int) -> _Exit:
+        self._errors.pop(wid, None)
         try:
             proc, control = await self._spawn(wid, restarts)
         except OSError as exc:  # EAGAIN from fork, ENOMEM...: retry with back-off
             if self._stopping.is_set():
-                return 0  # the shutdown closed the sockets it was to inherit: not a failure
-            logger.error("worker %d could not be started: %s", wid, exc)
-            return 1
+                # the shutdown closed the sockets it was to inherit: not a failure
+                return _Exit(0, ready=False, error=None)
+            return _Exit(1, ready=False, error=f"cannot spawn a process: {exc}")
         self._procs[wid] = proc
         logger.info("worker %d started (pid %d)", wid, proc.pid)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_control, wid, proc.pid, control)
                 status = await proc.wait()
-                nursery.cancel_scope.cancel()
+                # What it wrote before exiting (its start-up error) is still in
+                # the socket: let the reader get to EOF, briefly.
+                nursery.cancel_scope.deadline = trio.current_time() + _DRAIN_TIMEOUT
+            ready = wid in self._ready
         finally:
             control.close()
             self._procs.pop(wid, None)
@@ -306,7 +388,7 @@ class WorkerSupervisor:
                     await proc.wait()
         if self._stopping.is_set():
             logger.info("worker %d (pid %d) %s", wid, proc.pid, _describe_status(status))
-        return status
+        return _Exit(status, ready=ready, error=self._errors.pop(wid, None))
 
     async def _spawn(self, wid: int, restarts: int) -> tuple[trio.Process, trio.socket.SocketType]:
         parent_end, child_end = socket.socketpair()
@@ -335,11 +417,30 @@ class WorkerSupervisor:
         return proc, trio.socket.from_stdlib_socket(parent_end)
 
     async def _read_control(self, wid: int, pid: int, control: trio.socket.SocketType) -> None:
-        while data := await control.recv(64):
-            if READY in data and wid not in self._ready:
-                self._ready.add(wid)
-                logger.info("worker %d (pid %d) serving", wid, pid)
-                self._ready_changed.unpark_all()
+        pending = b""
+        while data := await control.recv(4096):
+            *messages, pending = (pending + data).split(b"\n")
+            if len(pending) > MAX_MESSAGE:  # not our protocol: drop it, stay bounded
+                pending = b""
+            for message in messages:
+                self._on_message(wid, pid, message)
+
+    def _on_message(self, wid: int, pid: int, message: bytes) -> None:
+        if message == READY.rstrip(b"\n") and wid not in self._ready:
+            self._ready.add(wid)
+            logger.info("worker %d (pid %d) serving", wid, pid)
+            self._ready_changed.unpark_all()
+        elif message.startswith(ERROR):
+            self._errors[wid] = message[len(ERROR) :].decode("utf-8", "replace")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Exit:
+    """How one worker process ended."""
+
+    status: int  # as Process.returncode: negative for a signal
+    ready: bool  # it had reported serving
+    error: str | None  # its one-line start-up error, if it sent one
 
 
 def _signal(proc: trio.Process, signum: int) -> None:
@@ -412,6 +513,8 @@ def run_workers(
     Raises:
       OSError: a port could not be bound (before any worker starts).
       ValueError / TypeError: bad arguments, named.
+      WorkerStartupError: a worker failed at start-up ``STARTUP_ATTEMPTS``
+        times in a row (its error in one line); every worker was stopped.
     """
     supervisor = WorkerSupervisor(
         main,
@@ -422,4 +525,22 @@ def run_workers(
         restart_delay=restart_delay,
         max_restart_delay=max_restart_delay,
     )
-    return trio.run(supervise_with_signals, supervisor)
+    return trio.run(_supervise_with_signals, supervisor)
+
+
+async def _supervise_with_signals(supervisor: WorkerSupervisor) -> int:
+    # The documented errors leave run_workers as themselves, not wrapped in the
+    # ExceptionGroup of the nursery that forwards signals.
+    error: Exception | None = None
+    status = 1
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward_signals, supervisor, signals)
+            try:
+                status = await supervisor.run()
+            except (OSError, ValueError, WorkerStartupError) as exc:
+                error = exc
+            nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return status
