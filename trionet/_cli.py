@@ -458,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_combinations(parser, args)
     try:
         plan = _plan(args)
-    except _UsageError as exc:
+    except (_UsageError, ValueError) as exc:  # ValueError: an option object refused a value
         parser.error(str(exc))
     status = 1
     try:
