@@ -55,6 +55,7 @@ from ._resolve import (
     GetaddrinfoResolver,
     Resolver,
     check_addresses,
+    check_host,
     format_target,
     named_error,
     resolve_literal,
@@ -220,6 +221,7 @@ def _check_arguments(
         raise TypeError(f"port={port!r}: must be an int")
     if not 1 <= port <= 65535:
         raise ValueError(f"port={port!r}: must be 1..65535")
+    port = int(port)  # not an int subclass (IntEnum): getaddrinfo() refuses those
     if options is None:
         options = ConnectOptions()
     elif not isinstance(options, ConnectOptions):
@@ -240,9 +242,16 @@ async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[Address]:
     """Addresses to try for ``host``, restricted to the wanted family.
 
     Raises:
-      ResolveError: the lookup failed or gave no usable address.
+      ResolveError: the lookup failed or gave no usable address, or ``host``
+        is no valid name (control characters, over-long, IDNA failure: see
+        :func:`~trionet._resolve.host_problem`), whatever the resolver.
       ValueError: ``family`` and ``local_address`` ask for different families.
     """
+    # Checked here, for every resolver and for literals alike: getaddrinfo()
+    # would cut "127.0.0.1\x00.example.com" at the NUL. Inside connect()'s
+    # timeout scope, so the refusal counts in connect_failures like any other
+    # name that cannot be resolved.
+    check_host(host, port)
     target = format_target(host, port)
     family = _wanted_family(opts)
     literal = resolve_literal(host, port)
@@ -250,8 +259,8 @@ async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[Address]:
         # Netty's isResolved(): an IP literal is its own answer.
         if family and literal[0] != family:
             raise ValueError(
-                f"host={host!r} is not an address of the requested family "
-                f"{socket.AddressFamily(family)!r}"
+                f"host={host!r} is not an address of the family "
+                f"{socket.AddressFamily(family).name} that {_family_source(opts)} asks for"
             )
         await trio.lowlevel.checkpoint()
         return [literal]
@@ -269,6 +278,13 @@ async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[Address]:
     if not addresses:
         raise named_error(ResolveError, None, f"no usable address found: {target}")
     return addresses
+
+
+def _family_source(opts: ConnectOptions) -> str:
+    """The option that restricts the family, for messages."""
+    if opts.local_address is not None:
+        return f"ConnectOptions.local_address={opts.local_address!r}"
+    return f"ConnectOptions.family={opts.family!r}"
 
 
 def _wanted_family(opts: ConnectOptions) -> int:

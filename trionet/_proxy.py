@@ -17,7 +17,8 @@ import trio
 
 from ._connection import Connection
 from ._errors import ConnectError
-from ._options import ConnectOptions
+from ._options import ConnectOptions, _check_int
+from ._resolve import host_problem
 
 if TYPE_CHECKING:
     from ._server import NetProcessor
@@ -31,6 +32,10 @@ logger = logging.getLogger("trionet.proxy")
 # slow receiver throttles a fast sender through TCP flow control (ATS's VIO
 # watermarks, Netty's autoRead=false), with no unbounded buffer in between.
 DEFAULT_CHUNK: Final = 64 * 1024
+# A receive allocates its whole size before the kernel says how much there is,
+# and one read never returns more than the socket's receive buffer holds (a few
+# MiB at most on Linux defaults): a bigger chunk only costs memory per session.
+MAX_CHUNK: Final = 16 * 1024 * 1024
 
 Ending = Literal["eof", "reset"]
 
@@ -168,7 +173,13 @@ class TcpProxy:
       host, port: the upstream server.
       options: :class:`ConnectOptions` for the upstream side: connect timeout,
         inactivity/active timeouts, socket options, TLS.
-      chunk: the most bytes held in memory per direction.
+      chunk: the most bytes held in memory per direction, 1..16 MiB.
+
+    Raises:
+      TypeError / ValueError: a bad argument, naming it and its value: checked
+        here, so that a bad upstream fails at start-up rather than in every
+        session (``host`` as ``connect()`` checks it: no control characters,
+        valid IDNA; ``port`` 1..65535).
 
     Error handling:
       An upstream that cannot be reached (``ConnectError``: refused,
@@ -186,11 +197,21 @@ class TcpProxy:
         *,
         chunk: int = DEFAULT_CHUNK,
     ) -> None:
+        from ._server import NetProcessor  # _server does not import this module
+
+        o = "TcpProxy"
+        if not isinstance(net, NetProcessor):
+            raise TypeError(f"{o}.net={net!r}: expected a trionet.NetProcessor")
+        if not isinstance(host, str):
+            raise TypeError(f"{o}.host={host!r}: expected a str (a host name or an IP address)")
+        problem = host_problem(host)
+        if problem is not None:
+            raise ValueError(f"{o}.host={host!r}: not a valid host name or address: {problem}")
+        _check_int(o, "port", port, 1, 65535)
         if options is not None and not isinstance(options, ConnectOptions):
-            raise TypeError(f"options={options!r}: expected ConnectOptions or None")
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"chunk={chunk!r}: must be an int >= 1")
-        self.net, self.host, self.port = net, host, port
+            raise TypeError(f"{o}.options={options!r}: expected ConnectOptions or None")
+        _check_int(o, "chunk", chunk, 1, MAX_CHUNK)
+        self.net, self.host, self.port = net, host, int(port)
         self.options = options
         self.chunk = chunk
         self._counts = dict.fromkeys(ProxyStatistics.__slots__, 0)

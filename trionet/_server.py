@@ -35,7 +35,15 @@ from ._connection import Connection, _Owner
 from ._errors import AcceptError
 from ._inbound import prepare_inbound
 from ._listen import Listener, open_listeners
-from ._options import AcceptOptions, ConnectOptions, _check_int, _check_seconds, _to_networks
+from ._options import (
+    AcceptOptions,
+    ConnectOptions,
+    _check_bool,
+    _check_int,
+    _check_opt_int,
+    _check_seconds,
+    _to_networks,
+)
 from ._sockopt import apply_socket_options
 from ._stats import Counters, NetStatistics
 from ._throttle import THROTTLE_MODES, Throttle, ThrottleMode
@@ -134,21 +142,29 @@ class NetProcessor:
       per_client_max_connections: inbound connections allowed from one client
         address (ATS ``per_client.max_connections_in``); excess ones are closed.
         On a PROXY protocol port the address is the one the header names.
-      per_client_exempt: networks (``"10.0.0.0/8"``...) exempt from the per-client limit.
+      per_client_exempt: networks (``"10.0.0.0/8"``...) exempt from the
+        per-client limit; ``None`` or empty for none.
       accept_batch: connections accepted in a row before the accept task yields.
-      accept_error_pause: seconds to pause after EMFILE/ENFILE/ENOBUFS/ENOMEM.
+      accept_error_pause: seconds (> 0, finite) to pause after
+        EMFILE/ENFILE/ENOBUFS/ENOMEM; 0 would retry in a busy loop.
       accept_error_grace: after a fatal accept error (the listening socket
         itself failed), seconds open connections get to finish before they are
         cancelled and ``serve()`` raises :class:`AcceptError`; the same 5 s
         default as :meth:`Server.shutdown`.
       default_inactivity_timeout: applied to connections with no inactivity
-        timeout of their own (ATS ``default_inactivity_timeout``). Default
-        ``None``: like trio's ``serve_tcp``, trionet does not end idle
-        connections unless asked; the iocore shim applies ATS's 86400 s.
+        timeout of their own (ATS ``default_inactivity_timeout``), > 0 and
+        finite. Default ``None``: like trio's ``serve_tcp``, trionet does not
+        end idle connections unless asked; the iocore shim applies ATS's
+        86400 s. ATS reads 0 as "none"; here 0 is refused (it would end
+        every connection at once): write ``None``.
       max_idle_connections: keep-alive eviction -- when more connections than
         this are marked ``conn.idle``, the oldest idle ones are closed.
       propagate_handler_errors: let a handler's exception crash ``serve()``
         (trio ``serve_listeners`` behaviour) instead of logging and counting it.
+
+    Raises:
+      ValueError: a bad argument, naming it and its value (an int field given
+        a bool or a float, a bool field given ``"no"``, a timeout of ``inf``...).
     """
 
     def __init__(
@@ -156,7 +172,7 @@ class NetProcessor:
         max_connections: int | None = None,
         throttle: ThrottleMode = "pause",
         per_client_max_connections: int | None = None,
-        per_client_exempt: Iterable[Any] = (),
+        per_client_exempt: Iterable[Any] | None = (),
         accept_batch: int = DEFAULT_ACCEPT_BATCH,
         accept_error_pause: float = 0.05,
         accept_error_grace: float = DEFAULT_ACCEPT_ERROR_GRACE,
@@ -165,27 +181,28 @@ class NetProcessor:
         propagate_handler_errors: bool = False,
     ) -> None:
         o = "NetProcessor"
-        if max_connections is not None:
-            _check_int(o, "max_connections", max_connections, 1)
-        if throttle not in THROTTLE_MODES:
+        _check_opt_int(o, "max_connections", max_connections, 1)
+        if not isinstance(throttle, str) or throttle not in THROTTLE_MODES:
             raise ValueError(f"{o}.throttle={throttle!r}: must be one of {THROTTLE_MODES}")
-        if per_client_max_connections is not None:
-            _check_int(o, "per_client_max_connections", per_client_max_connections, 1)
-        exempt = _to_networks(o, "per_client_exempt", per_client_exempt)
+        _check_opt_int(o, "per_client_max_connections", per_client_max_connections, 1)
+        exempt = _to_networks(
+            o, "per_client_exempt", () if per_client_exempt is None else per_client_exempt
+        )
         _check_int(o, "accept_batch", accept_batch, 1)
-        _check_seconds(o, "accept_error_pause", accept_error_pause)
-        _check_seconds(o, "accept_error_grace", accept_error_grace)
-        if accept_error_grace is None:
-            raise ValueError(f"{o}.accept_error_grace=None: must be a number of seconds")
-        _check_seconds(o, "default_inactivity_timeout", default_inactivity_timeout)
-        if max_idle_connections is not None:
-            _check_int(o, "max_idle_connections", max_idle_connections, 0)
+        pause, idle, grace = accept_error_pause, default_inactivity_timeout, accept_error_grace
+        _check_seconds(
+            o, "accept_error_pause", pause, allow_zero=False, finite=True, optional=False
+        )
+        _check_seconds(o, "accept_error_grace", grace, finite=True, optional=False)
+        _check_seconds(o, "default_inactivity_timeout", idle, allow_zero=False, finite=True)
+        _check_opt_int(o, "max_idle_connections", max_idle_connections, 0)
+        _check_bool(o, "propagate_handler_errors", propagate_handler_errors)
         self.throttle_mode: ThrottleMode = throttle
         self.accept_batch = accept_batch
-        self.accept_error_pause = accept_error_pause
-        self.accept_error_grace = accept_error_grace
+        self.accept_error_pause = float(accept_error_pause)
+        self.accept_error_grace = float(accept_error_grace)
         self.default_inactivity_timeout = default_inactivity_timeout
-        self.propagate_handler_errors = bool(propagate_handler_errors)
+        self.propagate_handler_errors = propagate_handler_errors
         self._throttle = Throttle(max_connections, per_client_max_connections, exempt)
         self._counters = Counters()
         self._cop = TimeoutCop(self._counters, max_idle_connections)
