@@ -9,12 +9,17 @@ timing assertions use the autojump clock."""
 
 from __future__ import annotations
 
+import importlib.util
+import signal
 import socket
 import ssl
 import struct
+import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -23,9 +28,11 @@ import trio.testing
 import trustme
 
 import trionet
+import trionet.iocore
 from trionet import AcceptOptions, Connection, ConnectOptions, NetProcessor, TcpProxy
 
 from .conftest import connection_pair, recv_exactly, wait_for
+from .running import ROOT, Running
 
 Handler = Callable[[Connection], Awaitable[object]]
 LINGER_RST = struct.pack("ii", 1, 0)
@@ -580,3 +587,150 @@ async def test_tunnel_timeout_activity_on_either_side_keeps_both(
         assert trio.current_time() - start > 20  # far beyond either timeout
         assert proxy.statistics().timeouts == 0
         await client.aclose()
+
+
+# ====================================== examples/ats_tunnel.py (iocore shim)
+def load_ats_tunnel() -> ModuleType:
+    path = ROOT / "examples" / "ats_tunnel.py"
+    spec = importlib.util.spec_from_file_location("ats_tunnel_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@asynccontextmanager
+async def ats_tunnel(upstream: Handler, *extra: str) -> AsyncIterator[tuple[Any, int]]:
+    """The example's acceptor (TunnelAccept) on a loopback port, in front of
+    ``upstream``; yields (acceptor, port)."""
+    mod = load_ats_tunnel()
+    async with trio.open_nursery() as nursery:
+        up = NetProcessor()
+        up_server = await nursery.start(up.serve, upstream, AcceptOptions(host="127.0.0.1"))
+        args = mod.parse_args(
+            ["--port", "0", "--upstream", f"127.0.0.1:{up_server.ports[0]}", *extra]
+        )
+        net = NetProcessor()
+        async with trionet.iocore.open_net_processor(net) as unp:
+            acceptor = mod.TunnelAccept(unp, args)
+            action = unp.accept(acceptor, AcceptOptions(host="127.0.0.1"))
+            assert await action.wait_listening()
+            yield acceptor, action.ports[0]
+            action.cancel()
+        nursery.cancel_scope.cancel()
+
+
+async def test_ats_tunnel_client_reset_reaches_upstream_as_reset() -> None:
+    seen = Seen()
+
+    async def upstream(conn: Connection) -> None:
+        await read_until_end(conn, seen)
+
+    async with ats_tunnel(upstream) as (acceptor, port):
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(b"u" * 100_000)
+        await wait_for(lambda: seen.got == 100_000, "upload relayed")
+        await reset(client)
+        with trio.fail_after(5):
+            await seen.done.wait()
+            await acceptor.tally.all_closed.wait()
+    assert (seen.ending, len(seen.data)) == ("reset", 100_000)
+    assert (acceptor.tally.sessions, acceptor.tally.errors) == (1, 1)
+
+
+async def test_ats_tunnel_upstream_reset_reaches_client_as_reset() -> None:
+    received = trio.Event()
+
+    async def upstream(conn: Connection) -> None:
+        await conn.send_all(b"d" * 50_000)
+        await received.wait()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+        conn.close()
+
+    async with ats_tunnel(upstream) as (acceptor, port):
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await recv_exactly(client, 50_000) == b"d" * 50_000
+        received.set()
+        with trio.fail_after(5):
+            assert await ending_of(client) == ("reset", 0)
+        await client.aclose()
+    assert acceptor.tally.errors == 1
+
+
+async def test_ats_tunnel_clean_half_close_still_forwarded() -> None:
+    """The abort path does not swallow the orderly one: a client EOF is still
+    a half-close, and the answer still comes back."""
+
+    async def upstream(conn: Connection) -> None:
+        seen = Seen()
+        await read_until_end(conn, seen)
+        await conn.send_all(b"got %d (%s)" % (len(seen.data), seen.ending.encode()))
+
+    async with ats_tunnel(upstream) as (acceptor, port):
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(b"q" * 70_000)
+        await client.send_eof()
+        with trio.fail_after(5):
+            assert await ending_of(client) == ("eof", 15)
+        await client.aclose()
+    assert acceptor.tally.errors == 0
+
+
+async def test_ats_tunnel_timeout_aborts_both_sides(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen = Seen()
+
+    async def upstream(conn: Connection) -> None:
+        await read_until_end(conn, seen)
+
+    async with ats_tunnel(upstream, "--inactivity-timeout", "3") as (_acceptor, port):
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(b"partial")
+        start = trio.current_time()
+        with trio.fail_after(10):
+            assert await ending_of(client) == ("reset", 0)
+            await seen.done.wait()
+        assert trio.current_time() - start == pytest.approx(3, abs=0.01)
+        await client.aclose()
+    assert (seen.ending, bytes(seen.data)) == ("reset", b"partial")
+
+
+@pytest.mark.slow
+def test_ats_tunnel_shutdown_grace_cut_aborts_both_sides() -> None:
+    """The whole program: SIGINT, then a session still open when the grace
+    ends is aborted on both sides (the client sees a reset, not an EOF)."""
+    upstream_ending: list[str] = []
+    relayed = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(20)
+            try:
+                while conn.recv(65536):
+                    relayed.set()
+                upstream_ending.append("eof")
+            except ConnectionResetError:
+                upstream_ending.append("reset")
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    up = f"127.0.0.1:{listener.getsockname()[1]}"
+    with Running(
+        "examples/ats_tunnel.py", "--port", "0", "--upstream", up, "--grace", "0.5"
+    ) as run:
+        port = int(run.expect(r"listening on 127\.0\.0\.1 port (\d+)")[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
+            client.sendall(b"a request that never ends")
+            assert relayed.wait(20)  # the session is up on both sides
+            status, out, err = run.stop(signal.SIGINT)
+            with pytest.raises(ConnectionResetError):
+                client.recv(100)
+    thread.join(20)
+    listener.close()
+    assert status == 0, err
+    assert upstream_ending == ["reset"]
+    assert "sessions: 1, upstream failures: 0, errors: 1" in out
