@@ -105,6 +105,25 @@ RESOURCE_LOG_INTERVAL: Final = 10.0
 DEFAULT_ACCEPT_ERROR_GRACE: Final = 5.0
 
 
+# Slot pairing. A proxy session needs two connections, the client's and its
+# upstream's, and both count toward max_connections. Checking the limit for the
+# client alone let the accept loop fill the last slot with a client whose
+# upstream connect then hit the limit: accepted, then dropped -- in "pause" mode
+# too, which promises to hold clients in the backlog, and with a limit of 1 no
+# client was ever served. So a handler that opens one outbound connection per
+# client says so (``reserve_outbound_slot = True``; TcpProxy does), and the
+# accept loop admits a client only when both slots are free: "pause" leaves it
+# in the backlog, "close" refuses it at accept (connections_throttled_in). The
+# second slot is reserved with the inbound connection and handed to the
+# handler's ``connect(..., for_connection=conn)``, which then cannot be
+# throttled; a reservation nobody takes is given back when the client closes.
+# Counting a session as one slot instead would keep max_connections from
+# bounding descriptors (ATS's connections_throttle counts both sides too).
+def _slots_per_connection(handler: Handler) -> int:
+    """2 for a handler that declares it connects out once per client, else 1."""
+    return 2 if getattr(handler, "reserve_outbound_slot", False) is True else 1
+
+
 class _RateLimitedLog:
     """Log at most once per ``interval`` seconds (wall clock), counting what was
     suppressed; to ``log`` (default ``trionet.server``)."""
@@ -135,6 +154,9 @@ class NetProcessor:
     Args:
       max_connections: open connections allowed, inbound and outbound together
         (ATS ``proxy.config.net.connections_throttle``); ``None`` for no limit.
+        A handler with ``reserve_outbound_slot = True`` (:class:`TcpProxy`)
+        has a client admitted only with a second slot reserved for its
+        outbound connection.
       throttle: what an accept task does at the limit. ``"pause"`` (default):
         stop calling ``accept()`` until a connection closes, leaving new clients
         in the kernel backlog. ``"close"`` (ATS): accept and close at once,
@@ -230,9 +252,12 @@ class NetProcessor:
         peer_address: Any = None,
         inactivity_timeout: float | None = None,
         active_timeout: float | None = None,
+        reserve: bool = False,
     ) -> Connection:
         """Wrap a connected socket and count it as open. The caller has already
-        checked the throttle; ``client`` is the per-client key (None: not counted)."""
+        checked the throttle (for two slots with ``reserve``: the second is
+        held for the connection's outbound connect); ``client`` is the
+        per-client key (None: not counted)."""
         conn = Connection(
             sock,
             conn_id=next(self._ids),
@@ -242,6 +267,9 @@ class NetProcessor:
         )
         conn._client_key = client
         self._throttle.acquire(client)
+        if reserve:
+            self._throttle.acquire(None)
+            conn._reserved = True
         self._counters.connections_currently_open += 1
         if inactivity_timeout is None and self.default_inactivity_timeout is not None:
             inactivity_timeout = self.default_inactivity_timeout
@@ -257,6 +285,9 @@ class NetProcessor:
     def _release(self, conn: Connection) -> None:
         """Called exactly once per connection, from ``Connection.close``."""
         self._throttle.release(conn._client_key)
+        if conn._reserved:  # reserved for an outbound connect that never took it
+            conn._reserved = False
+            self._throttle.release(None)
         self._counters.connections_currently_open -= 1
         self._cop.closed(conn)
         if self._slot_freed:
@@ -299,11 +330,19 @@ class NetProcessor:
           OSError: a listen spec could not be bound (before ``started``).
           UnsupportedOptionError: an option the platform cannot provide.
           AcceptError: a fatal accept error (once the connections have ended).
+          ValueError: ``max_connections`` is below the 2 connections a session
+            of a ``reserve_outbound_slot`` handler needs.
         """
         if not listen:
             raise ValueError("serve() needs at least one port or AcceptOptions to listen on")
         if not callable(handler):
             raise TypeError(f"handler={handler!r} is not callable")
+        need = _slots_per_connection(handler)
+        if self.max_connections is not None and self.max_connections < need:
+            raise ValueError(
+                f"max_connections={self.max_connections}: a session of {handler!r} needs "
+                f"{need} connections (client and upstream)"
+            )
         specs = [AcceptOptions.coerce(spec) for spec in listen]
         listeners: list[Listener] = []
         try:
@@ -333,7 +372,12 @@ class NetProcessor:
 
     # ---------------------------------------------------------------- connect
     async def connect(
-        self, host: str, port: int, options: ConnectOptions | None = None
+        self,
+        host: str,
+        port: int,
+        options: ConnectOptions | None = None,
+        *,
+        for_connection: Connection | None = None,
     ) -> Connection:
         """Open a TCP connection to ``host:port`` (Netty ``Bootstrap.connect``).
 
@@ -347,6 +391,11 @@ class NetProcessor:
           host: a host name or an IPv4/IPv6 literal (``"[::1]"`` accepted).
           port: 1..65535.
           options: a :class:`ConnectOptions`; ``None`` for the defaults.
+          for_connection: the inbound connection this one is made for. If
+            ``serve()`` reserved an outbound slot with it (its handler has
+            ``reserve_outbound_slot = True``), the connect takes that slot
+            instead of checking ``max_connections``; otherwise (or a second
+            time) it is checked as usual.
 
         Returns:
           A :class:`Connection` (``inbound=False``), counted in
@@ -368,7 +417,7 @@ class NetProcessor:
           UnsupportedOptionError: a socket option the platform cannot provide.
           TypeError / ValueError: bad ``host``, ``port`` or ``options``.
         """
-        return await _connect.connect(self, host, port, options)
+        return await _connect.connect(self, host, port, options, for_connection=for_connection)
 
     # ------------------------------------------------------ accept (per port)
     async def _accept_loop(self, server: Server, listener: Listener, handler: Handler) -> None:
@@ -378,9 +427,10 @@ class NetProcessor:
         pause = self.throttle_mode == "pause"
         throttle = self._throttle
         batch = self.accept_batch
+        need = _slots_per_connection(handler)
         in_row = 0
         while True:
-            if pause and not exempt and throttle.at_limit():
+            if pause and not exempt and throttle.at_limit(need):
                 # Event-driven: parked until a connection closes (_release).
                 await self._slot_freed.park()
                 continue
@@ -394,7 +444,7 @@ class NetProcessor:
                 in_row = 0
                 await self._accept_error(exc, listener)
                 continue
-            self._admit(server, client, addr, listener, handler)
+            self._admit(server, client, addr, listener, handler, need)
             in_row += 1
             if in_row >= batch:
                 # ATS additional_accepts: a flood must not starve established
@@ -432,13 +482,15 @@ class NetProcessor:
         addr: Any,
         listener: Listener,
         handler: Handler,
+        need: int = 1,
     ) -> None:
-        """Decide about one accepted socket; start its task or close it."""
+        """Decide about one accepted socket; start its task or close it.
+        ``need``: slots the connection takes, 2 with an outbound reservation."""
         opts = listener.options
         throttle = self._throttle
         host: str | None = addr[0] if isinstance(addr, tuple) else None
         if not opts.backdoor:
-            if throttle.at_limit():  # only reachable in "close" mode
+            if throttle.at_limit(need):  # only reachable in "close" mode
                 client.close()
                 self._counters.connections_throttled_in += 1
                 self._throttle_log(logging.WARNING, "too many connections, throttling")
@@ -472,6 +524,7 @@ class NetProcessor:
             peer_address=addr,
             inactivity_timeout=opts.inactivity_timeout,
             active_timeout=opts.active_timeout,
+            reserve=need > 1,
         )
         server._start_connection(conn, handler, listener)
 
