@@ -10,8 +10,7 @@ import pytest
 import trio
 
 import trionet
-from trionet._base._addr import host_port
-from trionet._outbound._resolve import resolve_literal
+from trionet._base._addr import host_port, resolve_literal
 
 
 class ScriptedHostnameResolver(trio.abc.HostnameResolver):

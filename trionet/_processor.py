@@ -15,7 +15,7 @@ from typing import Any, final
 
 import trio
 
-from ._base._checks import check_int, check_seconds, to_networks
+from ._base._checks import check_bool, check_int, check_opt_int, check_seconds, to_networks
 from ._base._options import AcceptOptions, ConnectOptions
 from ._core._connection import Connection
 from ._core._stats import NetStatistics
@@ -48,6 +48,9 @@ class NetProcessor:
     Args:
       max_connections: open connections allowed, inbound and outbound together
         (ATS ``proxy.config.net.connections_throttle``); ``None`` for no limit.
+        A handler with ``reserve_outbound_slot = True`` (:class:`TcpProxy`)
+        has a client admitted only with a second slot reserved for its
+        outbound connection.
       throttle: what an accept task does at the limit. ``"pause"`` (default):
         stop calling ``accept()`` until a connection closes, leaving new clients
         in the kernel backlog. ``"close"`` (ATS): accept and close at once,
@@ -55,21 +58,29 @@ class NetProcessor:
       per_client_max_connections: inbound connections allowed from one client
         address (ATS ``per_client.max_connections_in``); excess ones are closed.
         On a PROXY protocol port the address is the one the header names.
-      per_client_exempt: networks (``"10.0.0.0/8"``...) exempt from the per-client limit.
+      per_client_exempt: networks (``"10.0.0.0/8"``...) exempt from the
+        per-client limit; ``None`` or empty for none.
       accept_batch: connections accepted in a row before the accept task yields.
-      accept_error_pause: seconds to pause after EMFILE/ENFILE/ENOBUFS/ENOMEM.
+      accept_error_pause: seconds (> 0, finite) to pause after
+        EMFILE/ENFILE/ENOBUFS/ENOMEM; 0 would retry in a busy loop.
       accept_error_grace: after a fatal accept error (the listening socket
         itself failed), seconds open connections get to finish before they are
         cancelled and ``serve()`` raises :class:`AcceptError`; the same 5 s
         default as :meth:`Server.shutdown`.
       default_inactivity_timeout: applied to connections with no inactivity
-        timeout of their own (ATS ``default_inactivity_timeout``). Default
-        ``None``: like trio's ``serve_tcp``, trionet does not end idle
-        connections unless asked; the iocore shim applies ATS's 86400 s.
+        timeout of their own (ATS ``default_inactivity_timeout``), > 0 and
+        finite. Default ``None``: like trio's ``serve_tcp``, trionet does not
+        end idle connections unless asked; the iocore shim applies ATS's
+        86400 s. ATS reads 0 as "none"; here 0 is refused (it would end
+        every connection at once): write ``None``.
       max_idle_connections: keep-alive eviction -- when more connections than
         this are marked ``conn.idle``, the oldest idle ones are closed.
       propagate_handler_errors: let a handler's exception crash ``serve()``
         (trio ``serve_listeners`` behaviour) instead of logging and counting it.
+
+    Raises:
+      ValueError: a bad argument, naming it and its value (an int field given
+        a bool or a float, a bool field given ``"no"``, a timeout of ``inf``...).
     """
 
     def __init__(
@@ -77,7 +88,7 @@ class NetProcessor:
         max_connections: int | None = None,
         throttle: ThrottleMode = "pause",
         per_client_max_connections: int | None = None,
-        per_client_exempt: Iterable[Any] = (),
+        per_client_exempt: Iterable[Any] | None = (),
         accept_batch: int = DEFAULT_ACCEPT_BATCH,
         accept_error_pause: float = 0.05,
         accept_error_grace: float = DEFAULT_ACCEPT_ERROR_GRACE,
@@ -86,21 +97,20 @@ class NetProcessor:
         propagate_handler_errors: bool = False,
     ) -> None:
         o = "NetProcessor"
-        if max_connections is not None:
-            check_int(o, "max_connections", max_connections, 1)
-        if throttle not in THROTTLE_MODES:
+        check_opt_int(o, "max_connections", max_connections, 1)
+        if not isinstance(throttle, str) or throttle not in THROTTLE_MODES:
             raise ValueError(f"{o}.throttle={throttle!r}: must be one of {THROTTLE_MODES}")
-        if per_client_max_connections is not None:
-            check_int(o, "per_client_max_connections", per_client_max_connections, 1)
-        exempt = to_networks(o, "per_client_exempt", per_client_exempt)
+        check_opt_int(o, "per_client_max_connections", per_client_max_connections, 1)
+        exempt = to_networks(
+            o, "per_client_exempt", () if per_client_exempt is None else per_client_exempt
+        )
         check_int(o, "accept_batch", accept_batch, 1)
-        check_seconds(o, "accept_error_pause", accept_error_pause)
-        check_seconds(o, "accept_error_grace", accept_error_grace)
-        if accept_error_grace is None:
-            raise ValueError(f"{o}.accept_error_grace=None: must be a number of seconds")
-        check_seconds(o, "default_inactivity_timeout", default_inactivity_timeout)
-        if max_idle_connections is not None:
-            check_int(o, "max_idle_connections", max_idle_connections, 0)
+        pause, idle, grace = accept_error_pause, default_inactivity_timeout, accept_error_grace
+        check_seconds(o, "accept_error_pause", pause, allow_zero=False, finite=True, optional=False)
+        check_seconds(o, "accept_error_grace", grace, finite=True, optional=False)
+        check_seconds(o, "default_inactivity_timeout", idle, allow_zero=False, finite=True)
+        check_opt_int(o, "max_idle_connections", max_idle_connections, 0)
+        check_bool(o, "propagate_handler_errors", propagate_handler_errors)
         self._table = ConnectionTable(
             max_connections=max_connections,
             per_client_max=per_client_max_connections,
@@ -111,9 +121,9 @@ class NetProcessor:
         self._accept = AcceptPolicy(
             throttle,
             accept_batch,
-            accept_error_pause,
-            accept_error_grace,
-            bool(propagate_handler_errors),
+            float(accept_error_pause),
+            float(accept_error_grace),
+            propagate_handler_errors,
         )
 
     @property
@@ -186,6 +196,8 @@ class NetProcessor:
           OSError: a listen spec could not be bound (before ``started``).
           UnsupportedOptionError: an option the platform cannot provide.
           AcceptError: a fatal accept error (once the connections have ended).
+          ValueError: ``max_connections`` is below the 2 connections a session
+            of a ``reserve_outbound_slot`` handler needs.
         """
         await serve(self, handler, *listen, task_status=task_status)
 
@@ -204,7 +216,12 @@ class NetProcessor:
 
     # ---------------------------------------------------------------- connect
     async def connect(
-        self, host: str, port: int, options: ConnectOptions | None = None
+        self,
+        host: str,
+        port: int,
+        options: ConnectOptions | None = None,
+        *,
+        for_connection: Connection | None = None,
     ) -> Connection:
         """Open a TCP connection to ``host:port`` (Netty ``Bootstrap.connect``).
 
@@ -218,6 +235,11 @@ class NetProcessor:
           host: a host name or an IPv4/IPv6 literal (``"[::1]"`` accepted).
           port: 1..65535.
           options: a :class:`ConnectOptions`; ``None`` for the defaults.
+          for_connection: the inbound connection this one is made for. If
+            ``serve()`` reserved an outbound slot with it (its handler has
+            ``reserve_outbound_slot = True``), the connect takes that slot
+            instead of checking ``max_connections``; otherwise (or a second
+            time) it is checked as usual.
 
         Returns:
           A :class:`Connection` (``inbound=False``), counted in
@@ -239,7 +261,7 @@ class NetProcessor:
           UnsupportedOptionError: a socket option the platform cannot provide.
           TypeError / ValueError: bad ``host``, ``port`` or ``options``.
         """
-        return await connect(self._table, host, port, options)
+        return await connect(self._table, host, port, options, for_connection=for_connection)
 
 
 async def serve_stats(

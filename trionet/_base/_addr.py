@@ -1,8 +1,10 @@
 """Addresses in text: ``host:port`` for messages, IP literals, and client
 addresses as keys and as members of networks: one client, one identity.
 
-Every module that prints a ``host:port`` or asks "is this an IP literal" goes
-through :func:`host_port`, :func:`strip_brackets` and :func:`is_ip`.
+Every module that prints a ``host:port``, asks "is this an IP literal" or
+"is this a host name we may look up" goes through :func:`host_port`,
+:func:`strip_brackets`, :func:`is_ip`, :func:`host_problem` and
+:func:`resolve_literal`.
 
 A dual-stack listener (``::`` without ``IPV6_V6ONLY``) reports an IPv4 client
 as the IPv4-mapped IPv6 address ``::ffff:192.0.2.1``; an IPv4 listener, or a
@@ -25,21 +27,47 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
+import socket
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
-from ._checks import Network
+import idna
 
 __all__ = [
+    "AddrInfo",
     "Network",
     "client_key",
     "host_port",
+    "host_problem",
     "in_networks",
     "is_ip",
     "normalize_networks",
     "parse_address",
+    "resolve_literal",
     "strip_brackets",
 ]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+AddrInfo = tuple[int, Any]
+"""``(family, sockaddr)``: ``(AF_INET, (ip, port))`` or
+``(AF_INET6, (ip, port, flowinfo, scope_id))``, as a resolver returns them."""
+
+# RFC 1035 section 2.3.4: a name is at most 255 octets on the wire, which
+# leaves 253 characters in dotted form; a label is at most 63 octets.
+MAX_NAME: Final = 253
+MAX_LABEL: Final = 63
+# C0 controls, DEL and C1 controls. getaddrinfo() takes a C string, so a NUL
+# ends the name early ("localhost\x00.example.com" would reach 127.0.0.1, past
+# an allow-list that checked the whole string); the others are in no host
+# name and would put line breaks or escape sequences into logs.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+# A last label that inet_aton() reads as a number ("127.1", "2130706433",
+# "0x7f.1"): the system resolver takes such a "name" as an IPv4 address in a
+# non-standard spelling, another way round a check on the name (the WHATWG URL
+# standard treats these as IPv4 addresses for the same reason).
+_NUMERIC_LABEL: Final = re.compile(r"(?:[0-9]+|0[xX][0-9a-fA-F]*)")
+
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -64,6 +92,85 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` can be neither an IP literal nor a host name, or ``None``
+    if it is one of the two. Used for every name trionet resolves, binds or
+    sends as TLS SNI, so what is checked is what is connected to.
+
+    Refused: the empty string; any control character (NUL above all); names
+    longer than 253 characters or with an empty label or one longer than 63
+    (after IDNA encoding); a last label that is a number (``"127.1"``, which
+    the system resolver reads as ``127.0.0.1``); non-ASCII names IDNA 2008
+    (UTS 46, as trio encodes them) cannot encode, or would change other than in
+    case (``"local\\u00adhost"`` is sent as ``localhost``: the caller must
+    write the name that is looked up). IP literals, bracketed IPv6 and scope
+    ids (``"fe80::1%eth0"``) pass unchanged.
+    """
+    if not host:
+        return "an empty string"
+    control = _CONTROL.search(host)
+    if control is not None:
+        return f"a control character, {control.group()!r} at position {control.start()}"
+    bare = strip_brackets(host)
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    else:
+        return None
+    if host.isascii():
+        return _name_problem(host)
+    # trio hands an ASCII name to getaddrinfo as it is and encodes any other
+    # with the idna package (IDNA 2008, UTS 46 mapping): check that encoding.
+    try:
+        encoded = idna.encode(host, uts46=True).decode("ascii")
+        same = idna.decode(encoded) == host.lower()
+    except UnicodeError as exc:  # idna.IDNAError is one
+        return f"not a valid internationalised name: {exc}"
+    if not same:
+        return f"IDNA encodes it as {encoded!r}; write that name"
+    return _name_problem(encoded)
+
+
+def _name_problem(name: str) -> str | None:
+    """Length and label checks on an ASCII (or IDNA-encoded) name."""
+    dotted = name[:-1] if name.endswith(".") else name
+    if len(dotted) > MAX_NAME:
+        return f"{len(dotted)} characters long, more than {MAX_NAME}"
+    labels = dotted.split(".")
+    for label in labels:
+        if not label:
+            return "an empty label"
+        if len(label) > MAX_LABEL:
+            return f"a label of {len(label)} characters, more than {MAX_LABEL}"
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        return "ends in a number, which would be read as an IPv4 address; write the address"
+    return None
+
+
+def resolve_literal(host: str, port: int) -> AddrInfo | None:
+    """The address of an IP literal (``"10.0.0.1"``, ``"::1"``, ``"[::1]"``,
+    ``"fe80::1%eth0"``), or ``None`` if ``host`` is a name to be resolved.
+
+    This is Netty's ``isResolved`` fast path: no resolver is consulted for a
+    literal. The conversion uses ``getaddrinfo`` with ``AI_NUMERICHOST``, which
+    never touches DNS and does not block, so it runs inline.
+    """
+    bare = strip_brackets(host)
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        return None
+    # ipaddress accepts it; getaddrinfo fills in the sockaddr (scope id for %iface).
+    flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+    try:
+        infos = socket.getaddrinfo(bare, port, 0, socket.SOCK_STREAM, 0, flags)
+    except socket.gaierror:
+        return None  # e.g. an unknown interface name after '%': let a resolver decide
+    family, _, _, _, sockaddr = infos[0]
+    return int(family), sockaddr
 
 
 _MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")

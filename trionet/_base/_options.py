@@ -1,9 +1,9 @@
 """Option objects: frozen dataclasses that validate themselves on construction.
 
 A bad value fails where it is written, with a ``ValueError`` naming the field
-and the value, not later inside an accept loop. Applying the options to a
-socket (and failing clearly when the platform lacks one) is done by
-:mod:`trionet._base._sockopt`.
+and the value, not later inside an accept loop (the checks are
+:mod:`trionet._base._checks`). Applying the options to a socket (and failing
+clearly when the platform lacks one) is done by :mod:`trionet._base._sockopt`.
 """
 
 from __future__ import annotations
@@ -11,20 +11,23 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import trio
 
+from ._addr import Network, host_problem, resolve_literal
 from ._checks import (
-    Network,
+    C_INT_MAX,
+    U32_MAX,
     bad_value,
     check_bool,
     check_family,
-    check_int,
-    check_opt_int,
+    check_host_field,
+    check_instance,
     check_seconds,
+    int_field,
     to_networks,
 )
 
@@ -58,12 +61,19 @@ class SocketOptions:
       nodelay: ``TCP_NODELAY`` (ATS ``sock_option_flag_in`` bit 0x1, on by
         default as in ATS).
       keepalive: ``SO_KEEPALIVE``.
-      linger: ``SO_LINGER`` seconds; ``0`` makes close send a reset; ``None``
-        leaves the kernel default.
-      recv_bufsize / send_bufsize: ``SO_RCVBUF`` / ``SO_SNDBUF`` in bytes.
+      linger: ``SO_LINGER`` seconds, 0..65535; ``0`` makes close send a
+        reset; ``None`` leaves the kernel default.
+      recv_bufsize / send_bufsize: ``SO_RCVBUF`` / ``SO_SNDBUF`` in bytes,
+        1..2**31-1 (a C int; the kernel caps it at ``net.core.rmem_max`` /
+        ``wmem_max``).
       tos: ``IP_TOS`` (IPv4) or ``IPV6_TCLASS`` (IPv6), 0..255.
-      mark: ``SO_MARK`` (Linux; needs ``CAP_NET_ADMIN``).
-      notsent_lowat: ``TCP_NOTSENT_LOWAT`` in bytes.
+      mark: ``SO_MARK`` (Linux; needs ``CAP_NET_ADMIN``), 0..2**32-1 (the
+        kernel's mark is a u32).
+      notsent_lowat: ``TCP_NOTSENT_LOWAT`` in bytes, 0..2**31-1.
+
+    Every field is checked on construction: a bool field takes only ``True``
+    or ``False``, an int field only an int (not a bool) in its range; anything
+    else raises ``ValueError`` naming the field and the value.
     """
 
     nodelay: bool = True
@@ -79,12 +89,12 @@ class SocketOptions:
         o = "SocketOptions"
         check_bool(o, "nodelay", self.nodelay)
         check_bool(o, "keepalive", self.keepalive)
-        check_opt_int(o, "linger", self.linger, 0, 65535)
-        check_opt_int(o, "recv_bufsize", self.recv_bufsize, 1)
-        check_opt_int(o, "send_bufsize", self.send_bufsize, 1)
-        check_opt_int(o, "tos", self.tos, 0, 255)
-        check_opt_int(o, "mark", self.mark, 0, 2**32 - 1)
-        check_opt_int(o, "notsent_lowat", self.notsent_lowat, 0, 2**32 - 1)
+        int_field(self, o, "linger", 0, 65535, optional=True)
+        int_field(self, o, "recv_bufsize", 1, C_INT_MAX, optional=True)
+        int_field(self, o, "send_bufsize", 1, C_INT_MAX, optional=True)
+        int_field(self, o, "tos", 0, 255, optional=True)
+        int_field(self, o, "mark", 0, U32_MAX, optional=True)
+        int_field(self, o, "notsent_lowat", 0, C_INT_MAX, optional=True)
 
 
 # The TLS handshake timeout default: ATS ships proxy.config.ssl.handshake_timeout_in
@@ -111,29 +121,42 @@ class AcceptOptions:
 
     Args:
       port: TCP port, 0..65535; 0 picks an ephemeral port (see ``Server.ports``).
-      host: address to bind; ``None`` binds every address of both families
-        (``::`` with ``IPV6_V6ONLY`` and ``0.0.0.0``) on the same port.
+      host: address (or host name) to bind; ``None`` binds every address of
+        both families (``::`` with ``IPV6_V6ONLY`` and ``0.0.0.0``) on the
+        same port. A name is checked as :meth:`NetProcessor.connect` checks
+        one (no control characters, no over-long labels, valid IDNA).
       localhost_only: bind ``127.0.0.1`` and ``::1`` only (``host`` must be None).
       family: restrict to ``AF_INET`` or ``AF_INET6``; ``None`` for both.
-      backlog: ``listen()`` backlog, >= 1.
+      backlog: ``listen()`` backlog, 1..2**31-1 (a C int; Linux caps it at
+        ``net.core.somaxconn``).
       reuse_port: ``SO_REUSEPORT`` (several processes share the port).
-      defer_accept: ``TCP_DEFER_ACCEPT`` seconds (Linux): accept only once data arrived.
+      defer_accept: ``TCP_DEFER_ACCEPT`` seconds (Linux), 0..2**31-1, rounded
+        to whole seconds (at least 1 unless 0): accept only once data arrived.
       transparent: ``IP_TRANSPARENT`` (needs ``CAP_NET_ADMIN``).
       backdoor: exempt this port from the connection throttle and per-client limit
         (ATS's backdoor port for health checks).
       socket: :class:`SocketOptions` for the listening and accepted sockets.
-      inactivity_timeout / active_timeout: seconds, set on every accepted
-        connection (see :attr:`Connection.inactivity_timeout`).
+      inactivity_timeout / active_timeout: seconds (> 0, finite; ``None``
+        for none), set on every accepted connection (see
+        :attr:`Connection.inactivity_timeout`). Zero is refused: it would
+        end every connection as it opens (ATS reads 0 as "no timeout"; here
+        that is ``None``).
       fd: serve an already-open listening socket (inherited from systemd or a
-        parent process) instead of binding one; ``host``/``port`` are then ignored.
+        parent process) instead of binding one, 0..2**31-1; ``host``/``port``
+        are then ignored.
       ssl_context: wrap every accepted connection in TLS.
-      tls_handshake_timeout: seconds a client may take to finish its TLS handshake.
+      tls_handshake_timeout: seconds a client may take to finish its TLS
+        handshake (> 0, finite; ``None`` for no limit).
       proxy_protocol: expect a PROXY protocol v1 or v2 header on each connection.
       proxy_protocol_trusted: networks allowed to send the header; a connection
         from elsewhere is closed and counted in ``proxy_protocol_errors``.
         Default: loopback only (``127.0.0.0/8``, ``::1``); every source only
         when asked, with ``("0.0.0.0/0", "::/0")``.
-      proxy_protocol_timeout: seconds to wait for the complete header.
+      proxy_protocol_timeout: seconds to wait for the complete header (> 0, finite).
+
+    Every field is checked on construction (type and range, as in
+    :class:`SocketOptions`); a bad one raises ``ValueError`` naming the field
+    and the value.
     """
 
     port: int = 0
@@ -157,28 +180,26 @@ class AcceptOptions:
 
     def __post_init__(self) -> None:
         o = "AcceptOptions"
-        check_int(o, "port", self.port, 0, 65535)
-        if self.host is not None and not isinstance(self.host, str):
-            raise bad_value(o, "host", self.host, "must be a str or None")
+        int_field(self, o, "port", 0, 65535)
+        check_host_field(o, "host", self.host)
         check_bool(o, "localhost_only", self.localhost_only)
         if self.localhost_only and self.host is not None:
             raise bad_value(o, "host", self.host, "cannot be combined with localhost_only=True")
         check_family(o, self.family)
-        check_int(o, "backlog", self.backlog, 1)
+        int_field(self, o, "backlog", 1, C_INT_MAX)
         for name in ("reuse_port", "transparent", "backdoor", "proxy_protocol"):
             check_bool(o, name, getattr(self, name))
-        check_seconds(o, "defer_accept", self.defer_accept)
+        check_seconds(o, "defer_accept", self.defer_accept, finite=True, hi=C_INT_MAX)
         if not isinstance(self.socket, SocketOptions):
             raise bad_value(o, "socket", self.socket, "must be a SocketOptions")
-        check_seconds(o, "inactivity_timeout", self.inactivity_timeout)
-        check_seconds(o, "active_timeout", self.active_timeout)
-        check_opt_int(o, "fd", self.fd, 0)
-        if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
-            raise bad_value(o, "ssl_context", self.ssl_context, "must be an ssl.SSLContext")
-        check_seconds(o, "tls_handshake_timeout", self.tls_handshake_timeout, allow_zero=False)
-        check_seconds(o, "proxy_protocol_timeout", self.proxy_protocol_timeout, allow_zero=False)
-        if self.proxy_protocol_timeout is None:
-            raise bad_value(o, "proxy_protocol_timeout", None, "must be a number of seconds")
+        for name in ("inactivity_timeout", "active_timeout", "tls_handshake_timeout"):
+            check_seconds(o, name, getattr(self, name), allow_zero=False, finite=True)
+        int_field(self, o, "fd", 0, C_INT_MAX, optional=True)
+        check_instance(o, "ssl_context", self.ssl_context, ssl.SSLContext, "an ssl.SSLContext")
+        ppt = self.proxy_protocol_timeout
+        check_seconds(
+            o, "proxy_protocol_timeout", ppt, allow_zero=False, finite=True, optional=False
+        )
         nets = to_networks(o, "proxy_protocol_trusted", self.proxy_protocol_trusted)
         if self.proxy_protocol and not nets:
             why = 'trusts no source; ("0.0.0.0/0", "::/0") trusts every source'
@@ -203,20 +224,30 @@ class ConnectOptions:
     Args:
       connect_timeout: seconds for resolution, every connection attempt and
         the TLS handshake together (Netty ``CONNECT_TIMEOUT_MILLIS``, default
-        30 s); ``None`` disables it; zero or negative is rejected.
-      local_address / local_port: bind the socket before connecting.
-      happy_eyeballs_delay: seconds between staggered attempts (RFC 8305).
+        30 s); ``None`` disables it; zero, negative or infinite is rejected.
+      local_address / local_port: bind the socket before connecting;
+        ``local_address`` is an IP address str (``"10.0.0.2"``, ``"::1"``,
+        ``"fe80::1%eth0"``), ``local_port`` 0..65535.
+      happy_eyeballs_delay: seconds between staggered attempts (RFC 8305),
+        >= 0 and finite; ``None`` tries one address at a time.
       family: restrict resolution to ``AF_INET`` or ``AF_INET6``.
       socket: :class:`SocketOptions` applied before connecting.
-      inactivity_timeout / active_timeout: set on the returned connection.
+      inactivity_timeout / active_timeout: seconds (> 0, finite; ``None``
+        for none), set on the returned connection.
       resolver: a :class:`Resolver`; ``None`` uses ``getaddrinfo``.
       ssl_context / server_hostname / alpn_protocols: make a TLS connection.
+        ``server_hostname`` is a host name checked as ``connect()`` checks
+        one; each ALPN protocol name is an ASCII str of 1..255 characters
+        (RFC 7301's limit; Python's ``ssl`` takes ASCII only).
       socket_factory: ``socket_factory(family)`` opens the unconnected TCP
         socket of each connection attempt; ``None`` uses
         ``trio.socket.socket(family, SOCK_STREAM)``. The seam for fault
         injection (a socket whose ``connect`` stalls or fails), as httpcore
         lets a test replace its network backend; every socket it returns is
         closed by ``connect`` unless it becomes the connection.
+
+    Every field is checked on construction; a bad one raises ``ValueError``
+    naming the field and the value.
     """
 
     connect_timeout: float | None = 30.0
@@ -235,29 +266,57 @@ class ConnectOptions:
 
     def __post_init__(self) -> None:
         o = "ConnectOptions"
-        check_seconds(o, "connect_timeout", self.connect_timeout, allow_zero=False)
-        if self.local_address is not None:
-            try:
-                ipaddress.ip_address(self.local_address)
-            except ValueError:
-                raise bad_value(
-                    o, "local_address", self.local_address, "not an IP address"
-                ) from None
-        check_int(o, "local_port", self.local_port, 0, 65535)
-        check_seconds(o, "happy_eyeballs_delay", self.happy_eyeballs_delay)
+        check_seconds(o, "connect_timeout", self.connect_timeout, allow_zero=False, finite=True)
         check_family(o, self.family)
+        _check_local_address(o, self.local_address, self.family)
+        int_field(self, o, "local_port", 0, 65535)
+        check_seconds(o, "happy_eyeballs_delay", self.happy_eyeballs_delay, finite=True)
         if not isinstance(self.socket, SocketOptions):
             raise bad_value(o, "socket", self.socket, "must be a SocketOptions")
-        check_seconds(o, "inactivity_timeout", self.inactivity_timeout)
-        check_seconds(o, "active_timeout", self.active_timeout)
+        for name in ("inactivity_timeout", "active_timeout"):
+            check_seconds(o, name, getattr(self, name), allow_zero=False, finite=True)
         if self.resolver is not None and not callable(getattr(self.resolver, "resolve", None)):
             raise bad_value(o, "resolver", self.resolver, "must have an async resolve() method")
-        if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
-            raise bad_value(o, "ssl_context", self.ssl_context, "must be an ssl.SSLContext")
+        check_instance(o, "ssl_context", self.ssl_context, ssl.SSLContext, "an ssl.SSLContext")
+        check_host_field(o, "server_hostname", self.server_hostname)
         if self.alpn_protocols is not None:
-            protos: Any = self.alpn_protocols
-            if isinstance(protos, str) or not all(isinstance(p, str) and p for p in protos):
-                raise bad_value(o, "alpn_protocols", protos, "must be a list of non-empty str")
-            object.__setattr__(self, "alpn_protocols", tuple(protos))
+            protos = _alpn_names(o, self.alpn_protocols)
+            object.__setattr__(self, "alpn_protocols", protos)
         if self.socket_factory is not None and not callable(self.socket_factory):
             raise bad_value(o, "socket_factory", self.socket_factory, "must be callable or None")
+
+
+def _check_local_address(owner: str, value: object, family: object) -> None:
+    """An IP literal this host could bind (a scope id names a real interface),
+    of ``family`` if one is asked for (connect() would refuse it later)."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise bad_value(owner, "local_address", value, "must be an IP address str or None")
+    why = host_problem(value)  # a NUL would cut "127.0.0.1\x00..." short
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        why = why or "not an IP address"
+    local = resolve_literal(value, 0) if why is None else None
+    if why is None and local is None:
+        why = "not an address this host can bind (unknown interface?)"
+    if why is not None:
+        raise bad_value(owner, "local_address", value, why)
+    if family is not None and local is not None and local[0] != family:
+        raise bad_value(owner, "family", family, f"local_address={value!r} is not of that family")
+
+
+def _alpn_names(owner: str, value: object) -> tuple[str, ...]:
+    """ALPN protocol names: ASCII str, 1..255 characters each (RFC 7301)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise bad_value(
+            owner, "alpn_protocols", value, "must be a list of str (['h2', 'http/1.1'])"
+        )
+    names = tuple(value)  # once: a generator could not be read twice
+    for name in names:
+        if not isinstance(name, str) or not name.isascii() or not 1 <= len(name) <= 255:
+            raise bad_value(
+                owner, "alpn_protocols", name, "each protocol must be an ASCII str of 1..255 chars"
+            )
+    return names

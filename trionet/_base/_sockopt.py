@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import socket
 import struct
+from contextlib import suppress
 from typing import Protocol
 
 from ._errors import UnsupportedOptionError
 from ._options import AcceptOptions, SocketOptions
 
-__all__ = ["apply_listen_options", "apply_socket_options"]
+__all__ = ["apply_listen_options", "apply_socket_options", "linger_abort"]
 
 # Linux values for constants the socket module does not export everywhere.
 _LINUX_FALLBACK = {
@@ -72,7 +73,10 @@ def apply_socket_options(sock: _SockLike, opts: SocketOptions) -> None:
         else:
             _set(sock, "SocketOptions.tos", socket.IPPROTO_IP, "IP_TOS", opts.tos)
     if opts.mark is not None:
-        _set(sock, "SocketOptions.mark", socket.SOL_SOCKET, "SO_MARK", opts.mark)
+        # The kernel's mark is a u32, but setsockopt() with a Python int passes
+        # a signed C int (2**31 and up fail with TypeError): pass the 4 bytes.
+        packed_mark = struct.pack("=I", opts.mark)
+        _set(sock, "SocketOptions.mark", socket.SOL_SOCKET, "SO_MARK", packed_mark)
     if opts.notsent_lowat is not None:
         _set(
             sock,
@@ -93,5 +97,19 @@ def apply_listen_options(sock: _SockLike, opts: AcceptOptions) -> None:
         else:
             _set(sock, "AcceptOptions.transparent", socket.IPPROTO_IP, "IP_TRANSPARENT", 1)
     if opts.defer_accept is not None:
+        # AcceptOptions bounds it to a C int of seconds; TCP_DEFER_ACCEPT takes whole ones.
         seconds = max(1, round(opts.defer_accept)) if opts.defer_accept else 0
         _set(sock, "AcceptOptions.defer_accept", socket.IPPROTO_TCP, "TCP_DEFER_ACCEPT", seconds)
+
+
+# struct linger {l_onoff=1, l_linger=0}: close() then discards unsent data and
+# sends RST instead of FIN (an abortive close).
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+def linger_abort(sock: _SockLike) -> None:
+    """Make the next ``close()`` of ``sock`` abortive: ``SO_LINGER`` {on, 0 s},
+    so the kernel drops what is unsent and answers with RST instead of FIN.
+    Never raises (the peer may have reset first: closing is all that is left)."""
+    with suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)

@@ -10,6 +10,11 @@ Activity is recorded as a timestamp only; nothing is scheduled per I/O call.
 The processor's :class:`~trionet._core._timeouts.TimeoutCop` re-arms lazily
 when a deadline comes up (see that module for why).
 
+Two ways to end a connection: :meth:`Connection.aclose` is the orderly one (TLS
+``close_notify``, then FIN), :meth:`Connection.abort` the abortive one (RST, no
+``close_notify``) for when what was sent must not look complete -- a proxy
+passing on a peer's reset, or a session cut by a deadline.
+
 One owner per piece of state: every field below is set in the constructor or
 by one method of ``Connection``. What others need from a connection they
 declare as a ``typing.Protocol`` in their own (lower) module -- the cop's
@@ -41,10 +46,12 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, final
 import trio
 
 from .._base._checks import check_seconds
+from .._base._sockopt import linger_abort
 from ._timeouts import TimedOut
 
 if TYPE_CHECKING:
     from ._stats import Counters
+    from ._table import Reservation
     from ._timeouts import TimeoutCop
     from ._tls import TLSInfo
 
@@ -94,7 +101,9 @@ class Connection(trio.abc.HalfCloseableStream):
     (from :meth:`NetProcessor.connect`).
 
     A :class:`trio.abc.HalfCloseableStream`: ``receive_some``, ``send_all``,
-    ``send_eof``, ``wait_send_all_might_not_block``, ``aclose``.
+    ``send_eof``, ``wait_send_all_might_not_block``, ``aclose``; plus
+    :meth:`close` (at once, no TLS ``close_notify``) and :meth:`abort` (at
+    once, with a reset: the peer sees an error, never a clean end).
 
     Attributes:
       id: unique per processor, increasing.
@@ -105,6 +114,10 @@ class Connection(trio.abc.HalfCloseableStream):
       bytes_received / bytes_sent: payload bytes (after TLS decryption).
       timed_out: ``None``, or why the connection was ended by the processor:
         ``"inactivity"``, ``"active"`` or ``"evicted"``.
+      broken: ``True`` once an I/O call found the connection broken (the
+        peer reset it; for TLS also a close without ``close_notify``). The
+        iocore shim reports a reset as ``VC_EVENT_EOS``, as ATS does; this
+        tells the two apart.
       tls: a :class:`TLSInfo` for TLS connections, else ``None``.
       socket: the underlying ``trio.socket.SocketType``.
       inbound: ``True`` for accepted connections.
@@ -120,16 +133,19 @@ class Connection(trio.abc.HalfCloseableStream):
         "_last_activity",
         "_local_address",
         "_owner",
+        "_peer",
         "_peer_address",
         "_proxy_tlvs",
         "_receiving",
         "_remote_address",
+        "_reserved",
         "_scopes",
         "_sending",
         "_sock_address",
         "_ssl",
         "_timeout_hook",
         "_tls",
+        "broken",
         "bytes_received",
         "bytes_sent",
         "id",
@@ -151,6 +167,7 @@ class Connection(trio.abc.HalfCloseableStream):
         inactivity_timeout: float | None = None,
         active_timeout: float | None = None,
         scope: trio.CancelScope | None = None,
+        reservation: Reservation | None = None,
     ) -> None:
         """Wrap a connected socket (by :meth:`ConnectionTable.open`, which has
         counted it; users get connections from ``serve`` and ``connect``).
@@ -160,6 +177,8 @@ class Connection(trio.abc.HalfCloseableStream):
           inactivity_timeout / active_timeout: seconds, or None; armed now.
           scope: the cancel scope the handler task runs in (cancelled with the
             connection's timeouts), or None.
+          reservation: an outbound slot held for this (inbound) connection's
+            handler to connect with (see ``_inbound._accept``'s slot pairing).
         """
         self.socket = sock
         self.id = conn_id
@@ -195,6 +214,14 @@ class Connection(trio.abc.HalfCloseableStream):
         # enforce_timeouts() blocks. A tuple: shared and free while empty.
         self._scopes: tuple[trio.CancelScope, ...] = () if scope is None else (scope,)
         self._timeout_hook: TimeoutHook | None = None
+        self.broken = False
+        # The connection spliced with this one (see trionet._apps._tcp_proxy.splice),
+        # whose activity counts as this one's for the inactivity timeout; else None.
+        self._peer: Connection | None = None
+        # An outbound slot the accept loop reserved with this inbound connection
+        # for its handler's connect (NetProcessor.connect(for_connection=...)):
+        # taken once by that connect, or given back once when this one closes.
+        self._reserved = reservation
         if inactivity_timeout is not None or active_timeout is not None:
             owner.cop.rearm(self)
 
@@ -230,13 +257,21 @@ class Connection(trio.abc.HalfCloseableStream):
 
     async def _tls_receive_some(self, max_bytes: int | None) -> bytes:
         assert self._ssl is not None
-        data = bytes(await self._ssl.receive_some(max_bytes))
+        try:
+            data = bytes(await self._ssl.receive_some(max_bytes))
+        except trio.BrokenResourceError:
+            self.broken = True  # also a close without close_notify (truncation)
+            raise
         self.bytes_received += len(data)  # plaintext; the wire counted the records
         return data
 
     async def _tls_send_all(self, data: bytes | bytearray | memoryview) -> None:
         assert self._ssl is not None
-        await self._ssl.send_all(data)
+        try:
+            await self._ssl.send_all(data)
+        except trio.BrokenResourceError:
+            self.broken = True
+            raise
         self.bytes_sent += memoryview(data).nbytes  # plaintext, as above
 
     async def _tls_send_eof(self) -> None:
@@ -264,7 +299,30 @@ class Connection(trio.abc.HalfCloseableStream):
             return
         self._closed = True
         self.socket.close()
+        reservation = self._reserved
+        if reservation is not None:  # reserved for an outbound connect that never took it
+            self._reserved = None
+            reservation.release()
         self._owner.release(self, self._client_key)
+
+    def abort(self) -> None:
+        """Abortive close: the peer gets a reset (RST), never a clean end.
+
+        ``SO_LINGER`` {on, 0 s} then close: the kernel discards whatever is
+        still unsent and answers with RST instead of FIN, so the peer's next
+        receive fails (``ECONNRESET``) instead of returning EOF. A TLS
+        connection sends no ``close_notify``, TLS's authenticated "that was
+        all". Use it when the bytes sent so far must not look complete: a
+        proxy passing on the other side's reset, a session cut by a deadline
+        or a shutdown. :meth:`aclose` stays the orderly close.
+
+        Idempotent, synchronous (safe in ``finally`` blocks under
+        cancellation); releases the slot like :meth:`close`.
+        """
+        if self._closed:
+            return
+        linger_abort(self.socket)
+        self.close()
 
     @property
     def closed(self) -> bool:
@@ -477,6 +535,7 @@ class Connection(trio.abc.HalfCloseableStream):
     def _translate(self, exc: OSError) -> Exception:
         if self._closed or exc.errno in _CLOSED_ERRNOS:
             return trio.ClosedResourceError("connection was closed")
+        self.broken = True
         return trio.BrokenResourceError(f"connection #{self.id} broken: {exc}")
 
     # ----------------------------------------------------------- socket options
@@ -498,8 +557,10 @@ class Connection(trio.abc.HalfCloseableStream):
         Activity is a receive that returns data, a send that moves bytes into
         the kernel, and (Linux, TCP) the kernel delivering bytes it has not
         sent yet: checked only when the deadline comes, so with bytes unsent
-        the timeout fires between T and 2T after the last progress. Setting it
-        restarts the idle clock; ``None`` cancels it (ATS
+        the timeout fires between T and 2T after the last progress. While the
+        connection is spliced with another (:func:`~trionet.splice`), activity
+        on either one counts for both (HAProxy's ``timeout tunnel``). Setting
+        it restarts the idle clock; ``None`` cancels it (ATS
         ``set_inactivity_timeout`` / ``cancel_inactivity_timeout``).
         """
         return self._inactivity_timeout
@@ -529,13 +590,21 @@ class Connection(trio.abc.HalfCloseableStream):
     def last_activity(self) -> float:
         """``trio.current_time()`` of the last receive or send that moved bytes,
         or of the timeout check that found the kernel still delivering this
-        connection's queued bytes to a reading peer."""
+        connection's queued bytes to a reading peer (on a spliced connection,
+        after the splice: on either side of it)."""
         return self._last_activity
 
     def _deadline(self) -> tuple[float, TimedOut]:
         """The earliest pending deadline and which timeout it belongs to."""
         idle = self._inactivity_timeout
-        inactive_at = _INF if idle is None else self._last_activity + idle
+        last = self._last_activity
+        # Spliced with a peer: the session is idle only when neither side moved
+        # a byte (HAProxy's `timeout tunnel`), so the later activity counts.
+        # Read here, when a deadline comes up -- no cost per I/O call.
+        peer = self._peer
+        if peer is not None and peer._last_activity > last:
+            last = peer._last_activity
+        inactive_at = _INF if idle is None else last + idle
         if self._active_deadline <= inactive_at:
             return self._active_deadline, "active"
         return inactive_at, "inactivity"
@@ -599,7 +668,39 @@ class Connection(trio.abc.HalfCloseableStream):
         # closing the socket next cannot turn it into a ClosedResourceError.
         for scope in self._scopes:
             scope.cancel()
-        self.close()
+        # A spliced connection is cut mid-session: abort it, so its peer does
+        # not take the truncated stream for a complete one (trionet._apps._tcp_proxy).
+        if self._peer is not None:
+            self.abort()
+        else:
+            self.close()
+
+    # ------------------------------------------------------------- splicing
+    @contextmanager
+    def _linked(self, peer: Connection) -> Iterator[None]:
+        """Spliced with ``peer`` for the block: each side's activity keeps both
+        alive (see :meth:`_deadline`)."""
+        self._peer = peer
+        peer._peer = self
+        try:
+            yield
+        finally:
+            # What the session did counts as each side's own activity from now
+            # on: the cop's armed deadlines were computed with the pair's latest
+            # activity, and an armed deadline must never be later than the real one.
+            last = max(self._last_activity, peer._last_activity)
+            self._last_activity = peer._last_activity = last
+            self._peer = peer._peer = None
+
+    def _take_reservation(self, owner: Owner) -> Reservation | None:
+        """Hand the outbound slot reserved with this connection to a connect of
+        the same processor (``owner``), or None. Exactly once: after this (or
+        after close) there is none."""
+        reservation = self._reserved
+        if reservation is None or self._closed or owner is not self._owner:
+            return None
+        self._reserved = None
+        return reservation
 
     # -------------------------------------------------------- keep-alive idle
     @property

@@ -22,7 +22,7 @@ from typing import final
 
 import trio
 
-from .._base._checks import Network
+from .._base._addr import Network
 from ._connection import Connection, SockAddr
 from ._stats import Counters, NetStatistics
 from ._throttle import Throttle
@@ -79,15 +79,19 @@ class ConnectionTable:
         inactivity_timeout: float | None = None,
         active_timeout: float | None = None,
         scope: trio.CancelScope | None = None,
+        reserve: bool = False,
     ) -> Connection:
         """Wrap a connected socket and count it as open. The caller has already
-        checked the throttle; ``client`` is the per-client key (None: not
-        counted per client); ``scope`` the handler task's cancel scope."""
+        checked the throttle (for two slots with ``reserve``: the second is
+        held for the connection's outbound connect, see
+        :meth:`Connection._take_reservation`); ``client`` is the per-client key
+        (None: not counted per client); ``scope`` the handler task's cancel scope."""
         counters = self.counters
         if inactivity_timeout is None and self.default_inactivity_timeout is not None:
             inactivity_timeout = self.default_inactivity_timeout
             counters.default_inactivity_timeout_applied += 1
         self.throttle.acquire(client)
+        reservation = Reservation(self) if reserve else None
         counters.connections_currently_open += 1
         return Connection(
             sock,
@@ -99,6 +103,7 @@ class ConnectionTable:
             inactivity_timeout=inactivity_timeout,
             active_timeout=active_timeout,
             scope=scope,
+            reservation=reservation,
         )
 
     def release(self, conn: Connection, client: str | None) -> None:

@@ -36,6 +36,7 @@ from ._listen import Listener
 from ._prepare import prepare_inbound
 
 __all__ = [
+    "slots_per_connection",
     "DEFAULT_ACCEPT_BATCH",
     "DEFAULT_ACCEPT_ERROR_GRACE",
     "AcceptPolicy",
@@ -103,6 +104,25 @@ DEFAULT_ACCEPT_ERROR_GRACE: Final = 5.0
 # no syscalls per connection; tests/test_options.py checks this with getsockopt.
 # Elsewhere they are set on each accepted socket, as ATS does.
 _INHERITS_OPTIONS: Final = hasattr(socket, "AF_NETLINK")
+
+
+# Slot pairing. A proxy session needs two connections, the client's and its
+# upstream's, and both count toward max_connections. Checking the limit for the
+# client alone let the accept loop fill the last slot with a client whose
+# upstream connect then hit the limit: accepted, then dropped -- in "pause" mode
+# too, which promises to hold clients in the backlog, and with a limit of 1 no
+# client was ever served. So a handler that opens one outbound connection per
+# client says so (``reserve_outbound_slot = True``; TcpProxy does), and the
+# accept loop admits a client only when both slots are free: "pause" leaves it
+# in the backlog, "close" refuses it at accept (connections_throttled_in). The
+# second slot is reserved with the inbound connection and handed to the
+# handler's ``connect(..., for_connection=conn)``, which then cannot be
+# throttled; a reservation nobody takes is given back when the client closes.
+# Counting a session as one slot instead would keep max_connections from
+# bounding descriptors (ATS's connections_throttle counts both sides too).
+def slots_per_connection(handler: Handler) -> int:
+    """2 for a handler that declares it connects out once per client, else 1."""
+    return 2 if getattr(handler, "reserve_outbound_slot", False) is True else 1
 
 
 @final
@@ -176,7 +196,7 @@ class Acceptor:
     """The accept loop of one listening socket: accepts, admits, and starts a
     task running ``handler`` for each connection in ``nursery``."""
 
-    __slots__ = ("_handler", "_listener", "_nursery", "_policy", "_table")
+    __slots__ = ("_handler", "_listener", "_need", "_nursery", "_policy", "_table")
 
     def __init__(
         self,
@@ -191,6 +211,7 @@ class Acceptor:
         self._listener = listener
         self._handler = handler
         self._nursery = nursery
+        self._need = slots_per_connection(handler)  # 2: a slot held for its upstream
 
     async def run(self) -> None:
         """Accept until cancelled.
@@ -204,9 +225,10 @@ class Acceptor:
         table = self._table
         throttle = table.throttle
         batch = self._policy.accept_batch
+        need = self._need
         in_row = 0
         while True:
-            if pause and not exempt and throttle.at_limit():
+            if pause and not exempt and throttle.at_limit(need):
                 # Event-driven: parked until a connection closes (ConnectionTable.release).
                 await table.wait_for_slot()
                 continue
@@ -236,7 +258,7 @@ class Acceptor:
         counters = table.counters
         host: str | None = addr[0] if isinstance(addr, tuple) else None
         if not opts.backdoor:
-            if throttle.at_limit():  # only reachable in "close" mode
+            if throttle.at_limit(self._need):  # only reachable in "close" mode
                 client.close()
                 counters.connections_throttled_in += 1
                 self._policy.throttle_log(logging.WARNING, "too many connections, throttling")
@@ -272,6 +294,7 @@ class Acceptor:
             inactivity_timeout=opts.inactivity_timeout,
             active_timeout=opts.active_timeout,
             scope=scope,
+            reserve=self._need > 1,
         )
         self._nursery.start_soon(self._serve_connection, conn, scope)
 

@@ -29,7 +29,7 @@ from .._base._errors import AcceptError
 from .._base._options import AcceptOptions
 from .._core._stats import NetStatistics
 from .._core._table import ConnectionTable
-from ._accept import Acceptor, AcceptPolicy, Handler
+from ._accept import Acceptor, AcceptPolicy, Handler, slots_per_connection
 from ._listen import Listener, open_listeners
 
 __all__ = ["Handler", "Server", "serve"]
@@ -63,6 +63,13 @@ async def serve(
         raise ValueError("serve() needs at least one port or AcceptOptions to listen on")
     if not callable(handler):
         raise TypeError(f"handler={handler!r} is not callable")
+    need = slots_per_connection(handler)
+    limit = processor._table.throttle.max_connections
+    if limit is not None and limit < need:
+        raise ValueError(
+            f"max_connections={limit}: a session of {handler!r} needs "
+            f"{need} connections (client and upstream)"
+        )
     specs = [AcceptOptions.coerce(spec) for spec in listen]
     listeners: list[Listener] = []
     try:

@@ -4,7 +4,9 @@ throttle, resolve, happy eyeballs, connect timeout, wrap in a ``Connection``.
 One ``connect()`` call, step by step::
 
     connect(host, port, options)
-    ├── reserve a throttle slot           (ThrottledError at max_connections)
+    ├── reserve a throttle slot           (ThrottledError at max_connections),
+    │                                      or take the one serve() reserved
+    │                                      with `for_connection`
     └── with move_on_after(connect_timeout):       <- covers every step below
         ├── resolve                       (IP literal: no resolver call)
         ├── race: one attempt task per address, staggered (RFC 8305)
@@ -36,7 +38,7 @@ from typing import Final
 
 import trio
 
-from .._base._addr import host_port
+from .._base._addr import AddrInfo, host_port, resolve_literal
 from .._base._checks import is_int
 from .._base._errors import (
     ENET_THROTTLING,
@@ -53,7 +55,7 @@ from .._core._connection import Connection
 from .._core._table import ConnectionTable, Reservation
 from .._core._tls import tls_client_handshake
 from ._eyeballs import happy_eyeballs
-from ._resolve import AddrInfo, GetaddrinfoResolver, check_addresses, resolve_literal
+from ._resolve import GetaddrinfoResolver, check_addresses, check_host
 
 __all__ = ["connect"]
 
@@ -70,11 +72,17 @@ def _open_tcp_socket(family: int) -> trio.socket.SocketType:
 
 
 async def connect(
-    table: ConnectionTable, host: str, port: int, options: ConnectOptions | None = None
+    table: ConnectionTable,
+    host: str,
+    port: int,
+    options: ConnectOptions | None = None,
+    *,
+    for_connection: Connection | None = None,
 ) -> Connection:
     """Open a TCP connection to ``host:port``, counted in ``table``.
 
-    See :meth:`NetProcessor.connect` for the contract.
+    See :meth:`NetProcessor.connect` for the contract (``for_connection``:
+    the inbound connection whose reserved slot to use).
 
     Statistics: ``connects_total`` counts every call admitted past the
     throttle; of those, ``connect_timeouts`` the ones that timed out and
@@ -83,10 +91,17 @@ async def connect(
     ``connections_throttled_out``.
     """
     host, port, opts = _check_arguments(host, port, options)
+    if for_connection is not None and not isinstance(for_connection, Connection):
+        raise TypeError(f"for_connection={for_connection!r}: must be a trionet.Connection or None")
     target = host_port(host, port)
     counters = table.counters
     throttle = table.throttle
-    if throttle.at_limit():
+    # A slot serve() reserved with the client (see trionet._inbound._accept's
+    # "slot pairing") is taken here, before any checkpoint, and from then on is
+    # this call's like one it reserved itself: handed to the Connection, or
+    # given back on failure -- exactly once either way.
+    reserved = for_connection._take_reservation(table) if for_connection is not None else None
+    if reserved is None and throttle.at_limit():
         counters.connections_throttled_out += 1
         raise named_error(
             ThrottledError,
@@ -96,7 +111,7 @@ async def connect(
     # The call holds a slot from here on, so concurrent connects (and the
     # accept loops) cannot overshoot max_connections while we resolve and race.
     # _establish hands it over to the Connection it creates.
-    slot = table.reserve()
+    slot = reserved if reserved is not None else table.reserve()
     counters.connects_total += 1
     try:
         with trio.move_on_after(_timeout_seconds(opts)):
@@ -169,6 +184,7 @@ def _check_arguments(
         raise TypeError(f"port={port!r}: must be an int")
     if not 1 <= port <= 65535:
         raise ValueError(f"port={port!r}: must be 1..65535")
+    port = int(port)  # not an int subclass (IntEnum): getaddrinfo() refuses those
     if options is None:
         options = ConnectOptions()
     elif not isinstance(options, ConnectOptions):
@@ -189,9 +205,16 @@ async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[AddrInfo]
     """Addresses to try for ``host``, restricted to the wanted family.
 
     Raises:
-      ResolveError: the lookup failed or gave no usable address.
+      ResolveError: the lookup failed or gave no usable address, or ``host``
+        is no valid name (control characters, over-long, IDNA failure: see
+        :func:`~trionet._resolve.host_problem`), whatever the resolver.
       ValueError: ``family`` and ``local_address`` ask for different families.
     """
+    # Checked here, for every resolver and for literals alike: getaddrinfo()
+    # would cut "127.0.0.1\x00.example.com" at the NUL. Inside connect()'s
+    # timeout scope, so the refusal counts in connect_failures like any other
+    # name that cannot be resolved.
+    check_host(host, port)
     target = host_port(host, port)
     family = _wanted_family(opts)
     literal = resolve_literal(host, port)
@@ -199,8 +222,8 @@ async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[AddrInfo]
         # Netty's isResolved(): an IP literal is its own answer.
         if family and literal[0] != family:
             raise ValueError(
-                f"host={host!r} is not an address of the requested family "
-                f"{socket.AddressFamily(family)!r}"
+                f"host={host!r} is not an address of the family "
+                f"{socket.AddressFamily(family).name} that {_family_source(opts)} asks for"
             )
         await trio.lowlevel.checkpoint()
         return [literal]
@@ -218,6 +241,13 @@ async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[AddrInfo]
     if not addresses:
         raise named_error(ResolveError, None, f"no usable address found: {target}")
     return addresses
+
+
+def _family_source(opts: ConnectOptions) -> str:
+    """The option that restricts the family, for messages."""
+    if opts.local_address is not None:
+        return f"ConnectOptions.local_address={opts.local_address!r}"
+    return f"ConnectOptions.family={opts.family!r}"
 
 
 def _wanted_family(opts: ConnectOptions) -> int:

@@ -15,10 +15,9 @@ from typing import final
 
 import trio
 
-from .._base._addr import host_port
+from .._base._addr import AddrInfo, host_port
 from .._base._errors import ConnectError, UnsupportedOptionError, named_error
 from .._base._options import SocketFactory
-from ._resolve import AddrInfo
 
 __all__ = ["happy_eyeballs", "interleave"]
 

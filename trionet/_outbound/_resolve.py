@@ -16,54 +16,35 @@ families (RFC 8305 section 4) without otherwise reordering them.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import socket
 from collections import OrderedDict
-from typing import Any, final
+from typing import final
 
 import trio
 
-from .._base._addr import host_port, strip_brackets
+from .._base._addr import AddrInfo, host_port, host_problem
 from .._base._checks import is_int
 from .._base._errors import ResolveError, named_error
 from .._base._options import Resolver
 
-__all__ = [
-    "AddrInfo",
-    "CachingResolver",
-    "GetaddrinfoResolver",
-    "resolve_literal",
-]
-
-AddrInfo = tuple[int, Any]
-"""``(family, sockaddr)``: ``(AF_INET, (ip, port))`` or
-``(AF_INET6, (ip, port, flowinfo, scope_id))``."""
+__all__ = ["CachingResolver", "GetaddrinfoResolver", "check_addresses", "check_host"]
 
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
-def resolve_literal(host: str, port: int) -> AddrInfo | None:
-    """The address of an IP literal (``"10.0.0.1"``, ``"::1"``, ``"[::1]"``,
-    ``"fe80::1%eth0"``), or ``None`` if ``host`` is a name to be resolved.
+def check_host(host: str, port: int) -> None:
+    """Refuse a name :func:`host_problem` finds fault with, before any lookup.
 
-    This is Netty's ``isResolved`` fast path: no resolver is consulted for a
-    literal. The conversion uses ``getaddrinfo`` with ``AI_NUMERICHOST``, which
-    never touches DNS and does not block, so it runs inline.
+    Raises:
+      ResolveError: ``errno`` ``EAI_NONAME``; the message names the host by its
+        ``repr`` (a control character must not reach a log line raw).
     """
-    bare = strip_brackets(host)
-    try:
-        ipaddress.ip_address(bare)
-    except ValueError:
-        return None
-    # ipaddress accepts it; getaddrinfo fills in the sockaddr (scope id for %iface).
-    flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
-    try:
-        infos = socket.getaddrinfo(bare, port, 0, socket.SOCK_STREAM, 0, flags)
-    except socket.gaierror:
-        return None  # e.g. an unknown interface name after '%': let a resolver decide
-    family, _, _, _, sockaddr = infos[0]
-    return int(family), sockaddr
+    why = host_problem(host)
+    if why is not None:
+        raise named_error(
+            ResolveError, socket.EAI_NONAME, f"invalid host name, {why}: {host!r}:{port}"
+        )
 
 
 def check_addresses(resolver: object, host: str, result: object) -> list[AddrInfo]:
@@ -98,13 +79,16 @@ class GetaddrinfoResolver:
 
     Raises:
       ResolveError: the lookup failed; chained to the ``socket.gaierror``,
-        whose ``errno`` (an ``EAI_*`` code) it keeps.
+        whose ``errno`` (an ``EAI_*`` code) it keeps. Also, before any lookup,
+        a name :func:`host_problem` refuses (control characters, over-long
+        names or labels, IDNA failures).
     """
 
     def __repr__(self) -> str:
         return "GetaddrinfoResolver()"
 
     async def resolve(self, host: str, port: int, family: int) -> list[AddrInfo]:
+        check_host(host, port)
         try:
             infos = await trio.socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
         except socket.gaierror as exc:
@@ -131,6 +115,8 @@ class CachingResolver:
       max_entries: entries kept, >= 1; the least recently used one is dropped
         when a new one would exceed it.
 
+    A name :func:`host_problem` refuses raises :class:`ResolveError` before the
+    cache or the inner resolver sees it.
     Failures are not cached: the next connect asks again (a negative cache
     would make a transient DNS outage outlive its cause).
     Concurrent misses for the same key each ask the inner resolver; a
@@ -169,6 +155,7 @@ class CachingResolver:
         self._entries.clear()
 
     async def resolve(self, host: str, port: int, family: int) -> list[AddrInfo]:
+        check_host(host, port)
         key = (host.lower(), port, family)
         now = trio.current_time()
         entry = self._entries.get(key)

@@ -33,7 +33,7 @@ from typing import Any, Final, final
 
 import trio
 
-from .._base._checks import check_seconds, is_int
+from .._base._checks import C_INT_MAX, check_int, check_seconds, is_int
 from .._base._errors import AcceptError, ConnectError, ConnectTimeoutError, ThrottledError, leaves
 from .._base._options import AcceptOptions, ConnectOptions
 from .._core._connection import Connection
@@ -150,7 +150,8 @@ class UnixNetProcessor:
       net: the native :class:`~trionet.NetProcessor` doing the work.
       event_processor: the scheduling calls (``schedule_imm`` ...).
       default_inactivity_timeout: applied to VCs with no inactivity timeout
-        of their own (ATS ``proxy.config.net.default_inactivity_timeout``).
+        of their own (ATS ``proxy.config.net.default_inactivity_timeout``);
+        ``0`` or ``inf``: none.
     """
 
     def __init__(
@@ -182,8 +183,7 @@ class UnixNetProcessor:
         Raises:
           TypeError / ValueError: bad ``cont``, ``fd`` or ``opts``.
         """
-        if not is_int(fd) or fd < 0:
-            raise ValueError(f"fd={fd!r}: must be an open file descriptor number")
+        check_int("UnixNetProcessor.main_accept", "fd", fd, 0, C_INT_MAX)
         base = opts if opts is not None else AcceptOptions()
         return self.accept(cont, dataclasses.replace(base, fd=fd))
 
@@ -345,7 +345,7 @@ class UnixNetProcessor:
 async def open_net_processor(
     net: NetProcessor | None = None,
     *,
-    default_inactivity_timeout: float = DEFAULT_INACTIVITY_TIMEOUT,
+    default_inactivity_timeout: float | None = DEFAULT_INACTIVITY_TIMEOUT,
 ) -> AsyncIterator[UnixNetProcessor]:
     """Start the shim (ATS ``UnixNetProcessor::start``)::
 
@@ -357,7 +357,9 @@ async def open_net_processor(
       net: the native :class:`~trionet.NetProcessor` to drive (its limits,
         throttle and statistics apply); a fresh one by default.
       default_inactivity_timeout: seconds, for VCs with no inactivity timeout
-        of their own (ATS's 86400 by default; ``math.inf`` disables it).
+        of their own (ATS's 86400 by default). ``0`` disables it, as in ATS
+        (``None`` and ``math.inf`` too): a VC then gets an inactivity timeout
+        only from its options or ``set_inactivity_timeout``.
 
     Resource handling:
       Leaving the block cancels every accept, VC and scheduled event: all
@@ -371,8 +373,9 @@ async def open_net_processor(
     elif not isinstance(net, NetProcessor):
         raise TypeError(f"net={net!r}: must be a trionet.NetProcessor or None")
     check_seconds("open_net_processor", "default_inactivity_timeout", default_inactivity_timeout)
+    default = float(default_inactivity_timeout or 0.0)  # None: none, as 0 is in ATS
     async with trio.open_nursery() as nursery:
-        unp = UnixNetProcessor(net, nursery, float(default_inactivity_timeout))
+        unp = UnixNetProcessor(net, nursery, default)
         try:
             yield unp
         finally:
