@@ -27,7 +27,15 @@ import trio.testing
 import trionet
 import trionet.iocore
 
-from .running import ROOT, Running, connect_when_up, echo_roundtrip, env, free_port
+from .running import (
+    ROOT,
+    Running,
+    connect_when_up,
+    echo_roundtrip,
+    env,
+    free_port,
+    wait_until_listening,
+)
 
 DOCS = ROOT / "docs"
 SNIPPETS = DOCS / "snippets"
@@ -459,6 +467,9 @@ def test_deploy_workers() -> None:
     with Running("-c", f"import sys; sys.path.insert(0, {str(SNIPPETS)!r}); {code}") as run:
         ids = sorted(run.expect(r"worker (\d) of 2 serving", 60)[1] for _ in range(2))
         assert ids == ["0", "1"]
+        # The snippet prints before ctx.serve() has bound its socket: wait
+        # (bounded) until a worker listens, then every round trip must work.
+        wait_until_listening(port)
         for i in range(4):
             assert echo_roundtrip(port, b"n%d" % i) == b"n%d" % i
         status, _out, err = run.stop(signal.SIGTERM, timeout=30)

@@ -381,6 +381,13 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"argument {given}: needs {missing} as well")
     if args.proxy_protocol_trusted and not args.proxy_protocol:
         parser.error("argument --proxy-protocol-trusted: needs --proxy-protocol")
+    if args.command == "proxy" and args.max_connections is not None and args.max_connections < 2:
+        # A proxy session holds two slots, its client's and its upstream's
+        # (TcpProxy reserves them together), so 1 could never serve anyone.
+        parser.error(
+            f"argument --max-connections: '{args.max_connections}': a proxy session "
+            "needs 2 connections (client and upstream); give at least 2"
+        )
     if args.stats_port and args.workers > 1:  # one page per worker, on P..P+N-1
         last = args.stats_port + args.workers - 1
         if last > 65535:
