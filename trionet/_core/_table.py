@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from typing import final
+from typing import cast, final
 
 import trio
 
@@ -27,6 +27,7 @@ from ._connection import Connection, SockAddr
 from ._stats import Counters, NetStatistics
 from ._throttle import Throttle
 from ._timeouts import TimeoutCop
+from ._wire import Wire
 
 __all__ = ["ConnectionTable", "Reservation"]
 
@@ -106,11 +107,11 @@ class ConnectionTable:
             reservation=reservation,
         )
 
-    def release(self, conn: Connection, client: str | None) -> None:
+    def release(self, conn: Wire, client: str | None) -> None:
         """Called exactly once per connection, from ``Connection.close``."""
         self.throttle.release(client)
         self.counters.connections_currently_open -= 1
-        self.cop.closed(conn)
+        self.cop.closed(cast(Connection, conn))  # every Wire this table opens is one
         self.slot_freed()
 
     def admit_client(self, host: str) -> bool:
