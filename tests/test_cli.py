@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from trionet._apps._cli import _host_port, build_parser, main, parse
+from trionet._apps._cli import main, parse
+from trionet._apps._cli_args import _host_port, build_parser
 
 from .running import Running, echo_roundtrip, env, running_upstream
 

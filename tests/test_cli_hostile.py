@@ -25,7 +25,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trionet._apps._cli import MAX_WORKERS, parse
+from trionet._apps._cli import parse
+from trionet._apps._cli_args import MAX_WORKERS
 
 from .running import ROOT, env
 
