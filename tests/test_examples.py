@@ -1,6 +1,8 @@
-"""Every example under examples/ runs: started as a subprocess on a free port,
-bytes exchanged, stopped with SIGINT, clean exit checked. (echo_client.py and
-ats_echo_server.py are tested by their authors' test files.)"""
+"""Every example in trionet.examples runs (``python -m trionet.examples.NAME``,
+from the package this suite imports: the checkout or an installed wheel):
+started as a subprocess on a free port, bytes exchanged, stopped with SIGINT,
+clean exit checked. (echo_client and ats_echo_server are tested by their
+authors' test files.)"""
 
 from __future__ import annotations
 
@@ -8,18 +10,30 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from .running import ROOT, Running, echo_roundtrip, env, running_upstream
+import trionet.examples
 
-EXAMPLES = ROOT / "examples"
+from .running import Running, echo_roundtrip, env, running_upstream
+
+EXAMPLES = Path(trionet.examples.__file__).parent
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if p.stem != "__init__")
+ECHO_SERVER = ("-m", "trionet.examples.echo_server")
+TCP_PROXY = ("-m", "trionet.examples.tcp_proxy")
+ATS_TUNNEL = ("-m", "trionet.examples.ats_tunnel")
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_the_examples_are_all_there() -> None:
+    """The package ships the five programs the docs tell readers to run."""
+    assert NAMES == ["ats_echo_server", "ats_tunnel", "echo_client", "echo_server", "tcp_proxy"]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_every_example_has_help(name: str) -> None:
     out = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), "--help"],
+        [sys.executable, "-m", f"trionet.examples.{name}", "--help"],
         env=env(),
         capture_output=True,
         text=True,
@@ -31,7 +45,7 @@ def test_every_example_has_help(name: str) -> None:
 
 
 def test_echo_server() -> None:
-    args = ["examples/echo_server.py", "--port", "0", "--max-connections", "10"]
+    args = [*ECHO_SERVER, "--port", "0", "--max-connections", "10"]
     with Running(*args, "--inactivity-timeout", "30") as run:
         port = int(run.expect(r"echo server listening on 127\.0\.0\.1 port (\d+)")[1])
         assert echo_roundtrip(port, b"abc" * 1000) == b"abc" * 1000
@@ -45,7 +59,7 @@ def test_echo_server() -> None:
 def test_tcp_proxy() -> None:
     with running_upstream() as upstream:
         up_port = upstream.server_address[1]
-        args = ["examples/tcp_proxy.py", "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
+        args = [*TCP_PROXY, "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
         with Running(*args, "--max-connections", "10", "--inactivity-timeout", "30") as run:
             port = int(run.expect(r"tcp proxy listening on 127\.0\.0\.1 port (\d+), upstream")[1])
             assert echo_roundtrip(port, b"q" * 100_000) == b"got 100000 bytes"
@@ -62,7 +76,7 @@ def test_tcp_proxy_upstream_down() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    args = ["examples/tcp_proxy.py", "--port", "0", "--upstream", f"127.0.0.1:{dead}"]
+    args = [*TCP_PROXY, "--port", "0", "--upstream", f"127.0.0.1:{dead}"]
     with Running(*args) as run:
         port = int(run.expect(r"listening on 127\.0\.0\.1 port (\d+)")[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
@@ -76,7 +90,7 @@ def test_ats_tunnel() -> None:
     """The same proxy on the iocore shim: same bytes, same half-close."""
     with running_upstream() as upstream:
         up_port = upstream.server_address[1]
-        args = ["examples/ats_tunnel.py", "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
+        args = [*ATS_TUNNEL, "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
         with Running(*args, "--inactivity-timeout", "30", "--max-connections", "10") as run:
             port = int(run.expect(r"ats tunnel listening on 127\.0\.0\.1 port (\d+), upstream")[1])
             assert echo_roundtrip(port, b"t" * 300_000) == b"got 300000 bytes"
@@ -91,7 +105,7 @@ def test_ats_tunnel_upstream_down() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    args = ["examples/ats_tunnel.py", "--port", "0", "--upstream", f"127.0.0.1:{dead}"]
+    args = [*ATS_TUNNEL, "--port", "0", "--upstream", f"127.0.0.1:{dead}"]
     with Running(*args) as run:
         port = int(run.expect(r"listening on 127\.0\.0\.1 port (\d+)")[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
@@ -106,7 +120,7 @@ def test_ats_tunnel_inactivity_timeout() -> None:
     ends on VC_EVENT_INACTIVITY_TIMEOUT, closing both sides."""
     with running_upstream() as upstream:
         up_port = upstream.server_address[1]
-        args = ["examples/ats_tunnel.py", "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
+        args = [*ATS_TUNNEL, "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
         with Running(*args, "--inactivity-timeout", "0.5") as run:
             port = int(run.expect(r"listening on 127\.0\.0\.1 port (\d+)")[1])
             with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
