@@ -6,6 +6,7 @@ Build: ``python -m sphinx -W --keep-going -b html docs docs/_build/html``
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,24 @@ def _drop_private_constructor_parameters(
             contentnode.remove(field_list)
 
 
+# A dataclass field with a default_factory shows as "socket=<factory>", which is
+# not Python: Sphinx then falls back to a naive parse of the whole signature
+# that splits other defaults at ":" (IPv6Network('::1/128') became a broken
+# cross-reference). Show the factory as a call instead: socket=SocketOptions().
+def _factories_as_calls(
+    app: Any, what: str, name: str, obj: Any, options: Any, signature: str | None, ret: str | None
+) -> tuple[str | None, str | None]:
+    if signature is not None and what == "class" and dataclasses.is_dataclass(obj):
+        for field in dataclasses.fields(obj):
+            factory = field.default_factory
+            if factory is not dataclasses.MISSING:
+                call = f"{getattr(factory, '__name__', 'factory')}()"
+                signature = signature.replace(f"{field.name}=<factory>", f"{field.name}={call}")
+    return signature, ret
+
+
 def setup(app: Any) -> None:
     app.connect("missing-reference", _resolve_trio_abc_names)
+    app.connect("autodoc-process-signature", _factories_as_calls)
     # After sphinx.ext.autodoc.typehints has added the parameters (priority 500).
     app.connect("object-description-transform", _drop_private_constructor_parameters, 900)

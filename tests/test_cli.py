@@ -1,23 +1,29 @@
 """The ``trionet`` command: argument errors that name the option, --help, and
-real runs as a subprocess (``python -m trionet``) stopped with signals."""
+real runs as a subprocess (``python -m trionet``) stopped with signals;
+``--host ::`` serving both families; workers whose stats port is taken.
+(tests/test_cli_hostile.py throws hypothesis at every flag.)"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import re
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 import trustme
 
-from trionet._cli import _host_port, build_parser, main
+from trionet._cli import _host_port, build_parser, main, parse
 
-from .running import Running, echo_roundtrip, running_upstream
+from .running import Running, echo_roundtrip, env, running_upstream
 
 
 def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -68,6 +74,22 @@ def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
             "argument --proxy-protocol-trusted: 'ten': expected a network",
         ),
         (["echo", "--workers", "0"], "argument --workers: '0': must be at least 1"),
+        (["echo", "--workers", "5000"], "argument --workers: '5000': at most 1024 workers"),
+        (
+            ["echo", "--workers", "3", "--stats-port", "65534"],
+            "argument --stats-port: '65534': with --workers 3 the pages take ports "
+            "65534..65536, past 65535",
+        ),
+        (["echo", "--port", "9" * 5000], "argument --port: '99999"),  # then "...': too large"
+        (["echo", "--host", "a b"], "argument --host: 'a b': expected an IP address or a host"),
+        (
+            ["echo", "--stats-host", "127.0.0.1\x00.example"],
+            "argument --stats-host: '127.0.0.1\\x00.example': expected an IP address",
+        ),
+        (
+            ["proxy", "--listen", "80", "--upstream", "localhost\x00.example.com:80"],
+            "argument --upstream: 'localhost\\x00.example.com:80': expected HOST:PORT",
+        ),
     ],
 )
 def test_usage_errors_name_the_argument(
@@ -87,6 +109,55 @@ def test_usage_errors_name_the_argument(
 )
 def test_upstream_parsing(text: str, expected: tuple[str, int]) -> None:
     assert _host_port(text) == expected
+
+
+def test_huge_number_is_too_large(capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error(capsys, "echo", "--max-connections", "9" * 5000)
+    assert line.endswith("': too large")
+
+
+@pytest.mark.parametrize(
+    ("host", "bound"),
+    [
+        ("::", None),  # every address: both families (AcceptOptions host=None)
+        ("[::]", None),
+        ("0:0:0:0:0:0:0:0", None),
+        ("", None),
+        ("0.0.0.0", "0.0.0.0"),  # every IPv4 address, as written
+        ("::1", "::1"),
+        ("[::1]", "::1"),
+        ("localhost", "localhost"),
+        ("bücher.example", "bücher.example"),
+    ],
+)
+def test_bind_host(host: str, bound: str | None) -> None:
+    _args, plan = parse(["echo", "--host", host, "--stats-port", "0", "--stats-host", host])
+    assert plan.listen.host == bound
+    assert plan.stats is not None and plan.stats.host == bound
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_host_colons_serves_ipv6_and_ipv4() -> None:
+    with Running("-m", "trionet", "echo", "--host", "::", "--port", "0") as run:
+        first = run.expect(r"listening on (\S+):(\d+)$")
+        second = run.expect(r"listening on (\S+):(\d+)$")
+        assert {first[1], second[1]} == {"[::]", "0.0.0.0"}
+        assert first[2] == second[2]
+        port = int(first[2])
+        assert echo_roundtrip(port, b"over ipv4", host="127.0.0.1") == b"over ipv4"
+        assert echo_roundtrip(port, b"over ipv6", host="::1") == b"over ipv6"
+        status, out, err = run.stop()
+    assert status == 0, err
+    assert "stopped: 2 connections accepted" in out
 
 
 def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -251,6 +322,35 @@ def test_echo_behind_proxy_protocol() -> None:
     assert status == 0, err
     assert records["proxy.process.net.proxy_protocol_errors"] == 1
     assert records["proxy.process.net.read_bytes"] == len(header) + 5  # header + payload
+
+
+@pytest.mark.slow
+def test_worker_stats_port_taken_stops_with_one_line() -> None:
+    # Worker i serves its page on --stats-port + i; the test holds worker 0's.
+    # It fails at start-up three times, then every worker stops: status 1 and
+    # one line naming the worker and its error, no traceback.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        page = held.getsockname()[1]
+        argv = ["echo", "--port", "0", "--workers", "2", "--stats-port", str(page)]
+        done = subprocess.run(
+            [sys.executable, "-m", "trionet", *argv, "--grace", "1"],
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    assert done.returncode == 1, done
+    [line] = done.stderr.splitlines()
+    m = re.fullmatch(r"trionet echo: worker (\d) could not start \(3 attempts\): (.*)", line)
+    assert m is not None, line
+    worker, error = int(m[1]), m[2]
+    # Worker 1's page (page + 1) may be taken by someone else too: either way
+    # the worker named is one whose page port is held.
+    assert error.startswith(f"[Errno {errno.EADDRINUSE}] ")
+    assert f"127.0.0.1:{page + worker}" in error and os.strerror(errno.EADDRINUSE) in error
+    assert "listening on 127.0.0.1:" in done.stdout
 
 
 @pytest.mark.slow

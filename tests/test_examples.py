@@ -1,8 +1,9 @@
 """Every example in trionet.examples runs (``python -m trionet.examples.NAME``,
 from the package this suite imports: the checkout or an installed wheel):
 started as a subprocess on a free port, bytes exchanged, stopped with SIGINT,
-clean exit checked. (echo_client and ats_echo_server are tested by their
-authors' test files.)"""
+clean exit checked; and every server example given a port that is taken says
+so in one line and exits 1. (The echo_client and ats_echo_server runs are
+tested by their authors' test files.)"""
 
 from __future__ import annotations
 
@@ -42,6 +43,39 @@ def test_every_example_has_help(name: str) -> None:
     ).stdout
     assert out.startswith("usage: ")
     assert "--port" in out or "--listen" in out or "--host" in out
+
+
+SERVERS = {
+    "echo_server": [],
+    "tcp_proxy": ["--upstream", "127.0.0.1:9"],
+    "ats_echo_server": [],
+    "ats_tunnel": ["--upstream", "127.0.0.1:9"],
+}
+
+
+def test_every_server_example_is_checked_with_its_port_taken() -> None:
+    clients = {"echo_client"}
+    assert set(SERVERS) | clients == set(NAMES)
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_port_taken_is_one_line_and_status_1(name: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", f"trionet.examples.{name}", "--port", str(port), *SERVERS[name]],
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()  # one line: no traceback, no second report
+    assert line.startswith(f"{name}: "), line
+    assert f"127.0.0.1:{port}" in line and "Address already in use" in line, line
 
 
 def test_echo_server() -> None:

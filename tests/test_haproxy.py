@@ -27,6 +27,8 @@ import trustme
 
 from trionet import AcceptOptions, Connection, NetProcessor
 
+from .test_addr import dual_stack_listener
+
 HAPROXY = shutil.which("haproxy") or next(
     (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)), None
 )
@@ -261,3 +263,49 @@ async def test_haproxy_in_front_of_tls_server(tmp_path: Path) -> None:
     remote, _, peer, _, tls = seen.by_token[b"secret"]
     assert remote == me and peer[0] == "127.0.0.1" and tls
     assert net.statistics().tls_handshake_errors == 0
+
+
+async def test_haproxy_source_trust(tmp_path: Path) -> None:
+    # By default a PROXY port believes loopback only: haproxy on 127.0.0.1 in
+    # front of a dual-stack port (where its address arrives as the mapped
+    # ::ffff:127.0.0.1) is believed; so it is on an IPv4 port trusting the
+    # mapped spelling of its network; a port trusting only 10.0.0.0/8 refuses
+    # the same haproxy's connections and counts the refusal.
+    seen = Seen()
+    net = NetProcessor()
+    specs = [
+        AcceptOptions(fd=dual_stack_listener(), proxy_protocol=True),
+        AcceptOptions(
+            host="127.0.0.1", proxy_protocol=True, proxy_protocol_trusted=["::ffff:127.0.0.0/104"]
+        ),
+        AcceptOptions(host="127.0.0.1", proxy_protocol=True, proxy_protocol_trusted=["10.0.0.0/8"]),
+    ]
+    frontends = [_listen("127.0.0.1") for _ in specs]
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(net.serve, seen, *specs)
+        backends = {
+            f"b{i}": ([fe], f"127.0.0.1:{listener.port} send-proxy-v2")
+            for i, (fe, listener) in enumerate(zip(frontends, server.listeners, strict=True))
+        }
+        async with haproxy(tmp_path, backends):
+            me_dual = await _client(frontends[0].getsockname(), b"dual-stack", "127.0.0.2")
+            me_v4 = await _client(frontends[1].getsockname(), b"mapped-network", "127.0.0.3")
+            with trio.fail_after(10):
+                stream = await trio.open_tcp_stream(*frontends[2].getsockname()[:2])
+                async with stream:
+                    await stream.send_all(b"refused")
+                    got = b""
+                    try:
+                        while chunk := await stream.receive_some():
+                            got += chunk
+                    except trio.BrokenResourceError:
+                        pass  # reset: closed with the header unread
+        server.shutdown(0)
+    assert got == b""
+    assert sorted(seen.by_token) == [b"dual-stack", b"mapped-network"]
+    remote, _, peer, _, _ = seen.by_token[b"dual-stack"]
+    assert remote[:2] == me_dual[:2] and peer[0] == "::ffff:127.0.0.1"
+    remote, _, peer, _, _ = seen.by_token[b"mapped-network"]
+    assert remote[:2] == me_v4[:2] and peer[0] == "127.0.0.1"
+    stats = net.statistics()
+    assert stats.proxy_protocol_errors == 1 and stats.connections_currently_open == 0

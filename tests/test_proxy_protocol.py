@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,12 +17,15 @@ from hypothesis import strategies as st
 
 import trionet
 from trionet import AcceptOptions, Connection, NetProcessor, ProxyProtocolError
+from trionet._inbound import prepare_inbound
 from trionet._proxy_protocol import (
     V2_SIGNATURE,
     ProxyHeader,
     crc32c,
     parse_proxy_header,
 )
+
+from .test_addr import dual_stack_listener
 
 
 # ------------------------------------------------------------------ builders
@@ -547,3 +551,114 @@ async def test_plain_port_is_unaffected() -> None:
 def test_public_names() -> None:
     assert trionet.ProxyHeader is ProxyHeader
     assert trionet.parse_proxy_header is parse_proxy_header
+
+
+# ------------------------------------------------- who may send a PROXY header
+def test_default_trust_is_loopback_only() -> None:
+    assert [str(n) for n in AcceptOptions().proxy_protocol_trusted] == ["127.0.0.0/8", "::1/128"]
+
+
+def test_trusting_no_source_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"AcceptOptions\.proxy_protocol_trusted=\(\): trusts no"):
+        AcceptOptions(proxy_protocol=True, proxy_protocol_trusted=())
+
+
+async def _prepare_from(peer: Any, **opts: Any) -> tuple[bool, NetProcessor, Any]:
+    """Run the PROXY step on a connection whose socket peer is ``peer`` (a
+    socketpair stands in for a source this loopback-only suite cannot have),
+    with a valid header queued. Returns (admitted, processor, remote_address)."""
+    net = NetProcessor()
+    a, b = socket.socketpair()
+    with a:
+        a.sendall(b"PROXY TCP4 198.51.100.7 192.0.2.1 5000 80\r\n")
+        conn = net._new_connection(
+            trio.socket.from_stdlib_socket(b), inbound=True, client=None, peer_address=peer
+        )
+        try:
+            ok = await prepare_inbound(
+                conn, AcceptOptions(proxy_protocol=True, **opts), net._counters, net._throttle
+            )
+            return ok, net, conn.remote_address
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [
+        (("127.0.0.1", 4000), True),
+        (("127.9.9.9", 4000), True),
+        (("::1", 4000, 0, 0), True),
+        (("::ffff:127.0.0.1", 4000, 0, 0), True),  # loopback on a dual-stack socket
+        (("203.0.113.9", 4000), False),
+        (("10.0.0.1", 4000), False),
+        (("::ffff:203.0.113.9", 4000, 0, 0), False),
+        (("2001:db8::9", 4000, 0, 0), False),
+    ],
+)
+async def test_default_trusts_loopback_sources_only(peer: Any, trusted: bool) -> None:
+    ok, net, remote = await _prepare_from(peer)
+    stats = net.statistics()
+    assert ok is trusted
+    if trusted:
+        assert remote == ("198.51.100.7", 5000) and stats.proxy_protocol_errors == 0
+    else:  # refused before a byte is read, and counted
+        assert stats.proxy_protocol_errors == 1 and stats.read_bytes == 0
+
+
+@pytest.mark.parametrize("peer", [("203.0.113.9", 4000), ("2001:db8::9", 4000, 0, 0)])
+async def test_trusting_every_source_is_explicit(peer: Any) -> None:
+    ok, net, remote = await _prepare_from(peer, proxy_protocol_trusted=["0.0.0.0/0", "::/0"])
+    assert ok and remote == ("198.51.100.7", 5000)
+    assert net.statistics().proxy_protocol_errors == 0
+
+
+@pytest.mark.parametrize("trusted", ["::ffff:127.0.0.0/104", "127.0.0.0/8"])
+async def test_trusted_network_in_either_spelling_on_a_dual_stack_port(trusted: str) -> None:
+    rec = Recorder()
+    net = NetProcessor()
+    spec = AcceptOptions(
+        fd=dual_stack_listener(), proxy_protocol=True, proxy_protocol_trusted=[trusted]
+    )
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(net.serve, rec, spec)
+        reply, _ = await _exchange(server.ports[0], b"PROXY TCP4 9.9.9.9 8.8.8.8 9 8\r\nx")
+        server.shutdown(0)
+    assert reply == b"echo:x"
+    assert rec.seen[0][2][0] == "::ffff:127.0.0.1"  # the socket peer, mapped
+    assert rec.seen[0][0] == ("9.9.9.9", 9)
+    assert net.statistics().proxy_protocol_errors == 0
+
+
+async def test_relayed_client_in_either_spelling_is_one_client() -> None:
+    hold = trio.Event()
+
+    async def handler(conn: Connection) -> None:
+        await conn.send_all(b"ok")
+        await hold.wait()
+
+    net = NetProcessor(per_client_max_connections=1)
+    headers = [
+        b"PROXY TCP6 ::ffff:203.0.113.7 2001:db8::1 5000 80\r\n",
+        b"PROXY TCP4 203.0.113.7 192.0.2.1 5001 80\r\n",
+        v2(0x21, 0x11, inet("203.0.113.7", "192.0.2.1", 5002, 80)),
+    ]
+    replies = []
+    streams = []
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            net.serve, handler, AcceptOptions(host="127.0.0.1", proxy_protocol=True)
+        )
+        for header in headers:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.ports[0])
+            streams.append(stream)
+            await stream.send_all(header)
+            replies.append(await stream.receive_some())
+        assert net._throttle.per_client == {"203.0.113.7": 1}
+        hold.set()
+        for stream in streams:
+            await stream.aclose()
+        server.shutdown(1)
+    assert replies == [b"ok", b"", b""]
+    assert net.statistics().per_client_connections_throttled_in == 2
+    assert net._throttle.per_client == {} and net.statistics().connections_currently_open == 0

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 
 import pytest
 import trio
 
 import trionet
+import trionet._listen
+import trionet._server
 from trionet import AcceptOptions, NetProcessor
 
-from .conftest import recv_exactly, start_server, tcp_client, wait_for
+from .conftest import Handler, recv_exactly, start_server, tcp_client, wait_for
 
 
 async def echo(conn: trionet.Connection) -> None:
@@ -410,6 +413,28 @@ async def test_fatal_accept_error_names_port_and_errno() -> None:
     assert net.statistics().accepts_currently_open == 0
 
 
+# Errors Linux's accept(2) passes on from the new connection, and EPERM from a
+# firewall: each loses one connection, never the listening socket.
+RETRIED_NETWORK_ERRNOS = [
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+    )
+    if hasattr(errno, name)
+]
+
+
 @pytest.mark.parametrize(
     ("code", "counter"),
     [
@@ -417,6 +442,7 @@ async def test_fatal_accept_error_names_port_and_errno() -> None:
         (errno.EAGAIN, "accept_errors_transient"),
         (errno.ECONNRESET, "accept_errors_transient"),
         (errno.EPIPE, "accept_errors_transient"),
+        *[(code, "accept_errors_transient") for code in RETRIED_NETWORK_ERRNOS],
         (errno.EMFILE, "accept_errors_resource"),
         (errno.ENFILE, "accept_errors_resource"),
         (errno.ENOBUFS, "accept_errors_resource"),
@@ -426,12 +452,186 @@ async def test_fatal_accept_error_names_port_and_errno() -> None:
 )
 async def test_accept_error_classes(code: int, counter: str | None, autojump_clock: object) -> None:
     net = NetProcessor(accept_error_pause=0.05)
-    listener = trionet.Listener(socket.socket(), AcceptOptions(), ("127.0.0.1", 1234))
-    t0 = trio.current_time()
-    await net._accept_error(OSError(code, "injected"), listener)
-    waited = trio.current_time() - t0
+    with socket.socket() as sock:
+        listener = trionet.Listener(sock, AcceptOptions(), ("127.0.0.1", 1234))
+        t0 = trio.current_time()
+        await net._accept_error(OSError(code, "injected"), listener)
+        waited = trio.current_time() - t0
     stats = net.statistics()
     assert stats.accept_errors_transient == (counter == "accept_errors_transient")
     assert stats.accept_errors_resource == (counter == "accept_errors_resource")
     assert waited == pytest.approx(0.05 if counter == "accept_errors_resource" else 0.0)
-    listener.socket.close()
+
+
+@pytest.mark.parametrize("code", [errno.EBADF, errno.EINVAL, errno.ENOTSOCK, errno.EFAULT])
+async def test_fatal_accept_error_classes(code: int) -> None:
+    net = NetProcessor()
+    with socket.socket() as sock:
+        listener = trionet.Listener(sock, AcceptOptions(), ("127.0.0.1", 1234))
+        with pytest.raises(
+            trionet.AcceptError, match=f"port 1234 failed with {errno.errorcode[code]}"
+        ):
+            await net._accept_error(OSError(code, os.strerror(code)), listener)
+
+
+class DroppingListenSocket:
+    """A listening socket whose next ``accept()`` calls fail with queued errnos.
+
+    Each failing call takes the pending connection off the queue, closes it and
+    raises, as Linux's accept(2) does with an error pending on the new
+    connection; everything else goes to the real socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.errors: list[int] = []
+
+    def accept(self) -> tuple[socket.socket, object]:
+        client, addr = self._sock.accept()  # BlockingIOError passes through
+        if self.errors:
+            client.close()
+            code = self.errors.pop(0)
+            raise OSError(code, os.strerror(code))
+        return client, addr
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+@pytest.fixture
+def dropping_sockets(monkeypatch: pytest.MonkeyPatch) -> list[DroppingListenSocket]:
+    """Every listener serve() opens gets a DroppingListenSocket; they are listed here."""
+    wrapped: list[DroppingListenSocket] = []
+    real_open = trionet._listen.open_listeners
+
+    async def open_listeners(opts: AcceptOptions) -> list[trionet.Listener]:
+        listeners = await real_open(opts)
+        for listener in listeners:
+            wrapped.append(DroppingListenSocket(listener.socket))
+            listener.socket = wrapped[-1]  # type: ignore[assignment]
+        return listeners
+
+    monkeypatch.setattr(trionet._server, "open_listeners", open_listeners)
+    return wrapped
+
+
+async def test_network_accept_errors_are_retried_and_the_server_keeps_serving(
+    nursery: trio.Nursery, dropping_sockets: list[DroppingListenSocket]
+) -> None:
+    net = NetProcessor()
+    server = await start_server(nursery, net, echo)
+    (wrapper,) = dropping_sockets
+    wrapper.errors = list(RETRIED_NETWORK_ERRNOS)
+    # One client per errno: each is dropped by its accept() failure...
+    for _ in RETRIED_NETWORK_ERRNOS:
+        dropped = await tcp_client(server.ports[0])
+        with pytest.raises(trio.BrokenResourceError):  # RST: closed with nothing read
+            await dropped.send_all(b"x" * 100_000)
+            await dropped.receive_some(1)
+        await dropped.aclose()
+    await wait_for(lambda: not wrapper.errors, "every injected error")
+    # ...and the next one is served as if nothing had happened.
+    client = await tcp_client(server.ports[0])
+    await client.send_all(b"still serving")
+    assert await recv_exactly(client, 13) == b"still serving"
+    await client.aclose()
+    stats = net.statistics()
+    assert stats.accept_errors_transient == len(RETRIED_NETWORK_ERRNOS)
+    assert stats.total_accepts == 1
+    assert stats.accepts_currently_open == 1 and not server.stopping
+
+
+async def serve_until_accept_error(
+    net: NetProcessor,
+    handler: Handler,
+    outcome: list[tuple[float, trionet.AcceptError]],
+    *,
+    task_status: trio.TaskStatus[trionet.Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """``net.serve(handler)`` on 127.0.0.1; records when and with what it raised."""
+    try:
+        await net.serve(handler, AcceptOptions(host="127.0.0.1"), task_status=task_status)
+    except trionet.AcceptError as exc:
+        outcome.append((trio.current_time(), exc))
+
+
+async def fail_accept(server: trionet.Server) -> float:
+    """Make the server's listening socket fail for real and return when it did."""
+    # On Linux, shutdown() on a listening socket makes accept() fail with EINVAL.
+    server.listeners[0].socket.shutdown(socket.SHUT_RD)
+    await wait_for(lambda: server.stopping, "the accept error")
+    return trio.current_time()
+
+
+async def test_fatal_accept_error_lets_open_connections_finish(
+    caplog: pytest.LogCaptureFixture, autojump_clock: object
+) -> None:
+    net = NetProcessor()  # accept_error_grace: the default, 5 s
+    outcome: list[tuple[float, trionet.AcceptError]] = []
+    with caplog.at_level(logging.ERROR, logger="trionet.server"):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_until_accept_error, net, echo, outcome)
+            port = server.ports[0]
+            client = await tcp_client(port)
+            await client.send_all(b"before")
+            assert await recv_exactly(client, 6) == b"before"
+            t_error = await fail_accept(server)
+            with pytest.raises(OSError):
+                await tcp_client(port)  # not accepting any more
+            await trio.sleep(1)
+            await client.send_all(b"after the error")  # the open connection lives on
+            assert await recv_exactly(client, 15) == b"after the error"
+            assert outcome == []  # serve() waits for it...
+            await client.aclose()
+    # ...and raises once it has ended, well within the grace period.
+    ((ended, error),) = outcome
+    assert error.errno == errno.EINVAL
+    assert t_error + 1 <= ended < t_error + 1.1
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert f"accept on port {port} failed with EINVAL" in record.getMessage()
+    assert "open ones get 5.0 s to finish" in record.getMessage()
+    stats = net.statistics()
+    assert stats.connections_currently_open == 0 and stats.accepts_currently_open == 0
+    assert stats.read_bytes == stats.write_bytes == 6 + 15
+
+
+async def test_fatal_accept_error_cancels_connections_after_the_grace(
+    autojump_clock: object,
+) -> None:
+    cancelled_at: list[float] = []
+
+    async def handler(conn: trionet.Connection) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled_at.append(trio.current_time())
+
+    net = NetProcessor(accept_error_grace=2.5)
+    outcome: list[tuple[float, trionet.AcceptError]] = []
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_until_accept_error, net, handler, outcome)
+        client = await tcp_client(server.ports[0])
+        await wait_for(lambda: net.statistics().connections_currently_open == 1)
+        t_error = await fail_accept(server)
+    ((ended, error),) = outcome
+    assert error.errno == errno.EINVAL
+    assert cancelled_at == [pytest.approx(t_error + 2.5, abs=0.01)]
+    assert ended == pytest.approx(t_error + 2.5, abs=0.01)
+    assert net.statistics().connections_currently_open == 0
+    assert await client.receive_some(10) == b""  # closed by the server
+    await client.aclose()
+
+
+@pytest.mark.parametrize("grace", [-1, None, float("nan"), "5"])
+def test_accept_error_grace_is_checked(grace: object) -> None:
+    with pytest.raises(ValueError, match=rf"NetProcessor\.accept_error_grace={grace!r}"):
+        NetProcessor(accept_error_grace=grace)  # type: ignore[arg-type]
+
+
+def test_shutdown_grace_must_be_seconds() -> None:
+    server = trionet.Server(NetProcessor(), [])
+    with pytest.raises(ValueError, match=r"Server\.shutdown\.grace=None"):
+        server.shutdown(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Server\.shutdown\.grace=-1"):
+        server.shutdown(-1)
+    assert not server.stopping

@@ -4,11 +4,14 @@ The supervisor's bookkeeping (back-off, listen plans, argument checks) is tested
 in-process; the real behaviour with real worker processes on loopback: a worker
 killed with SIGKILL is replaced by a new pid that serves, a SIGTERM to the
 supervisor stops everything gracefully without losing a byte of a connection
-in flight, and workers do not outlive a supervisor killed with SIGKILL.
+in flight, and workers do not outlive a supervisor killed with SIGKILL. A
+worker that cannot start (a port held by the test) is given up on after
+STARTUP_ATTEMPTS tries, with its one-line error in WorkerStartupError.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -27,7 +30,13 @@ import pytest
 import trio
 
 import trionet
-from trionet._workers import RestartBackoff, WorkerSupervisor, _plan_listeners
+from trionet._workers import (
+    STARTUP_ATTEMPTS,
+    RestartBackoff,
+    WorkerSupervisor,
+    _error_line,
+    _plan_listeners,
+)
 
 ROOT = Path(trionet.__file__).resolve().parent.parent
 
@@ -50,7 +59,21 @@ async def stubborn_worker(ctx: trionet.WorkerContext) -> None:
 
 
 async def crash_worker(ctx: trionet.WorkerContext) -> None:
+    ctx.ready()  # it served (a moment): a crash, not a start-up failure
     raise RuntimeError(f"worker {ctx.worker_id} fails on purpose")
+
+
+async def fail_at_start_worker(ctx: trionet.WorkerContext) -> None:
+    raise RuntimeError(f"worker {ctx.worker_id} cannot start:\nsecond line")
+
+
+async def held_port_worker(ctx: trionet.WorkerContext) -> None:
+    """Worker 1 also serves $TRIONET_TEST_HELD_PORT, which the test holds."""
+    extra = []
+    if ctx.worker_id == 1:
+        port = int(os.environ["TRIONET_TEST_HELD_PORT"])
+        extra.append(trionet.AcceptOptions(host="127.0.0.1", port=port))
+    await ctx.serve(trionet.NetProcessor(), _echo_with_pid, listen=[*ctx.listen, *extra])
 
 
 # ------------------------------------------------------------------ arguments
@@ -107,6 +130,35 @@ def test_listen_options_replace_fields_but_not_the_binding() -> None:
     assert (opts.port, opts.reuse_port, opts.inactivity_timeout) == (8080, True, 5.0)
     with pytest.raises(ValueError, match=r"listen_options\(port=...\)"):
         ctx.listen_options(port=1)
+
+
+def test_error_line_is_one_line_with_every_leaf() -> None:
+    taken = OSError(errno.EADDRINUSE, "cannot listen on 127.0.0.1:80: Address already in use")
+    group = ExceptionGroup("x", [ExceptionGroup("y", [taken]), ValueError("bad\n  value")])
+    assert _error_line(group) == (
+        "[Errno 98] cannot listen on 127.0.0.1:80: Address already in use; ValueError: bad value"
+    )
+    assert _error_line(ModuleNotFoundError("No module named 'x'")) == (
+        "ModuleNotFoundError: No module named 'x'"
+    )
+    assert _error_line(OSError()) == "OSError"
+    assert len(_error_line(ValueError("x" * 5000))) <= 1024
+
+
+async def test_control_messages_are_framed_and_bounded() -> None:
+    # Worker -> supervisor: "R\n" when serving, "E<line>\n" for a start-up
+    # error. Split across reads, or oversized and unterminated, they neither
+    # confuse nor grow the supervisor's buffer.
+    supervisor = WorkerSupervisor(echo_worker, 0, workers=1)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(b"E[Errno 98] R in the middle")  # no ready: an "R" inside text
+        theirs.sendall(b" of an error\nR")
+        theirs.sendall(b"\n" + b"x" * 10_000 + b"E tail\n")
+        theirs.shutdown(socket.SHUT_WR)
+        await supervisor._read_control(0, 1, trio.socket.from_stdlib_socket(ours))
+    assert supervisor._ready == {0}
+    assert supervisor._errors == {0: "[Errno 98] R in the middle of an error"}
 
 
 # -------------------------------------------------------------- listen plans
@@ -252,15 +304,19 @@ async def test_killed_worker_is_replaced(
 
 @pytest.mark.slow
 async def test_crashing_worker_backs_off(caplog: pytest.LogCaptureFixture) -> None:
+    # It crashes after reporting ready: restarted for ever (with back-off), never
+    # given up on as a start-up failure, however often it crashes.
     caplog.set_level(logging.WARNING, logger="trionet.workers")
     supervisor = WorkerSupervisor(
         crash_worker, trionet.AcceptOptions(host="127.0.0.1"), workers=1, restart_delay=0.05
     )
     status: list[int] = []
-    with trio.fail_after(9):
+    with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(_run_supervisor, supervisor, status)
-            while supervisor.restarts < 2:
+            # Start-up failures would be given up on at the STARTUP_ATTEMPTS-th
+            # exit, before this many restarts.
+            while supervisor.restarts < STARTUP_ATTEMPTS:
                 await trio.sleep(0.02)
             supervisor.shutdown()
     delays = [
@@ -273,7 +329,59 @@ async def test_crashing_worker_backs_off(caplog: pytest.LogCaptureFixture) -> No
         )
     ]
     assert delays[:2] == ["0.05", "0.10"]  # doubling; RestartBackoff's test covers the rest
+    assert len(delays) >= STARTUP_ATTEMPTS and len(status) == 1  # run() returned
     assert not supervisor.pids
+
+
+@pytest.mark.slow
+async def test_worker_that_cannot_start_stops_the_supervisor(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # Worker 1 needs a port the test holds; worker 0 serves. Worker 1 fails at
+    # start-up STARTUP_ATTEMPTS times in a row, then everything stops and
+    # run() raises with worker 1's own error, as one line.
+    caplog.set_level(logging.INFO, logger="trionet.workers")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        monkeypatch.setenv("TRIONET_TEST_HELD_PORT", str(port))
+        supervisor = WorkerSupervisor(
+            held_port_worker,
+            trionet.AcceptOptions(host="127.0.0.1"),
+            workers=2,
+            grace=1.0,
+            restart_delay=0.05,
+        )
+        with trio.fail_after(30), pytest.raises(trionet.WorkerStartupError) as info:
+            await supervisor.run()
+    error = info.value
+    assert (error.worker_id, error.attempts) == (1, STARTUP_ATTEMPTS)
+    assert error.error.startswith(f"[Errno {errno.EADDRINUSE}] ")
+    assert f"127.0.0.1:{port}" in error.error and os.strerror(errno.EADDRINUSE) in error.error
+    assert str(error) == f"worker 1 could not start ({STARTUP_ATTEMPTS} attempts): {error.error}"
+    assert not supervisor.pids  # worker 0 was stopped too
+    messages = [r.getMessage() for r in caplog.records]
+    for attempt in range(1, STARTUP_ATTEMPTS):
+        retry = f"worker 1 could not start (attempt {attempt} of {STARTUP_ATTEMPTS}): {error.error}"
+        assert any(m.startswith(retry) for m in messages), messages
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "Traceback" not in capfd.readouterr().err  # the workers printed none
+
+
+@pytest.mark.slow
+def test_run_workers_raises_the_startup_error_itself(capfd: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(trionet.WorkerStartupError) as info:
+        trionet.run_workers(
+            fail_at_start_worker,
+            trionet.AcceptOptions(host="127.0.0.1"),
+            workers=1,
+            restart_delay=0.05,
+        )
+    assert info.value.error == "RuntimeError: worker 0 cannot start: second line"
+    assert "Traceback" not in capfd.readouterr().err
 
 
 @pytest.mark.slow

@@ -38,6 +38,7 @@ from ._stats_page import StatsCollector as StatsCollector
 from ._stats_page import serve_stats as serve_stats
 from ._tls import TLSInfo as TLSInfo
 from ._workers import WorkerContext as WorkerContext
+from ._workers import WorkerStartupError as WorkerStartupError
 from ._workers import WorkerSupervisor as WorkerSupervisor
 from ._workers import run_workers as run_workers
 

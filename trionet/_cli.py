@@ -4,7 +4,9 @@ Each sub-command builds a :class:`NetProcessor` and one server from its
 options, prints the bound addresses, optionally serves the stats page, and
 stops gracefully on SIGINT/SIGTERM (a second signal stops at once). Bad
 option values are reported by argparse naming the option
-(``argument --upstream: 'foo': expected HOST:PORT``), never as a traceback.
+(``argument --upstream: 'foo': expected HOST:PORT``), never as a traceback;
+what can only fail once running (a port taken, a worker that cannot start)
+ends the command with status 1 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -15,27 +17,33 @@ import ipaddress
 import json
 import math
 import os
+import re
 import signal
+import socket
 import ssl
 import sys
+import unicodedata
 from collections.abc import Sequence
-from typing import Any, Final, final
+from typing import Any, Final, NoReturn, final
 
 import trio
 
 from . import __version__
 from ._connection import Connection
-from ._options import AcceptOptions, ConnectOptions
+from ._options import DEFAULT_PROXY_PROTOCOL_TRUSTED, AcceptOptions, ConnectOptions
 from ._proxy import TcpProxy
 from ._server import Handler, NetProcessor, Server
 from ._stats_page import STATS_INACTIVITY_TIMEOUT
-from ._workers import WorkerContext, WorkerSupervisor
+from ._workers import WorkerContext, WorkerStartupError, WorkerSupervisor
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "parse"]
 
 PROG: Final = "trionet"
 # How worker processes (--workers N) get the command line: they re-parse it.
 _ARGV_ENV: Final = "TRIONET_CLI_ARGV"
+# More worker processes than this is a typo (or a fork bomb), not a deployment:
+# ATS runs one net thread per core, and no machine this runs on has 1024.
+MAX_WORKERS: Final = 1024
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -43,23 +51,34 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # ----------------------------------------------------------- argument types
 # Each raises ArgumentTypeError with the bad value quoted; argparse prefixes
 # the option's name, so the user reads "argument --port: '99999': ...".
-def _port(text: str) -> int:
+def _whole(text: str, expected: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number") from None
+        # int() refuses more than 4300 digits: say so rather than "not a number".
+        digits = text.strip().lstrip("+-").replace("_", "")
+        why = "too large" if digits.isdigit() else expected
+        raise argparse.ArgumentTypeError(f"{text!r}: {why}") from None
+
+
+def _port(text: str) -> int:
+    value = _whole(text, "expected a port number")
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: a port is 0..65535")
     return value
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    value = _whole(text, "expected a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def _workers(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_WORKERS} workers")
     return value
 
 
@@ -71,7 +90,7 @@ def _seconds(text: str, allow_zero: bool = False) -> float:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         rule = "zero or more" if allow_zero else "a positive number of"
         raise argparse.ArgumentTypeError(f"{text!r}: must be {rule} seconds")
-    return value
+    return value or 0.0  # "-0" is 0, not -0.0 ("grace -0 s")
 
 
 def _grace(text: str) -> float:
@@ -85,23 +104,96 @@ def _network(text: str) -> IPNetwork:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a network, e.g. 10.0.0.0/8") from None
 
 
+# A host name as getaddrinfo takes it: dot-separated labels of letters, digits,
+# '-' and '_' (seen in real names), 63 bytes each, 253 in all, after IDNA for a
+# non-ASCII name. Anything else is refused here, naming the option, rather than
+# sent to the resolver: a NUL (C would cut the name there), spaces, control
+# characters; and format, private-use and unassigned characters, which IDNA
+# would drop or pass on (``local\u00adhost`` is ``localhost`` after IDNA).
+_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
+
+
+def _is_host(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)  # also IPv6 with a %scope
+        return True
+    except ValueError:
+        pass
+    if any(unicodedata.category(c)[0] in "CZ" for c in text):
+        return False
+    try:
+        name = text.encode("idna").decode("ascii")  # bücher.example -> xn--...
+    except UnicodeError:  # an empty or over-long label, a character IDNA refuses
+        return False
+    labels = name.removesuffix(".").split(".")
+    return len(name) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+
+
+def _host(text: str) -> str:
+    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text  # [::1]
+    if host and not _is_host(host):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an IP address or a host name")
+    return host
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # [::1]:80
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if (
+        not sep
+        or not host
+        or not _is_host(host)
+        or not port.isascii()
+        or not port.isdigit()
+        or not 1 <= int(port) <= 65535
+    ):
         raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     return host, int(port)
 
 
+def _bind_host(host: str) -> str | None:
+    """The ``AcceptOptions.host`` for ``--host``/``--stats-host``.
+
+    ``::`` alone binds IPv6 only (trionet sets ``IPV6_V6ONLY``, so that an
+    IPv4 socket can share the port); "every address" means both families,
+    which is ``host=None``: ``::`` and ``0.0.0.0`` on one port. ``0.0.0.0``
+    stays IPv4 only, as written.
+    """
+    if host == "":
+        return None
+    try:
+        if ipaddress.ip_address(host) == ipaddress.IPv6Address("::"):
+            return None
+    except ValueError:
+        pass
+    return host
+
+
 # ------------------------------------------------------------------- parser
-def _common_options() -> argparse.ArgumentParser:
+@final
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its error message kept on one line.
+
+    Most messages quote the value with repr(), which escapes a newline; a few
+    (``unrecognized arguments: ...``) print arguments as given, and an argument
+    with a newline or another control character would split the error line or
+    write raw control characters to the terminal. They are escaped here.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        super().error("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+
+
+def _common_options() -> _Parser:
     """Options every sub-command takes (a parent parser)."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = _Parser(add_help=False)
     listen = p.add_argument_group("listening")
     listen.add_argument(
         "--host",
+        type=_host,
         default="127.0.0.1",
-        help="address to bind (default 127.0.0.1; '::' or '0.0.0.0' for every address)",
+        help="address to bind (default 127.0.0.1; '::' for every address, IPv6 and IPv4; "
+        "'0.0.0.0' for every IPv4 address)",
     )
     limits = p.add_argument_group("limits and timeouts")
     limits.add_argument(
@@ -145,11 +237,12 @@ def _common_options() -> argparse.ArgumentParser:
     scale = p.add_argument_group("scale-out and security")
     scale.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_workers,
         default=1,
         metavar="N",
-        help="worker processes sharing the port with SO_REUSEPORT (default 1; "
-        "limits apply per worker)",
+        help=f"worker processes sharing the port with SO_REUSEPORT (default 1, at most "
+        f"{MAX_WORKERS}; limits apply per worker; with --stats-port P, worker i's page is on "
+        "port P+i)",
     )
     scale.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain")
     scale.add_argument("--tls-key", metavar="FILE", help="private key for --tls-cert")
@@ -164,7 +257,8 @@ def _common_options() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NET",
-        help="accept PROXY headers only from this network (repeatable; default: any source)",
+        help="accept PROXY headers only from this network (repeatable; default: loopback "
+        "only; '0.0.0.0/0' and '::/0' trust every source)",
     )
     ops = p.add_argument_group("operations")
     ops.add_argument(
@@ -174,14 +268,17 @@ def _common_options() -> argparse.ArgumentParser:
         help="serve statistics on http://127.0.0.1:PORT/stats (JSON) and /metrics (Prometheus)",
     )
     ops.add_argument(
-        "--stats-host", default="127.0.0.1", help="address for the stats page (default 127.0.0.1)"
+        "--stats-host",
+        type=_host,
+        default="127.0.0.1",
+        help="address for the stats page (default 127.0.0.1; '::' for every address)",
     )
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``trionet`` argument parser (sub-commands ``echo`` and ``proxy``)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Network servers on trionet: an echo server and a TCP proxy with "
         "connection limits, timeouts and a statistics page.",
@@ -269,6 +366,13 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"argument {given}: needs {missing} as well")
     if args.proxy_protocol_trusted and not args.proxy_protocol:
         parser.error("argument --proxy-protocol-trusted: needs --proxy-protocol")
+    if args.stats_port and args.workers > 1:  # one page per worker, on P..P+N-1
+        last = args.stats_port + args.workers - 1
+        if last > 65535:
+            parser.error(
+                f"argument --stats-port: '{args.stats_port}': with --workers {args.workers} "
+                f"the pages take ports {args.stats_port}..{last}, past 65535"
+            )
 
 
 def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -294,18 +398,18 @@ def _plan(args: argparse.Namespace) -> _Plan:
         per_client_max_connections=args.per_client_max,
     )
     listen = AcceptOptions(
-        host=args.host,
+        host=_bind_host(args.host),
         port=args.port,
         inactivity_timeout=args.inactivity_timeout,
         active_timeout=args.active_timeout,
         ssl_context=_tls_context(args.tls_cert, args.tls_key),
         proxy_protocol=args.proxy_protocol,
-        proxy_protocol_trusted=tuple(args.proxy_protocol_trusted),
+        proxy_protocol_trusted=tuple(args.proxy_protocol_trusted) or DEFAULT_PROXY_PROTOCOL_TRUSTED,
     )
     stats = None
     if args.stats_port is not None:
         stats = AcceptOptions(
-            host=args.stats_host,
+            host=_bind_host(args.stats_host),
             port=args.stats_port,
             inactivity_timeout=STATS_INACTIVITY_TIMEOUT,
         )
@@ -442,6 +546,27 @@ async def _forward_signals(plan: _Plan, supervisor: WorkerSupervisor, signals: A
 
 
 # ------------------------------------------------------------------- main
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, _Plan]:
+    """Parse and check the command line, and build what it asks for, without
+    binding anything.
+
+    Raises:
+      SystemExit: status 2 after argparse's usage message, whose last line
+        names the option and the value (``argument --port: '99999': a port is
+        0..65535``); status 0 after ``--help``/``--version``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_combinations(parser, args)
+    try:
+        plan = _plan(args)
+    except (_UsageError, ValueError) as exc:
+        # ValueError: an option object refusing a value the types above let
+        # through; its message names the field and the value.
+        parser.error(str(exc))
+    return args, plan
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trionet`` command (and ``python -m trionet``).
 
@@ -450,16 +575,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
       The exit status: 0 after a graceful stop, 1 if serving failed (e.g. the
-      port is taken), 2 for a usage error.
+      port is taken, a worker kept failing at start-up), 2 for a usage error.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_combinations(parser, args)
-    try:
-        plan = _plan(args)
-    except _UsageError as exc:
-        parser.error(str(exc))
+    args, plan = parse(argv)
+    if (problem := _unresolvable(args)) is not None:
+        print(f"{PROG} {args.command}: {problem}", file=sys.stderr)
+        return 1
     status = 1
     try:
         if args.workers > 1:
@@ -471,11 +593,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Binding failed (port taken, address not local...): say so plainly.
         for error in _leaves(group):
             print(f"{PROG} {args.command}: {error}", file=sys.stderr)
+    except* WorkerStartupError as group:
+        # The supervisor stopped every worker: one line, the worker's own error.
+        for error in _leaves(group):
+            print(f"{PROG} {args.command}: {error}", file=sys.stderr)
     return status
 
 
-def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
-    out: list[OSError] = []
+def _unresolvable(args: argparse.Namespace) -> str | None:
+    """The first of ``--host``/``--stats-host`` that names no address, as an
+    error line naming the option (binding would only say "Name or service not
+    known"). A DNS look-up, so not part of :func:`parse`."""
+    hosts = [("--host", args.host)]
+    if args.stats_port is not None:
+        hosts.append(("--stats-host", args.stats_host))
+    for option, text in hosts:
+        host = _bind_host(text)
+        if host is None:
+            continue
+        try:
+            socket.getaddrinfo(
+                host, None, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+            )
+        except socket.gaierror as exc:
+            return f"argument {option}: {text!r}: cannot resolve it ({exc.strerror})"
+    return None
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    out: list[Exception] = []
     for exc in group.exceptions:
         out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return out

@@ -10,13 +10,13 @@ error of ours), and the connection is closed without reaching the handler.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 from typing import Any
 
 import trio
 
+from ._addr import in_networks
 from ._connection import Connection
 from ._errors import ProxyProtocolError
 from ._options import AcceptOptions
@@ -116,13 +116,8 @@ async def _tls_handshake(conn: Connection, opts: AcceptOptions, counters: Counte
 
 
 def _trusted(address: Any, networks: tuple[Any, ...]) -> bool:
-    """Is the socket peer allowed to send a PROXY header? Empty: everyone."""
-    if not networks:
-        return True
-    try:
-        ip = ipaddress.ip_address(address[0])
-    except (TypeError, ValueError, IndexError):
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
+    """Is the socket peer allowed to send a PROXY header? Only if its address
+    is in ``networks`` (an IPv4 peer on a dual-stack socket matches either
+    spelling of its network, :mod:`trionet._addr`)."""
+    host = address[0] if isinstance(address, tuple) and address else None
+    return isinstance(host, str) and in_networks(host, networks)

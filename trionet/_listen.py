@@ -54,7 +54,8 @@ async def open_listeners(opts: AcceptOptions) -> list[Listener]:
     """Bind and listen on every address ``opts`` names. On failure nothing stays open.
 
     Raises:
-      OSError: binding failed (EADDRINUSE, EACCES...), with the address in the message.
+      OSError: binding failed (EADDRINUSE, EACCES...), with the address in the message;
+        ``socket.gaierror`` naming the host and port if ``opts.host`` cannot be resolved.
       UnsupportedOptionError: an option the platform or our privileges lack.
     """
     if opts.fd is not None:
@@ -83,14 +84,7 @@ async def _bind_addresses(opts: AcceptOptions) -> list[tuple[int, Any]]:
     if opts.localhost_only:
         candidates = [(socket.AF_INET, ("127.0.0.1", 0)), (socket.AF_INET6, ("::1", 0, 0, 0))]
         return [c for c in candidates if opts.family in (None, c[0])]
-    infos = await trio.socket.getaddrinfo(
-        opts.host,
-        opts.port,
-        opts.family or socket.AF_UNSPEC,
-        socket.SOCK_STREAM,
-        0,
-        socket.AI_PASSIVE | socket.AI_ADDRCONFIG,
-    )
+    infos = await _resolve_bind_host(opts)
     seen: list[tuple[int, Any]] = []
     for family, _, _, _, sockaddr in infos:
         key = (int(family), sockaddr)
@@ -100,6 +94,35 @@ async def _bind_addresses(opts: AcceptOptions) -> list[tuple[int, Any]]:
     # is the one most likely to be refused (no IPv6 on the host), which we skip.
     seen.sort(key=lambda item: item[0] != socket.AF_INET6)
     return seen
+
+
+async def _resolve_bind_host(opts: AcceptOptions) -> list[Any]:
+    """``getaddrinfo`` for a passive socket, with errors that name the host.
+
+    Raises:
+      socket.gaierror: the host cannot be resolved, contains a NUL or another
+        control character (the C resolver would silently cut the name at a NUL
+        and bind what comes before it), or is not a valid IDNA name; the message
+        names the host and the port, which getaddrinfo's own
+        (``[Errno -2] Name or service not known``) does not.
+    """
+    host = opts.host
+    where = f"cannot listen on host {host!r} port {opts.port}"
+    if host is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in host):
+        raise socket.gaierror(socket.EAI_NONAME, f"{where}: control character in the host name")
+    try:
+        return await trio.socket.getaddrinfo(
+            host,
+            opts.port,
+            opts.family or socket.AF_UNSPEC,
+            socket.SOCK_STREAM,
+            0,
+            socket.AI_PASSIVE | socket.AI_ADDRCONFIG,
+        )
+    except socket.gaierror as exc:
+        raise socket.gaierror(exc.errno, f"{where}: {exc.strerror}") from exc
+    except UnicodeError as exc:  # the IDNA encoding of the name failed
+        raise socket.gaierror(socket.EAI_NONAME, f"{where}: not a valid host name ({exc})") from exc
 
 
 def _open_one(family: int, sockaddr: Any, opts: AcceptOptions) -> Listener | None:

@@ -122,6 +122,14 @@ DEFAULT_TLS_HANDSHAKE_TIMEOUT = 10.0
 # How long a client may take to send its PROXY protocol header. HAProxy sends it
 # with the first segment; 5 s only matters for a misbehaving or hostile peer.
 DEFAULT_PROXY_PROTOCOL_TIMEOUT = 5.0
+# Who may send a PROXY header: loopback unless told otherwise (gunicorn's
+# --proxy-allow-from defaults the same way). A port believing every source lets
+# any client that reaches it claim any address, past the per-client limit and
+# into the logs; trusting everyone takes ("0.0.0.0/0", "::/0"), written out.
+DEFAULT_PROXY_PROTOCOL_TRUSTED: tuple[Network, ...] = (
+    ipaddress.IPv4Network("127.0.0.0/8"),
+    ipaddress.IPv6Network("::1/128"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +157,9 @@ class AcceptOptions:
       tls_handshake_timeout: seconds a client may take to finish its TLS handshake.
       proxy_protocol: expect a PROXY protocol v1 or v2 header on each connection.
       proxy_protocol_trusted: networks allowed to send the header; a connection
-        from elsewhere is closed. Empty means trust every source.
+        from elsewhere is closed and counted in ``proxy_protocol_errors``.
+        Default: loopback only (``127.0.0.0/8``, ``::1``); every source only
+        when asked, with ``("0.0.0.0/0", "::/0")``.
       proxy_protocol_timeout: seconds to wait for the complete header.
     """
 
@@ -169,7 +179,7 @@ class AcceptOptions:
     ssl_context: ssl.SSLContext | None = None
     tls_handshake_timeout: float | None = DEFAULT_TLS_HANDSHAKE_TIMEOUT
     proxy_protocol: bool = False
-    proxy_protocol_trusted: tuple[Network, ...] = ()
+    proxy_protocol_trusted: tuple[Network, ...] = DEFAULT_PROXY_PROTOCOL_TRUSTED
     proxy_protocol_timeout: float = DEFAULT_PROXY_PROTOCOL_TIMEOUT
 
     def __post_init__(self) -> None:
@@ -197,6 +207,9 @@ class AcceptOptions:
         if self.proxy_protocol_timeout is None:
             raise _bad(o, "proxy_protocol_timeout", None, "must be a number of seconds")
         nets = _to_networks(o, "proxy_protocol_trusted", self.proxy_protocol_trusted)
+        if self.proxy_protocol and not nets:
+            why = 'trusts no source; ("0.0.0.0/0", "::/0") trusts every source'
+            raise _bad(o, "proxy_protocol_trusted", self.proxy_protocol_trusted, why)
         object.__setattr__(self, "proxy_protocol_trusted", nets)
 
     @classmethod

@@ -11,8 +11,10 @@ Task layout of one ``serve()`` call::
 
 The accept nursery sits *inside* the handler nursery's body, so stopping the
 accept tasks (shutdown, or a fatal accept error) leaves the connection tasks
-running until they finish or the grace deadline cancels them; cancelling
-``serve()`` itself cancels everything at once.
+running until they finish or the grace deadline cancels them (``shutdown``'s
+``grace``; ``accept_error_grace`` after a fatal accept error, which ``serve()``
+raises as :class:`AcceptError` once they are done); cancelling ``serve()``
+itself cancels everything at once.
 """
 
 from __future__ import annotations
@@ -45,17 +47,43 @@ logger = logging.getLogger("trionet.server")
 
 Handler = Callable[[Connection], Awaitable[object]]
 
+
+def _errnos(*names: str) -> frozenset[int]:
+    """The errno values of ``names`` this platform defines."""
+    return frozenset(getattr(errno, name) for name in names if hasattr(errno, name))
+
+
 # ATS accept_error_seriousness(): how the accept loop reacts to each errno.
 #   ignore    -- the client gave up before we accepted (ECONNABORTED)
-#   transient -- try again at once
+#   transient -- that one connection failed: count it and accept the next at once
 #   resource  -- out of descriptors/memory: warn (rate-limited), pause, keep serving
-#   (anything else is fatal: serve() raises AcceptError naming port and errno)
+#   (anything else is fatal: the server stops accepting, lets open connections
+#   finish within NetProcessor.accept_error_grace, then serve() raises
+#   AcceptError naming port and errno)
 _ACCEPT_IGNORE: Final = frozenset({errno.ECONNABORTED})
-_ACCEPT_TRANSIENT: Final = frozenset({errno.EAGAIN, errno.ECONNRESET, errno.EPIPE, errno.EPROTO})
-_ACCEPT_RESOURCE: Final = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EINTR}
-    | ({errno.ENOSR} if hasattr(errno, "ENOSR") else set())
+# Linux's accept(2) reports an error already pending on the *new* connection
+# as accept's own error, and its manual asks callers to retry on these as on
+# EAGAIN; it returns EPERM when a firewall rule refused the connection. Each is
+# the loss of one connection, not of the listening socket: the list trio's
+# SocketListener ignores (ENOSR is in the resource class below).
+_ACCEPT_TRANSIENT: Final = _errnos(
+    "EAGAIN",
+    "ECONNRESET",
+    "EPIPE",
+    "EPROTO",
+    "EPERM",
+    "ENETDOWN",
+    "ENOPROTOOPT",
+    "EHOSTDOWN",
+    "ENONET",
+    "EHOSTUNREACH",
+    "EOPNOTSUPP",
+    "ENETUNREACH",
+    "ESOCKTNOSUPPORT",
+    "EPROTONOSUPPORT",
+    "ETIMEDOUT",
 )
+_ACCEPT_RESOURCE: Final = _errnos("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "EINTR", "ENOSR")
 
 # ATS accepts up to `additional_accepts` connections per wake-up; trio's own
 # accept loop takes one per scheduler pass. 32 keeps a connect flood from
@@ -63,6 +91,10 @@ _ACCEPT_RESOURCE: Final = frozenset(
 DEFAULT_ACCEPT_BATCH: Final = 32
 THROTTLE_LOG_INTERVAL: Final = 600.0  # ATS: "too many connections" once per 10 min
 RESOURCE_LOG_INTERVAL: Final = 10.0
+# After a fatal accept error the server is going down with an error, but the
+# connections it has are healthy: they get the same time to finish as a
+# shutdown() without arguments gives them.
+DEFAULT_ACCEPT_ERROR_GRACE: Final = 5.0
 
 
 class _RateLimitedLog:
@@ -105,6 +137,10 @@ class NetProcessor:
       per_client_exempt: networks (``"10.0.0.0/8"``...) exempt from the per-client limit.
       accept_batch: connections accepted in a row before the accept task yields.
       accept_error_pause: seconds to pause after EMFILE/ENFILE/ENOBUFS/ENOMEM.
+      accept_error_grace: after a fatal accept error (the listening socket
+        itself failed), seconds open connections get to finish before they are
+        cancelled and ``serve()`` raises :class:`AcceptError`; the same 5 s
+        default as :meth:`Server.shutdown`.
       default_inactivity_timeout: applied to connections with no inactivity
         timeout of their own (ATS ``default_inactivity_timeout``). Default
         ``None``: like trio's ``serve_tcp``, trionet does not end idle
@@ -123,6 +159,7 @@ class NetProcessor:
         per_client_exempt: Iterable[Any] = (),
         accept_batch: int = DEFAULT_ACCEPT_BATCH,
         accept_error_pause: float = 0.05,
+        accept_error_grace: float = DEFAULT_ACCEPT_ERROR_GRACE,
         default_inactivity_timeout: float | None = None,
         max_idle_connections: int | None = None,
         propagate_handler_errors: bool = False,
@@ -137,12 +174,16 @@ class NetProcessor:
         exempt = _to_networks(o, "per_client_exempt", per_client_exempt)
         _check_int(o, "accept_batch", accept_batch, 1)
         _check_seconds(o, "accept_error_pause", accept_error_pause)
+        _check_seconds(o, "accept_error_grace", accept_error_grace)
+        if accept_error_grace is None:
+            raise ValueError(f"{o}.accept_error_grace=None: must be a number of seconds")
         _check_seconds(o, "default_inactivity_timeout", default_inactivity_timeout)
         if max_idle_connections is not None:
             _check_int(o, "max_idle_connections", max_idle_connections, 0)
         self.throttle_mode: ThrottleMode = throttle
         self.accept_batch = accept_batch
         self.accept_error_pause = accept_error_pause
+        self.accept_error_grace = accept_error_grace
         self.default_inactivity_timeout = default_inactivity_timeout
         self.propagate_handler_errors = bool(propagate_handler_errors)
         self._throttle = Throttle(max_connections, per_client_max_connections, exempt)
@@ -228,13 +269,19 @@ class NetProcessor:
         Error handling:
           A handler's exception is logged (``trionet.server``, with traceback)
           and counted in ``handler_errors``; the server keeps serving (unless
-          ``propagate_handler_errors``). Accept errors are classed as ATS does;
-          a fatal one ends ``serve()`` with :class:`AcceptError`.
+          ``propagate_handler_errors``). Accept errors are classed as ATS does:
+          an error of one incoming connection (ECONNRESET, EPROTO, the network
+          errors Linux passes on, EPERM from a firewall) is counted in
+          ``accept_errors_transient`` and the next one accepted; running out of
+          descriptors or memory pauses accepting (``accept_errors_resource``).
+          Any other error is fatal: the server stops accepting on every port,
+          lets open connections finish for up to ``accept_error_grace``
+          seconds, then ``serve()`` raises :class:`AcceptError`.
 
         Raises:
           OSError: a listen spec could not be bound (before ``started``).
           UnsupportedOptionError: an option the platform cannot provide.
-          AcceptError: a fatal accept error.
+          AcceptError: a fatal accept error (once the connections have ended).
         """
         if not listen:
             raise ValueError("serve() needs at least one port or AcceptOptions to listen on")
@@ -499,6 +546,8 @@ class Server:
         wakes) when everything is closed. Calling it again can only shorten the
         grace period."""
         _check_seconds("Server.shutdown", "grace", grace)
+        if grace is None:  # _check_seconds lets None (disabled) through
+            raise ValueError("Server.shutdown.grace=None: must be a number of seconds")
         self._stopping = True
         self._accept_scope.cancel()
         if self._handler_scope is not None:
@@ -517,12 +566,18 @@ class Server:
         try:
             await self.processor._accept_loop(self, listener, handler)
         except AcceptError as exc:
-            logger.error("%s; stopping the server", exc)
-            self._fatal = exc
-            self._stopping = True
-            self._accept_scope.cancel()
-            if self._handler_scope is not None:
-                self._handler_scope.cancel()
+            # The listening socket failed, not the connections: stop accepting
+            # on every port (serve() is going to fail) but end like a shutdown,
+            # letting open connections finish within the grace period.
+            grace = self.processor.accept_error_grace
+            logger.error(
+                "%s; stopping the server: no new connections, open ones get %s s to finish",
+                exc,
+                grace,
+            )
+            if self._fatal is None:
+                self._fatal = exc
+            self.shutdown(grace)
         finally:
             self.processor._counters.accepts_currently_open -= 1
             trio.lowlevel.notify_closing(listener.socket)

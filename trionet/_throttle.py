@@ -9,16 +9,15 @@ admitted. The accept loop decides what to do with a "no" (wait or close).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from typing import Final, Literal
+
+from ._addr import Network, client_key, normalize_networks, parse_address
 
 __all__ = ["ThrottleMode", "Throttle"]
 
 ThrottleMode = Literal["pause", "close"]
 THROTTLE_MODES: Final = ("pause", "close")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Throttle:
@@ -47,7 +46,7 @@ class Throttle:
     ) -> None:
         self.max_connections = max_connections
         self.per_client_max = per_client_max
-        self._exempt = tuple(exempt)
+        self._exempt = normalize_networks(exempt)
         self._exempt_cache: dict[str, bool] = {}
         self.open = 0
         self.per_client: dict[str, int] = {}
@@ -59,23 +58,18 @@ class Throttle:
 
     def client_at_limit(self, host: str) -> bool:
         """True when ``host`` already has ``per_client_max`` inbound connections
-        and is not in an exempt network."""
+        and is not in an exempt network. ``::ffff:192.0.2.1`` and ``192.0.2.1``
+        are one client (:func:`trionet._addr.client_key`)."""
         limit = self.per_client_max
-        if limit is None or self.per_client.get(host, 0) < limit:
+        if limit is None or self.per_client.get(client_key(host), 0) < limit:
             return False
         return not self._is_exempt(host)
 
     def _is_exempt(self, host: str) -> bool:
         cached = self._exempt_cache.get(host)
         if cached is None:
-            try:
-                addr = ipaddress.ip_address(host.split("%", 1)[0])
-            except ValueError:
-                cached = False
-            else:
-                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-                    addr = addr.ipv4_mapped
-                cached = any(addr in net for net in self._exempt)
+            addr = parse_address(host)
+            cached = addr is not None and any(addr in net for net in self._exempt)
             if len(self._exempt_cache) > 4096:
                 self._exempt_cache.clear()
             self._exempt_cache[host] = cached
@@ -92,12 +86,14 @@ class Throttle:
         ``host`` too (a client that a PROXY protocol header named later);
         ``release(host)`` then undoes both."""
         if self.per_client_max is not None:
+            host = client_key(host)
             self.per_client[host] = self.per_client.get(host, 0) + 1
 
     def release(self, host: str | None) -> None:
         """Undo one :meth:`acquire` with the same ``host``."""
         self.open -= 1
         if host is not None and self.per_client_max is not None:
+            host = client_key(host)
             left = self.per_client.get(host, 0) - 1
             if left > 0:
                 self.per_client[host] = left

@@ -48,7 +48,14 @@ over the workers) and for statistics (each worker counts its own).
 
 Lifecycle. A worker that exits while no shutdown was asked for -- crash,
 SIGKILL, or ``main`` returning -- is restarted with an exponential back-off
-(:class:`RestartBackoff`) and logged on ``trionet.workers``. SIGTERM/SIGINT to
+(:class:`RestartBackoff`) and logged on ``trionet.workers``. A worker that
+fails at start-up (exits before it reported serving, see
+:meth:`WorkerContext.ready`, and within ``STABLE_AFTER`` seconds) reports its
+error to the supervisor as one line, without a traceback; after
+``STARTUP_ATTEMPTS`` such failures in a row the supervisor stops every worker
+and raises :class:`WorkerStartupError` with that line, rather than restart a
+worker that cannot start for ever (a port taken, a bad option, a missing
+module). SIGTERM/SIGINT to
 the supervisor become one SIGTERM per worker: ``ctx.shutdown_requested`` is set
 and ``ctx.serve`` shuts its server down gracefully. Workers watch a control
 socket to the supervisor and stop by themselves if it dies. Workers ignore
@@ -81,11 +88,18 @@ from typing import Any, Final, Literal, final
 
 import trio
 
+from ._errors import TrionetError
 from ._listen import _bind_addresses, adopt_listener, bind_socket, open_listeners
 from ._options import AcceptOptions, _check_int, _check_seconds
 from ._server import Handler, NetProcessor, Server
 
-__all__ = ["RestartBackoff", "WorkerContext", "WorkerSupervisor", "run_workers"]
+__all__ = [
+    "RestartBackoff",
+    "WorkerContext",
+    "WorkerStartupError",
+    "WorkerSupervisor",
+    "run_workers",
+]
 
 logger = logging.getLogger("trionet.workers")
 
@@ -101,7 +115,21 @@ EXIT_MARGIN: Final = 2.0
 # A worker that ran this long before dying is considered to have been healthy:
 # its replacement starts after the initial delay again.
 STABLE_AFTER: Final = 10.0
-_READY: Final = b"R"
+# A worker that exits before reporting ready, within STABLE_AFTER seconds, failed
+# at start-up. Causes that go away by themselves (a port in TIME_WAIT elsewhere, a
+# short fork failure) rarely outlast two retries with back-off; a port somebody
+# else holds, a bad option or a missing module never pass, and restarting them for
+# ever only floods the log. Three attempts in a row, then the supervisor gives up.
+STARTUP_ATTEMPTS: Final = 3
+
+# The control socket carries newline-terminated messages from worker to
+# supervisor: "R" (serving), "E<one line>" (the error a start-up failed with).
+_READY: Final = b"R\n"
+_ERROR: Final = b"E"
+_MAX_MESSAGE: Final = 2048
+# After a worker exited, how long the supervisor reads what it wrote before dying
+# (normally there at once; a grandchild holding the socket must not stall us).
+_DRAIN_TIMEOUT: Final = 1.0
 
 # The worker's first lines: SIGINT is ignored (a terminal's Ctrl-C reaches every
 # process of the group; the supervisor turns it into one SIGTERM per worker),
@@ -115,6 +143,26 @@ sys.path[:0] = [p for p in os.environ.pop("TRIONET_WORKER_PATH", "").split(os.pa
 from trionet._workers import _worker_entry
 _worker_entry(_early)
 """
+
+
+@final
+class WorkerStartupError(TrionetError, RuntimeError):
+    """A worker failed at start-up ``STARTUP_ATTEMPTS`` times in a row; the
+    supervisor stopped every worker.
+
+    Attributes:
+      worker_id: the worker that could not start.
+      attempts: how many times in a row it failed.
+      error: its last error, one line (``"[Errno 98] cannot listen on
+        127.0.0.1:9101: Address already in use"``), or how it ended when it
+        could not say (``"was killed by SIGKILL"``).
+    """
+
+    def __init__(self, worker_id: int, attempts: int, error: str) -> None:
+        super().__init__(f"worker {worker_id} could not start ({attempts} attempts): {error}")
+        self.worker_id = worker_id
+        self.attempts = attempts
+        self.error = error
 
 
 # ----------------------------------------------------------------- worker side
@@ -151,6 +199,7 @@ class WorkerContext:
         self.grace = grace
         self.shutdown_requested = trio.Event()
         self._control = control
+        self._serving = False
 
     def __repr__(self) -> str:
         return f"<trionet.WorkerContext worker {self.worker_id}/{self.workers} pid {os.getpid()}>"
@@ -169,7 +218,12 @@ class WorkerContext:
         return [dataclasses.replace(opts, **changes) for opts in self.listen]
 
     def ready(self) -> None:
-        """Tell the supervisor this worker is serving (``serve`` does it for you)."""
+        """Tell the supervisor this worker is serving (``serve`` does it for you).
+
+        Until then an exception out of ``main`` is a start-up failure: reported
+        to the supervisor as one line, counted towards ``STARTUP_ATTEMPTS``.
+        """
+        self._serving = True
         if self._control is not None:
             # OSError: the supervisor is gone; _watch_supervisor handles that.
             with contextlib.suppress(OSError):
@@ -223,10 +277,16 @@ class _Job:
 
 
 def _worker_entry(early_sigterm: list[int]) -> None:
-    """The worker process's body (started by ``_BOOT``)."""
+    """The worker process's body (started by ``_BOOT``).
+
+    Error handling:
+      An exception before the worker reported ready (an import error, a port
+      it cannot bind...) is sent to the supervisor as one line and the process
+      exits with status 1, without a traceback. After that, an exception is a
+      crash of a serving worker: Python prints its traceback, as for any bug.
+    """
     _line_buffered_output()
     job: _Job = pickle.loads(base64.b64decode(os.environ.pop(_PAYLOAD_ENV)))
-    main = _resolve_main(job.main_module, job.main_qualname, job.main_path)
     control = socket.socket(fileno=job.control_fd)
     control.setblocking(False)
     ctx = WorkerContext(
@@ -238,13 +298,55 @@ def _worker_entry(early_sigterm: list[int]) -> None:
         control=control,
     )
     try:
+        main = _resolve_main(job.main_module, job.main_qualname, job.main_path)
         trio.run(_worker_main, main, ctx, early_sigterm)
+    except Exception as exc:
+        if ctx._serving:
+            raise
+        _report_startup_failure(ctx, _error_line(exc))
+        raise SystemExit(1) from None
     finally:
         # Python restores SIGTERM's default action while the interpreter shuts
         # down; a late SIGTERM (sent to the whole process group, say) must not
         # turn a clean exit into "killed by SIGTERM".
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         control.close()
+
+
+def _error_line(exc: BaseException) -> str:
+    """``exc`` as one line: an OSError as its message (``[Errno 98] ...``), any
+    other exception with its type; the leaves of an exception group joined."""
+    parts: list[str] = []
+    for leaf in _leaves(exc):
+        text = str(leaf)
+        if not isinstance(leaf, OSError) or not text:
+            text = f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
+        parts.append(" ".join(text.split()))  # no newlines in a one-line report
+    line = "; ".join(dict.fromkeys(parts))
+    return line if len(line) <= _MAX_MESSAGE // 2 else line[: _MAX_MESSAGE // 2 - 3] + "..."
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _report_startup_failure(ctx: WorkerContext, line: str) -> None:
+    # The supervisor prints (or raises) it once it gives up; printing here too
+    # would repeat it once per attempt. Without a supervisor to tell, say it.
+    # Bytes, not characters, are what the supervisor bounds (_MAX_MESSAGE).
+    text = line.encode("utf-8", "replace")[: _MAX_MESSAGE - len(_ERROR) - 1]
+    message = _ERROR + text + b"\n"
+    if ctx._control is not None:
+        try:
+            ctx._control.setblocking(True)
+            ctx._control.sendall(message)
+            return
+        except OSError:
+            pass
+    sys.stderr.write(f"trionet worker {ctx.worker_id} (pid {os.getpid()}): {line}\n")
+    sys.stderr.flush()
 
 
 def _line_buffered_output() -> None:
@@ -506,6 +608,8 @@ class WorkerSupervisor:
         self._stopping = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._failed = False
+        self._startup_error: WorkerStartupError | None = None
+        self._errors: dict[int, str] = {}
         self._plan = _Plan()
         self._ports: list[int] = []
 
@@ -573,6 +677,8 @@ class WorkerSupervisor:
         Raises:
           OSError: a listen spec could not be bound (before ``started``).
           ValueError: a listen spec a worker cannot receive (``ssl_context``).
+          WorkerStartupError: a worker failed at start-up ``STARTUP_ATTEMPTS``
+            times in a row (after ``started``); every worker was stopped first.
         """
         self._plan = await _plan_listeners(self.specs, self.sharing)
         self.listen = tuple(self._plan.listen)
@@ -594,6 +700,8 @@ class WorkerSupervisor:
         finally:
             self._plan.close()
         logger.info("all workers stopped")
+        if self._startup_error is not None:
+            raise self._startup_error
         return 1 if self._failed else 0
 
     async def _kill_after(self, delay: float) -> None:
@@ -605,42 +713,72 @@ class WorkerSupervisor:
     async def _slot(self, wid: int) -> None:
         backoff = RestartBackoff(self.restart_delay, self.max_restart_delay)
         restarts = 0
+        failed_starts = 0  # start-up failures in a row
         while not self._stopping.is_set():
             started = trio.current_time()
-            status = await self._run_one(wid, restarts)
+            end = await self._run_one(wid, restarts)
             if self._stopping.is_set():
-                self._failed |= status != 0
+                self._failed |= end.status != 0
                 break
             lived = trio.current_time() - started
+            # Never said it was serving, and soon gone: it failed at start-up.
+            # A worker that served, or ran long, starts the count again.
+            failed_starts = 0 if end.ready or lived >= STABLE_AFTER else failed_starts + 1
+            why = end.error or f"{_describe_status(end.status)} before it was serving"
+            if failed_starts >= STARTUP_ATTEMPTS:
+                self._give_up(WorkerStartupError(wid, failed_starts, why))
+                break
             delay = backoff.next_delay(lived)
             restarts += 1
             self.restarts += 1
-            logger.warning(
-                "worker %d %s after %.1f s; restarting in %.2f s (restart #%d)",
-                wid,
-                _describe_status(status),
-                lived,
-                delay,
-                restarts,
-            )
+            if failed_starts:
+                # INFO: the retry may well succeed, and if it does not the error
+                # is raised once, rather than logged once per attempt.
+                logger.info(
+                    "worker %d could not start (attempt %d of %d): %s; retrying in %.2f s",
+                    wid,
+                    failed_starts,
+                    STARTUP_ATTEMPTS,
+                    why,
+                    delay,
+                )
+            else:
+                logger.warning(
+                    "worker %d %s after %.1f s; restarting in %.2f s (restart #%d)",
+                    wid,
+                    _describe_status(end.status),
+                    lived,
+                    delay,
+                    restarts,
+                )
             with trio.move_on_after(delay):
                 await self._stopping.wait()
 
-    async def _run_one(self, wid: int, restarts: int) -> int:
+    def _give_up(self, error: WorkerStartupError) -> None:
+        if self._startup_error is None:
+            self._startup_error = error
+            logger.info("%s; stopping every worker", error)
+        self.shutdown()
+
+    async def _run_one(self, wid: int, restarts: int) -> _Exit:
+        self._errors.pop(wid, None)
         try:
             proc, control = await self._spawn(wid, restarts)
         except OSError as exc:  # EAGAIN from fork, ENOMEM...: retry with back-off
             if self._stopping.is_set():
-                return 0  # the shutdown closed the sockets it was to inherit: not a failure
-            logger.error("worker %d could not be started: %s", wid, exc)
-            return 1
+                # the shutdown closed the sockets it was to inherit: not a failure
+                return _Exit(0, ready=False, error=None)
+            return _Exit(1, ready=False, error=f"cannot spawn a process: {exc}")
         self._procs[wid] = proc
         logger.info("worker %d started (pid %d)", wid, proc.pid)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_control, wid, proc.pid, control)
                 status = await proc.wait()
-                nursery.cancel_scope.cancel()
+                # What it wrote before exiting (its start-up error) is still in
+                # the socket: let the reader get to EOF, briefly.
+                nursery.cancel_scope.deadline = trio.current_time() + _DRAIN_TIMEOUT
+            ready = wid in self._ready
         finally:
             control.close()
             self._procs.pop(wid, None)
@@ -651,7 +789,7 @@ class WorkerSupervisor:
                     await proc.wait()
         if self._stopping.is_set():
             logger.info("worker %d (pid %d) %s", wid, proc.pid, _describe_status(status))
-        return status
+        return _Exit(status, ready=ready, error=self._errors.pop(wid, None))
 
     async def _spawn(self, wid: int, restarts: int) -> tuple[trio.Process, trio.socket.SocketType]:
         parent_end, child_end = socket.socketpair()
@@ -682,11 +820,30 @@ class WorkerSupervisor:
         return proc, trio.socket.from_stdlib_socket(parent_end)
 
     async def _read_control(self, wid: int, pid: int, control: trio.socket.SocketType) -> None:
-        while data := await control.recv(64):
-            if _READY in data and wid not in self._ready:
-                self._ready.add(wid)
-                logger.info("worker %d (pid %d) serving", wid, pid)
-                self._ready_changed.unpark_all()
+        pending = b""
+        while data := await control.recv(4096):
+            *messages, pending = (pending + data).split(b"\n")
+            if len(pending) > _MAX_MESSAGE:  # not our protocol: drop it, stay bounded
+                pending = b""
+            for message in messages:
+                self._on_message(wid, pid, message)
+
+    def _on_message(self, wid: int, pid: int, message: bytes) -> None:
+        if message == _READY.rstrip(b"\n") and wid not in self._ready:
+            self._ready.add(wid)
+            logger.info("worker %d (pid %d) serving", wid, pid)
+            self._ready_changed.unpark_all()
+        elif message.startswith(_ERROR):
+            self._errors[wid] = message[len(_ERROR) :].decode("utf-8", "replace")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Exit:
+    """How one worker process ended."""
+
+    status: int  # as Process.returncode: negative for a signal
+    ready: bool  # it had reported serving
+    error: str | None  # its one-line start-up error, if it sent one
 
 
 def _port_of(opts: AcceptOptions, plan: _Plan) -> int:
@@ -768,6 +925,8 @@ def run_workers(
     Raises:
       OSError: a port could not be bound (before any worker starts).
       ValueError / TypeError: bad arguments, named.
+      WorkerStartupError: a worker failed at start-up ``STARTUP_ATTEMPTS``
+        times in a row (its error in one line); every worker was stopped.
     """
     supervisor = WorkerSupervisor(
         main,
@@ -782,11 +941,20 @@ def run_workers(
 
 
 async def _supervise_with_signals(supervisor: WorkerSupervisor) -> int:
+    # The documented errors leave run_workers as themselves, not wrapped in the
+    # ExceptionGroup of the nursery that forwards signals.
+    error: Exception | None = None
+    status = 1
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_forward_signals, supervisor, signals)
-            status = await supervisor.run()
+            try:
+                status = await supervisor.run()
+            except (OSError, ValueError, WorkerStartupError) as exc:
+                error = exc
             nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
     return status
 
 

@@ -14,6 +14,7 @@ stops accepting and closes the server.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 
@@ -91,19 +92,20 @@ class EchoAccept(Continuation):
             assert isinstance(data, NetVConnection)
             self.accepted += 1
             EchoSM(data, self.inactivity_timeout)
-        elif event == iocore.EVENT_ERROR:
-            print(f"accept failed: {data!r} (a negated errno)", file=sys.stderr, flush=True)
+        # EVENT_ERROR (data: -errno) means the port could not be opened or
+        # accepting failed for good; the processor has logged it, one line
+        # naming the address (a port never opened: wait_listening() gives none).
         return EVENT_CONT
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> int:
     acceptor = EchoAccept(args.inactivity_timeout)
     opts = trionet.AcceptOptions(host=args.host, port=args.port)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with iocore.open_net_processor() as unp:
             action = unp.accept(acceptor, opts)
             if not await action.wait_listening():
-                sys.exit(f"ats_echo_server: cannot listen on {args.host} port {args.port}")
+                return 1  # EVENT_ERROR: the processor logged why
             for port in action.ports:
                 print(f"listening on {args.host} port {port}", flush=True)
             async for signum in signals:
@@ -111,6 +113,7 @@ async def main(args: argparse.Namespace) -> None:
                 break
             action.cancel()
     print(f"stopped after {acceptor.accepted} connections", flush=True)
+    return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,7 +130,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    # The processor reports failures on the "trionet" loggers: one line each.
+    logging.basicConfig(format="ats_echo_server: %(message)s")
     try:
-        trio.run(main, parse_args())
+        sys.exit(trio.run(main, parse_args()))
     except ValueError as exc:  # bad option values name themselves
         sys.exit(f"ats_echo_server: {exc}")

@@ -21,6 +21,7 @@ lines of the native API.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -184,12 +185,13 @@ class TunnelAccept(Continuation):
             assert isinstance(data, NetVConnection)
             self.tally.all_closed = trio.Event()
             TunnelSM(data, self.unp, self.args, self.tally)
-        elif event == iocore.EVENT_ERROR:
-            print(f"accept failed: {data!r} (a negated errno)", file=sys.stderr, flush=True)
+        # EVENT_ERROR (data: -errno) means the port could not be opened or
+        # accepting failed for good; the processor has logged it, one line
+        # naming the address (a port never opened: wait_listening() gives none).
         return EVENT_CONT
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> int:
     net = trionet.NetProcessor(max_connections=args.max_connections, throttle=args.throttle)
     opts = trionet.AcceptOptions(host=args.host, port=args.port)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -197,7 +199,7 @@ async def main(args: argparse.Namespace) -> None:
             acceptor = TunnelAccept(unp, args)
             action = unp.accept(acceptor, opts)
             if not await action.wait_listening():
-                sys.exit(f"ats_tunnel: cannot listen on {args.host} port {args.port}")
+                return 1  # EVENT_ERROR: the processor logged why
             up = f"upstream {args.upstream[0]} port {args.upstream[1]}"
             for listening in action.ports:
                 print(f"ats tunnel listening on {args.host} port {listening}, {up}")
@@ -215,6 +217,7 @@ async def main(args: argparse.Namespace) -> None:
         f"errors: {t.errors}, bytes up: {t.bytes_up}, down: {t.bytes_down}",
         flush=True,
     )
+    return 0
 
 
 def upstream(text: str) -> tuple[str, int]:
@@ -238,7 +241,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    # The processor reports failures on the "trionet" loggers: one line each.
+    logging.basicConfig(format="ats_tunnel: %(message)s")
     try:
-        trio.run(main, parse_args())
+        sys.exit(trio.run(main, parse_args()))
     except ValueError as exc:  # bad option values name themselves
         sys.exit(f"ats_tunnel: {exc}")

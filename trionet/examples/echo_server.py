@@ -34,13 +34,17 @@ async def stop_on_signal(server: trionet.Server, grace: float, cancel: trio.Canc
             server.shutdown(grace)
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> int:
     net = trionet.NetProcessor(max_connections=args.max_connections)
     opts = trionet.AcceptOptions(
         host=args.host, port=args.port, inactivity_timeout=args.inactivity_timeout
     )
     async with trio.open_nursery() as nursery:
-        server: trionet.Server = await nursery.start(net.serve, echo, opts)
+        try:
+            server: trionet.Server = await nursery.start(net.serve, echo, opts)
+        except OSError as exc:  # the port is taken, the address is not ours...
+            print(f"echo_server: {exc}", file=sys.stderr, flush=True)
+            return 1
         for listener in server.listeners:
             print(
                 f"echo server listening on {listener.address[0]} port {listener.port}", flush=True
@@ -50,6 +54,7 @@ async def main(args: argparse.Namespace) -> None:
         nursery.cancel_scope.cancel()
     stats = net.statistics()
     print(f"stopped after {stats.total_accepts} connections", flush=True)
+    return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +71,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     try:
-        trio.run(main, parse_args())
+        sys.exit(trio.run(main, parse_args()))
     except ValueError as exc:  # bad option values name themselves
         sys.exit(f"echo_server: {exc}")

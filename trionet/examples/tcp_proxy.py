@@ -61,13 +61,17 @@ def print_statistics(net: trionet.NetProcessor, proxy: trionet.TcpProxy) -> None
     )
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> int:
     net, proxy = make_proxy(args)
     listen = trionet.AcceptOptions(
         host=args.host, port=args.port, inactivity_timeout=args.inactivity_timeout
     )
     async with trio.open_nursery() as nursery:
-        server: trionet.Server = await nursery.start(net.serve, proxy, listen)
+        try:
+            server: trionet.Server = await nursery.start(net.serve, proxy, listen)
+        except OSError as exc:  # the port is taken, the address is not ours...
+            print(f"tcp_proxy: {exc}", file=sys.stderr, flush=True)
+            return 1
         for listener in server.listeners:
             where = f"{listener.address[0]} port {listener.port}"
             print(f"tcp proxy listening on {where}, upstream {proxy.host} port {proxy.port}")
@@ -76,6 +80,7 @@ async def main(args: argparse.Namespace) -> None:
         await server.wait_closed()
         nursery.cancel_scope.cancel()
     print_statistics(net, proxy)
+    return 0
 
 
 def upstream(text: str) -> tuple[str, int]:
@@ -100,6 +105,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     try:
-        trio.run(main, parse_args())
+        sys.exit(trio.run(main, parse_args()))
     except ValueError as exc:  # bad option values name themselves
         sys.exit(f"tcp_proxy: {exc}")
