@@ -67,6 +67,9 @@ EXIT_TIMEOUT = 300.0  # seconds for callgrind to write its file after SIGTERM
 QUIET_SECONDS = 0.5  # the server slept, running nothing, for this long: it is idle
 QUIET_TIMEOUT = 900.0  # give up waiting for the server to become idle
 CLIENT_STALL = 900.0  # loadgen --stall: seconds without progress before it gives up
+# Totals of runs of one kind may differ by this share of a run before a note says
+# the runs did different work (timing alone moved them up to ~0.02%).
+CONSISTENT = 0.001
 # Fixed hash seed: str/bytes hashes (dict and set layouts, their probe counts)
 # are then the same in every run, one source of run-to-run variation less.
 HASH_SEED = "0"
@@ -169,10 +172,18 @@ def make_subjects(variant_names: list[str], trees: list[Path]) -> list[Subject]:
 
 
 def server_env(tree: Path) -> dict[str, str]:
-    """Environment of a server: ``tree`` first on ``PYTHONPATH``, a fixed hash seed."""
+    """Environment of a server: ``tree`` first on ``PYTHONPATH``, a fixed hash seed.
+
+    ``PYTHONDONTWRITEBYTECODE`` is removed: with it set (as it is in some
+    shells here) no ``__pycache__`` file is ever written, so a module without
+    one is compiled from source in every run, and the count then depends on
+    whatever else happened to write it meanwhile (seen: a test run writing
+    ``trionet``'s cut the start-up of the next run by 185 M instructions).
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
     env["PYTHONHASHSEED"] = HASH_SEED
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -598,6 +609,29 @@ def summarize(
     return rows
 
 
+def consistency_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Notes on runs of one kind (same subject, same rounds) whose totals differ too much.
+
+    Timing changes a few things the server does (how many connections one
+    ``epoll_wait`` returns, so how many loop passes): seen up to ~0.02% of a
+    run's total. A larger difference means the runs did different work, e.g. a
+    module compiled from source in one run and loaded from ``__pycache__`` in
+    the other, and the figure should not be trusted.
+    """
+    notes = []
+    for row in rows:
+        for key, what in (("ir_zero", "0-round"), ("ir_rounds", "round-trip")):
+            values = row[key]
+            if len(values) > 1 and (max(values) - min(values)) > CONSISTENT * min(values):
+                notes.append(
+                    f"{row['label']}: the {what} runs differ by {max(values) - min(values):,} "
+                    f"instructions ({100 * (max(values) - min(values)) / min(values):.2f}%), "
+                    "more than timing explains: the runs did different work; do not trust "
+                    "this row"
+                )
+    return notes
+
+
 def add_top_functions(
     rows: list[dict[str, Any]],
     subjects: list[Subject],
@@ -865,6 +899,7 @@ def main(argv: list[str] | None = None) -> int:
         if "failure" in r
     ]
     rows = summarize(records, subjects, settings, baseline)
+    meta["notes"] += consistency_notes(rows)
     if settings.top:
         add_top_functions(rows, subjects, settings, profiles_dir, meta["notes"])
     text = markdown(meta, rows)
