@@ -76,6 +76,7 @@ nitpick_ignore += [
     ("py:class", "The client's address"),
     ("py:class", "Our address as the client sees it"),
     ("py:meth", "NetProcessor.connect"),
+    ("py:func", "host_problem"),
 ]
 
 # Docstrings are Google style (Args / Returns / Raises) plus trio's own

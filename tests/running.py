@@ -105,6 +105,19 @@ class Running:
         return self.proc.returncode, rest, err.decode()
 
 
+def wait_until_listening(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+    """Block until something accepts TCP connections on host:port (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            return
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def echo_roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
     """Send ``payload``, half-close, and read everything until EOF."""
     with socket.create_connection((host, port), timeout=10) as s:

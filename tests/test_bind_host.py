@@ -19,17 +19,8 @@ async def ignore(conn: trionet.Connection) -> None:
     pass
 
 
-@pytest.mark.parametrize(
-    ("host", "why"),
-    [
-        ("no-such-host.invalid", ""),  # NXDOMAIN, or no DNS at all: getaddrinfo's words
-        # The C resolver would cut the name at the NUL and bind "localhost".
-        ("localhost\x00.example.com", "control character in the host name"),
-        ("a" * 64 + ".example", "not a valid host name"),  # IDNA: label too long
-        ("bad..name", "not a valid host name"),  # IDNA: empty label
-    ],
-)
-async def test_unresolvable_bind_host_names_host_and_port(host: str, why: str) -> None:
+async def test_unresolvable_bind_host_names_host_and_port() -> None:
+    host = "no-such-host.invalid"  # NXDOMAIN, or no DNS at all: getaddrinfo's words
     with pytest.raises(socket.gaierror) as info, trio.fail_after(10):
         await NetProcessor().serve(ignore, AcceptOptions(host=host, port=8080))
     message = str(info.value)
@@ -37,7 +28,24 @@ async def test_unresolvable_bind_host_names_host_and_port(host: str, why: str) -
         f"[Errno {info.value.errno}] cannot listen on host {host!r} port 8080: "
     )
     assert info.value.errno < 0  # an EAI_* code, as getaddrinfo's own errors have
-    assert why in message
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        # The C resolver would cut the name at the NUL and bind "localhost".
+        ("localhost\x00.example.com", "a control character, '\\x00' at position 9"),
+        ("a" * 64 + ".example", "a label of 64 characters, more than 63"),
+        ("bad..name", "an empty label"),
+    ],
+)
+def test_invalid_bind_host_is_refused_where_it_is_written(host: str, why: str) -> None:
+    # Refused by AcceptOptions itself, before anything is resolved or bound.
+    with pytest.raises(ValueError) as info:
+        AcceptOptions(host=host, port=8080)
+    message = str(info.value)
+    assert message.startswith(f"AcceptOptions.host={host!r}: "), message
+    assert why in message, message
 
 
 @pytest.mark.slow

@@ -49,6 +49,10 @@ def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
         (["echo", "--port", "http"], "argument --port: 'http': expected a port number"),
         (["echo", "--max-connections", "0"], "argument --max-connections: '0': must be at least 1"),
         (
+            ["proxy", "--listen", "80", "--upstream", "h:1", "--max-connections", "1"],
+            "argument --max-connections: '1': a proxy session needs 2 connections",
+        ),
+        (
             ["echo", "--inactivity-timeout", "-1"],
             "argument --inactivity-timeout: '-1': must be a positive number of seconds",
         ),

@@ -412,11 +412,12 @@ async def test_bind_failure_is_a_connect_error() -> None:
         ("h", 80, {"connect_timeout": 1}, TypeError, "options="),
         ("::1", 80, trionet.ConnectOptions(family=socket.AF_INET), ValueError, "host='::1'"),
         (
-            "h",
+            "127.0.0.1",
             80,
-            trionet.ConnectOptions(family=socket.AF_INET6, local_address="127.0.0.1"),
+            trionet.ConnectOptions(local_address="::1"),
             ValueError,
-            "local_address='127.0.0.1'",
+            "host='127.0.0.1' is not an address of the family AF_INET6 that "
+            "ConnectOptions.local_address='::1' asks for",
         ),
     ],
 )
@@ -427,10 +428,17 @@ async def test_bad_arguments(host: Any, port: Any, options: Any, exc: type, matc
     assert net._throttle.open == 0
 
 
-@pytest.mark.parametrize("timeout", [0, -1.0, float("nan")])
-def test_connect_timeout_must_be_positive(timeout: float) -> None:
-    with pytest.raises(ValueError, match="connect_timeout"):
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf"), 10**400])
+def test_connect_timeout_must_be_positive_and_finite(timeout: float) -> None:
+    with pytest.raises(ValueError, match=f"ConnectOptions.connect_timeout={timeout!r}"):
         trionet.ConnectOptions(connect_timeout=timeout)
+
+
+def test_family_and_local_address_must_agree_at_construction() -> None:
+    with pytest.raises(ValueError) as info:
+        trionet.ConnectOptions(family=socket.AF_INET6, local_address="127.0.0.1")
+    assert "ConnectOptions.family=<AddressFamily.AF_INET6: 10>" in str(info.value)
+    assert "local_address='127.0.0.1'" in str(info.value)
 
 
 # ---------------------------------------------------------- happy eyeballs

@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +37,7 @@ from .running import (
     env,
     free_port,
     needs_source_tree,
+    wait_until_listening,
 )
 
 DOCS = ROOT / "docs"
@@ -501,18 +501,6 @@ async def test_howto_proxy(nursery: trio.Nursery) -> None:
     assert net.statistics().handler_errors == 0
 
 
-def wait_until_listening(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=timeout).close()
-            return
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
 @pytest.mark.slow
 def test_deploy_workers() -> None:
     port = free_port()
@@ -520,7 +508,8 @@ def test_deploy_workers() -> None:
     with Running("-c", f"import sys; sys.path.insert(0, {str(SNIPPETS)!r}); {code}") as run:
         ids = sorted(run.expect(r"worker (\d) of 2 serving", 60)[1] for _ in range(2))
         assert ids == ["0", "1"]
-        # The snippet prints just before ctx.serve() listens: wait for a listener.
+        # The snippet prints before ctx.serve() has bound its socket: wait
+        # (bounded) until a worker listens, then every round trip must work.
         wait_until_listening(port)
         for i in range(4):
             assert echo_roundtrip(port, b"n%d" % i) == b"n%d" % i

@@ -32,6 +32,7 @@ from . import __version__
 from ._connection import Connection
 from ._options import DEFAULT_PROXY_PROTOCOL_TRUSTED, AcceptOptions, ConnectOptions
 from ._proxy import TcpProxy
+from ._resolve import host_problem
 from ._server import Handler, NetProcessor, Server
 from ._stats_page import STATS_INACTIVITY_TIMEOUT
 from ._workers import WorkerContext, WorkerStartupError, WorkerSupervisor
@@ -113,41 +114,47 @@ def _network(text: str) -> IPNetwork:
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
-def _is_host(text: str) -> bool:
+def _host_problem(text: str) -> str | None:
+    """Why ``text`` is not a host the CLI takes, or ``None``. The library's own
+    check (:func:`trionet._resolve.host_problem`: control characters, lengths,
+    IDNA, a numeric last label) first, so the CLI refuses what the options
+    would; then the shell-facing rule that every label is letters, digits,
+    ``-`` or ``_`` (no spaces or other separators)."""
+    why = host_problem(text)
+    if why is not None:
+        return why
     try:
         ipaddress.ip_address(text)  # also IPv6 with a %scope
-        return True
+        return None
     except ValueError:
         pass
     if any(unicodedata.category(c)[0] in "CZ" for c in text):
-        return False
-    try:
-        name = text.encode("idna").decode("ascii")  # bücher.example -> xn--...
-    except UnicodeError:  # an empty or over-long label, a character IDNA refuses
-        return False
+        return "a separator or unassigned character"
+    name = text.encode("idna").decode("ascii")  # host_problem checked it encodes
     labels = name.removesuffix(".").split(".")
-    return len(name) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        return "a label with a character other than letters, digits, '-' and '_'"
+    return None
 
 
 def _host(text: str) -> str:
     host = text[1:-1] if text.startswith("[") and text.endswith("]") else text  # [::1]
-    if host and not _is_host(host):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an IP address or a host name")
+    if host and (why := _host_problem(host)) is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an IP address or a host name: {why}")
     return host
 
 
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # [::1]:80
-    if (
-        not sep
-        or not host
-        or not _is_host(host)
-        or not port.isascii()
-        or not port.isdigit()
-        or not 1 <= int(port) <= 65535
-    ):
+    if not sep or not host or not port.isascii() or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    if not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    if (why := _host_problem(host)) is not None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080 ({host!r}: {why})"
+        )
     return host, int(port)
 
 
@@ -366,6 +373,13 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"argument {given}: needs {missing} as well")
     if args.proxy_protocol_trusted and not args.proxy_protocol:
         parser.error("argument --proxy-protocol-trusted: needs --proxy-protocol")
+    if args.command == "proxy" and args.max_connections is not None and args.max_connections < 2:
+        # A proxy session holds two slots, its client's and its upstream's
+        # (TcpProxy reserves them together), so 1 could never serve anyone.
+        parser.error(
+            f"argument --max-connections: '{args.max_connections}': a proxy session "
+            "needs 2 connections (client and upstream); give at least 2"
+        )
     if args.stats_port and args.workers > 1:  # one page per worker, on P..P+N-1
         last = args.stats_port + args.workers - 1
         if last > 65535:

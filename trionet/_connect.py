@@ -4,7 +4,9 @@ throttle, resolve, happy eyeballs, connect timeout, wrap in a ``Connection``.
 One ``connect()`` call, step by step::
 
     connect(host, port, options)
-    ├── reserve a throttle slot           (ThrottledError at max_connections)
+    ├── reserve a throttle slot           (ThrottledError at max_connections),
+    │                                      or take the one serve() reserved
+    │                                      with `for_connection`
     └── with move_on_after(connect_timeout):       <- covers every step below
         ├── resolve                       (IP literal: no resolver call)
         ├── race: one attempt task per address, staggered (RFC 8305)
@@ -55,6 +57,7 @@ from ._resolve import (
     GetaddrinfoResolver,
     Resolver,
     check_addresses,
+    check_host,
     format_target,
     named_error,
     resolve_literal,
@@ -89,11 +92,13 @@ async def connect(
     port: int,
     options: ConnectOptions | None = None,
     *,
+    for_connection: Connection | None = None,
     _socket_factory: SocketFactory | None = None,
 ) -> Connection:
     """Open a TCP connection to ``host:port`` on behalf of ``net``.
 
-    See :meth:`NetProcessor.connect` for the contract; ``_socket_factory`` is
+    See :meth:`NetProcessor.connect` for the contract (``for_connection``:
+    the inbound connection whose reserved slot to use); ``_socket_factory`` is
     for tests (a fake connect layer).
 
     Statistics: ``connects_total`` counts every call admitted past the
@@ -103,10 +108,17 @@ async def connect(
     ``connections_throttled_out``.
     """
     host, port, opts = _check_arguments(host, port, options)
+    if for_connection is not None and not isinstance(for_connection, Connection):
+        raise TypeError(f"for_connection={for_connection!r}: must be a trionet.Connection or None")
     target = format_target(host, port)
     counters = net._counters
     throttle = net._throttle
-    if throttle.at_limit():
+    # A slot serve() reserved with the client (see trionet._server's "slot
+    # pairing") is taken here, before any checkpoint, and from then on is this
+    # call's like one it acquired itself: handed to the Connection, or given
+    # back on failure -- exactly once either way.
+    reserved = for_connection is not None and for_connection._take_reserved_slot(net._owner)
+    if not reserved and throttle.at_limit():
         counters.connections_throttled_out += 1
         raise named_error(
             ThrottledError,
@@ -116,7 +128,7 @@ async def connect(
     # The call holds a slot from here on, so concurrent connects (and the
     # accept loops) cannot overshoot max_connections while we resolve and race.
     # _establish hands it over to the Connection it creates.
-    slot = _Slot(net)
+    slot = _Slot(net, reserved)
     counters.connects_total += 1
     try:
         with trio.move_on_after(_timeout_seconds(opts)):
@@ -137,13 +149,15 @@ async def connect(
 
 @final
 class _Slot:
-    """The throttle slot a ``connect()`` in progress holds."""
+    """The throttle slot a ``connect()`` in progress holds: acquired here, or
+    (``reserved``) already counted when serve() admitted the client."""
 
     __slots__ = ("_net", "held")
 
-    def __init__(self, net: NetProcessor) -> None:
+    def __init__(self, net: NetProcessor, reserved: bool = False) -> None:
         self._net = net
-        net._throttle.acquire(None)
+        if not reserved:
+            net._throttle.acquire(None)
         self.held = True
 
     def hand_over(self) -> None:
@@ -220,6 +234,7 @@ def _check_arguments(
         raise TypeError(f"port={port!r}: must be an int")
     if not 1 <= port <= 65535:
         raise ValueError(f"port={port!r}: must be 1..65535")
+    port = int(port)  # not an int subclass (IntEnum): getaddrinfo() refuses those
     if options is None:
         options = ConnectOptions()
     elif not isinstance(options, ConnectOptions):
@@ -240,9 +255,16 @@ async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[Address]:
     """Addresses to try for ``host``, restricted to the wanted family.
 
     Raises:
-      ResolveError: the lookup failed or gave no usable address.
+      ResolveError: the lookup failed or gave no usable address, or ``host``
+        is no valid name (control characters, over-long, IDNA failure: see
+        :func:`~trionet._resolve.host_problem`), whatever the resolver.
       ValueError: ``family`` and ``local_address`` ask for different families.
     """
+    # Checked here, for every resolver and for literals alike: getaddrinfo()
+    # would cut "127.0.0.1\x00.example.com" at the NUL. Inside connect()'s
+    # timeout scope, so the refusal counts in connect_failures like any other
+    # name that cannot be resolved.
+    check_host(host, port)
     target = format_target(host, port)
     family = _wanted_family(opts)
     literal = resolve_literal(host, port)
@@ -250,8 +272,8 @@ async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[Address]:
         # Netty's isResolved(): an IP literal is its own answer.
         if family and literal[0] != family:
             raise ValueError(
-                f"host={host!r} is not an address of the requested family "
-                f"{socket.AddressFamily(family)!r}"
+                f"host={host!r} is not an address of the family "
+                f"{socket.AddressFamily(family).name} that {_family_source(opts)} asks for"
             )
         await trio.lowlevel.checkpoint()
         return [literal]
@@ -269,6 +291,13 @@ async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[Address]:
     if not addresses:
         raise named_error(ResolveError, None, f"no usable address found: {target}")
     return addresses
+
+
+def _family_source(opts: ConnectOptions) -> str:
+    """The option that restricts the family, for messages."""
+    if opts.local_address is not None:
+        return f"ConnectOptions.local_address={opts.local_address!r}"
+    return f"ConnectOptions.family={opts.family!r}"
 
 
 def _wanted_family(opts: ConnectOptions) -> int:

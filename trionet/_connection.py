@@ -9,6 +9,11 @@ attribute stores per call instead of another stream layer.
 Activity is recorded as a timestamp only; nothing is scheduled per I/O call.
 The processor's :class:`~trionet._timeouts.TimeoutCop` re-arms lazily when a
 deadline comes up (see that module for why).
+
+Two ways to end a connection: :meth:`Connection.aclose` is the orderly one (TLS
+``close_notify``, then FIN), :meth:`Connection.abort` the abortive one (RST, no
+``close_notify``) for when what was sent must not look complete -- a proxy
+passing on a peer's reset, or a session cut by a deadline.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ _NO_TLVS: Final[Mapping[int, bytes]] = MappingProxyType({})
 # errnos after which the connection is broken (the peer went away), as opposed
 # to an errno that means we misused a closed socket.
 _CLOSED_ERRNOS: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
+# struct linger {l_onoff=1, l_linger=0}: close() then discards unsent data and
+# sends RST instead of FIN (an abortive close).
+_LINGER_ABORT: Final = struct.pack("ii", 1, 0)
 
 Address = Any  # what getpeername() returns: (host, port) or (host, port, flow, scope)
 
@@ -73,7 +81,9 @@ class Connection(trio.abc.HalfCloseableStream):
     (from :meth:`NetProcessor.connect`).
 
     A :class:`trio.abc.HalfCloseableStream`: ``receive_some``, ``send_all``,
-    ``send_eof``, ``wait_send_all_might_not_block``, ``aclose``.
+    ``send_eof``, ``wait_send_all_might_not_block``, ``aclose``; plus
+    :meth:`close` (at once, no TLS ``close_notify``) and :meth:`abort` (at
+    once, with a reset: the peer sees an error, never a clean end).
 
     Attributes:
       id: unique per processor, increasing.
@@ -84,6 +94,10 @@ class Connection(trio.abc.HalfCloseableStream):
       bytes_received / bytes_sent: payload bytes (after TLS decryption).
       timed_out: ``None``, or why the connection was ended by the processor:
         ``"inactivity"``, ``"active"`` or ``"evicted"``.
+      broken: ``True`` once an I/O call found the connection broken (the
+        peer reset it; for TLS also a close without ``close_notify``). The
+        iocore shim reports a reset as ``VC_EVENT_EOS``, as ATS does; this
+        tells the two apart.
       tls: a :class:`TLSInfo` for TLS connections, else ``None``.
       socket: the underlying ``trio.socket.SocketType``.
       inbound: ``True`` for accepted connections.
@@ -101,14 +115,17 @@ class Connection(trio.abc.HalfCloseableStream):
         "_last_activity",
         "_local_address",
         "_owner",
+        "_peer",
         "_peer_address",
         "_receiving",
         "_remote_address",
+        "_reserved",
         "_scopes",
         "_sending",
         "_sock_address",
         "_ssl",
         "_timeout_hook",
+        "broken",
         "bytes_received",
         "bytes_sent",
         "id",
@@ -165,6 +182,14 @@ class Connection(trio.abc.HalfCloseableStream):
         # enforce_timeouts() blocks. A tuple: shared and free while empty.
         self._scopes: tuple[trio.CancelScope, ...] = ()
         self._timeout_hook: Callable[[TimedOut], None] | None = None
+        self.broken = False
+        # The connection spliced with this one (see trionet._proxy.splice), whose
+        # activity counts as this one's for the inactivity timeout; else None.
+        self._peer: Connection | None = None
+        # An outbound slot the accept loop reserved with this inbound connection
+        # for its handler's connect (NetProcessor.connect(for_connection=...)):
+        # taken once by that connect, or given back once when this one closes.
+        self._reserved = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -198,13 +223,21 @@ class Connection(trio.abc.HalfCloseableStream):
 
     async def _tls_receive_some(self, max_bytes: int | None) -> bytes:
         assert self._ssl is not None
-        data = bytes(await self._ssl.receive_some(max_bytes))
+        try:
+            data = bytes(await self._ssl.receive_some(max_bytes))
+        except trio.BrokenResourceError:
+            self.broken = True  # also a close without close_notify (truncation)
+            raise
         self.bytes_received += len(data)  # plaintext; see trionet._tls._RawTransport
         return data
 
     async def _tls_send_all(self, data: bytes | bytearray | memoryview) -> None:
         assert self._ssl is not None
-        await self._ssl.send_all(data)
+        try:
+            await self._ssl.send_all(data)
+        except trio.BrokenResourceError:
+            self.broken = True
+            raise
         self.bytes_sent += memoryview(data).nbytes  # plaintext, as above
 
     async def _tls_send_eof(self) -> None:
@@ -233,6 +266,29 @@ class Connection(trio.abc.HalfCloseableStream):
         self._closed = True
         self.socket.close()
         self._owner.release(self)
+
+    def abort(self) -> None:
+        """Abortive close: the peer gets a reset (RST), never a clean end.
+
+        ``SO_LINGER`` {on, 0 s} then close: the kernel discards whatever is
+        still unsent and answers with RST instead of FIN, so the peer's next
+        receive fails (``ECONNRESET``) instead of returning EOF. A TLS
+        connection sends no ``close_notify``, TLS's authenticated "that was
+        all". Use it when the bytes sent so far must not look complete: a
+        proxy passing on the other side's reset, a session cut by a deadline
+        or a shutdown. :meth:`aclose` stays the orderly close.
+
+        Idempotent, synchronous (safe in ``finally`` blocks under
+        cancellation); releases the slot like :meth:`close`.
+        """
+        if self._closed:
+            return
+        # The peer may have reset first; closing is all that is left then.
+        with suppress(OSError):
+            self.socket.setsockopt(
+                _stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, _LINGER_ABORT
+            )
+        self.close()
 
     @property
     def closed(self) -> bool:
@@ -374,6 +430,7 @@ class Connection(trio.abc.HalfCloseableStream):
     def _translate(self, exc: OSError) -> Exception:
         if self._closed or exc.errno in _CLOSED_ERRNOS:
             return trio.ClosedResourceError("connection was closed")
+        self.broken = True
         return trio.BrokenResourceError(f"connection #{self.id} broken: {exc}")
 
     # ----------------------------------------------------------- socket options
@@ -395,8 +452,10 @@ class Connection(trio.abc.HalfCloseableStream):
         Activity is a receive that returns data, a send that moves bytes into
         the kernel, and (Linux, TCP) the kernel delivering bytes it has not
         sent yet: checked only when the deadline comes, so with bytes unsent
-        the timeout fires between T and 2T after the last progress. Setting it
-        restarts the idle clock; ``None`` cancels it (ATS
+        the timeout fires between T and 2T after the last progress. While the
+        connection is spliced with another (:func:`~trionet.splice`), activity
+        on either one counts for both (HAProxy's ``timeout tunnel``). Setting
+        it restarts the idle clock; ``None`` cancels it (ATS
         ``set_inactivity_timeout`` / ``cancel_inactivity_timeout``).
         """
         return self._inactivity_timeout
@@ -426,13 +485,21 @@ class Connection(trio.abc.HalfCloseableStream):
     def last_activity(self) -> float:
         """``trio.current_time()`` of the last receive or send that moved bytes,
         or of the timeout check that found the kernel still delivering this
-        connection's queued bytes to a reading peer."""
+        connection's queued bytes to a reading peer (on a spliced connection,
+        after the splice: on either side of it)."""
         return self._last_activity
 
     def _deadline(self) -> tuple[float, TimedOut]:
         """The earliest pending deadline and which timeout it belongs to."""
         idle = self._inactivity_timeout
-        inactive_at = _INF if idle is None else self._last_activity + idle
+        last = self._last_activity
+        # Spliced with a peer: the session is idle only when neither side moved
+        # a byte (HAProxy's `timeout tunnel`), so the later activity counts.
+        # Read here, when a deadline comes up -- no cost per I/O call.
+        peer = self._peer
+        if peer is not None and peer._last_activity > last:
+            last = peer._last_activity
+        inactive_at = _INF if idle is None else last + idle
         if self._active_deadline <= inactive_at:
             return self._active_deadline, "active"
         return inactive_at, "inactivity"
@@ -496,7 +563,40 @@ class Connection(trio.abc.HalfCloseableStream):
         # closing the socket next cannot turn it into a ClosedResourceError.
         for scope in self._scopes:
             scope.cancel()
-        self.close()
+        # A spliced connection is cut mid-session: abort it, so its peer does
+        # not take the truncated stream for a complete one (trionet._proxy).
+        if self._peer is not None:
+            self.abort()
+        else:
+            self.close()
+
+    # ------------------------------------------------------------- splicing
+    def _link(self, peer: Connection) -> None:
+        """Spliced with ``peer``: each side's activity keeps both alive (see
+        :meth:`_deadline`) until :meth:`_unlink`."""
+        self._peer = peer
+        peer._peer = self
+
+    def _unlink(self) -> None:
+        """End the link made by :meth:`_link` (either side may call it)."""
+        peer = self._peer
+        if peer is None:
+            return
+        # What the session did counts as each side's own activity from now on:
+        # the cop's armed deadlines were computed with the pair's latest
+        # activity, and an armed deadline must never be later than the real one.
+        last = max(self._last_activity, peer._last_activity)
+        self._last_activity = peer._last_activity = last
+        self._peer = peer._peer = None
+
+    def _take_reserved_slot(self, owner: _Owner) -> bool:
+        """Hand the outbound slot reserved with this connection to a connect of
+        the same processor (``owner``); True if there was one. Exactly once:
+        after this (or after close) there is none."""
+        if not self._reserved or self._closed or owner is not self._owner:
+            return False
+        self._reserved = False
+        return True
 
     # -------------------------------------------------------- keep-alive idle
     @property

@@ -10,6 +10,9 @@ inbound connection and splices the two. ``examples/tcp_proxy.py`` and
 from __future__ import annotations
 
 import logging
+import socket
+import struct
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, final
 
@@ -17,7 +20,8 @@ import trio
 
 from ._connection import Connection
 from ._errors import ConnectError
-from ._options import ConnectOptions
+from ._options import ConnectOptions, _check_int
+from ._resolve import host_problem
 
 if TYPE_CHECKING:
     from ._server import NetProcessor
@@ -31,8 +35,30 @@ logger = logging.getLogger("trionet.proxy")
 # slow receiver throttles a fast sender through TCP flow control (ATS's VIO
 # watermarks, Netty's autoRead=false), with no unbounded buffer in between.
 DEFAULT_CHUNK: Final = 64 * 1024
+# A receive allocates its whole size before the kernel says how much there is,
+# and one read never returns more than the socket's receive buffer holds (a few
+# MiB at most on Linux defaults): a bigger chunk only costs memory per session.
+MAX_CHUNK: Final = 16 * 1024 * 1024
+_LINGER_ABORT: Final = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0 s}: close sends RST
 
 Ending = Literal["eof", "reset"]
+
+# What a splice does at each kind of ending -- the proxy must never make a
+# truncated stream look complete (HAProxy behaves the same way):
+#
+# * A clean EOF from one side is forwarded as a half-close (send_eof) and the
+#   other direction keeps flowing until its own EOF: no byte is lost.
+# * TLS cannot half-close (close_notify ends the whole TLS session, and OpenSSL
+#   3.0 drops what it reads after sending one). When the destination of an EOF
+#   is TLS, the EOF waits: the other direction runs to its end, every byte of it
+#   delivered, and the caller's graceful close then sends close_notify. Ending
+#   the splice at once instead lost the rest of a TLS client's upload: 64 KiB
+#   of a 2 MiB request reached the upstream, followed by a normal EOF.
+# * A reset (or a stream closed under us) ends both directions, and both
+#   streams are aborted: the other peer gets RST, not FIN, and a TLS peer gets
+#   no close_notify, TLS's authenticated "that was all".
+# * A cut -- the splice cancelled by a timeout or a server shutdown's grace
+#   deadline, or any error escaping it -- aborts both streams the same way.
 
 
 @final
@@ -43,7 +69,8 @@ class SpliceResult:
     Attributes:
       a_to_b / b_to_a: bytes copied in each direction.
       ending: ``"eof"`` when both directions ended with an orderly EOF,
-        ``"reset"`` when either side broke (reset, or closed under us).
+        ``"reset"`` when either side broke (reset, or closed under us); both
+        streams were then aborted.
     """
 
     a_to_b: int
@@ -54,16 +81,20 @@ class SpliceResult:
 @final
 class _Pump:
     """One direction of a splice: read from ``src``, write to ``dst``, then
-    forward the EOF with ``send_eof`` (half-close)."""
+    forward the EOF with ``send_eof`` (half-close).
 
-    __slots__ = ("broken", "chunk", "copied", "dst", "src")
+    ``ending`` is None while it runs, then "eof" (everything copied, the EOF
+    forwarded or, for a TLS destination, left to the caller's close) or "reset".
+    """
+
+    __slots__ = ("chunk", "copied", "dst", "ending", "src")
 
     def __init__(
         self, src: trio.abc.ReceiveStream, dst: trio.abc.HalfCloseableStream, chunk: int
     ) -> None:
         self.src, self.dst, self.chunk = src, dst, chunk
         self.copied = 0
-        self.broken = False
+        self.ending: Ending | None = None
 
     async def run(self, cancel_both: trio.CancelScope) -> None:
         try:
@@ -71,21 +102,22 @@ class _Pump:
                 await self.dst.send_all(data)
                 self.copied += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            # A reset (or a close under us, e.g. a timeout) on either side ends
-            # the whole splice: the other direction has nowhere to go.
+            # A reset (or a close under us) on either side: the other direction
+            # has nowhere to go, and splice() aborts both streams.
             logger.debug("splice direction broke: %r", exc)
-            self.broken = True
+            self.ending = "reset"
             cancel_both.cancel()
             return
+        self.ending = "eof"
         try:
             await self.dst.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            # The destination cannot half-close (TLS has no half-close: its
-            # close_notify ends both directions) or is already gone. The EOF
-            # was orderly, so end the splice without calling it a reset; the
-            # caller's close then sends the TLS close_notify.
-            logger.debug("splice: send_eof not possible (%r); ending both directions", exc)
-            cancel_both.cancel()
+            # The destination cannot half-close (TLS), or is gone. Every byte
+            # was delivered; the EOF goes out with the caller's graceful close
+            # once the other direction has ended (cancelling that direction now
+            # would lose its data). If the destination was really reset, the
+            # other direction, which reads from it, ends with "reset" itself.
+            logger.debug("splice: send_eof not possible (%r); EOF left to the close", exc)
 
 
 async def splice(
@@ -97,7 +129,20 @@ async def splice(
 
     When one side sends EOF, it is forwarded to the other side with
     ``send_eof`` and the opposite direction keeps flowing (TCP half-close), so
-    request/response protocols that half-close work through the proxy.
+    request/response protocols that half-close work through the proxy. A side
+    that cannot half-close (a TLS :class:`Connection`) gets the EOF when the
+    caller closes it after the splice: the opposite direction still runs to
+    its end first, so no byte is lost.
+
+    An abort stays an abort: when either side resets, or the splice is cut
+    (cancelled by a timeout or a server shutdown), both streams are aborted --
+    the peers see a reset (no TLS ``close_notify``), never a clean end that
+    would make a truncated stream look complete.
+
+    While two :class:`Connection` objects are spliced, activity on either one
+    counts for both toward the inactivity timeout (HAProxy's ``timeout
+    tunnel``): a client reading a slow download is not cut because the
+    upstream side has only been waiting for the client to read.
 
     Args:
       a, b: the two streams (e.g. a client connection and an upstream one).
@@ -107,8 +152,12 @@ async def splice(
       A :class:`SpliceResult` with the bytes copied each way.
 
     Resource handling:
-      Neither stream is closed: the caller owns both (``async with``). At most
-      ``chunk`` bytes per direction are in flight in the process.
+      After a clean end neither stream is closed: the caller owns both
+      (``async with``), and its close sends any EOF still due. After a reset
+      or a cut both are aborted (:meth:`Connection.abort`; other streams get
+      ``SO_LINGER`` 0 on a socket underneath if there is one, then
+      :func:`trio.aclose_forcefully`), so the caller's close does nothing more.
+      At most ``chunk`` bytes per direction are in flight in the process.
 
     Error handling:
       ``BrokenResourceError`` / ``ClosedResourceError`` on either side end
@@ -121,11 +170,45 @@ async def splice(
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk={chunk!r}: must be an int >= 1")
     forward, backward = _Pump(a, b, chunk), _Pump(b, a, chunk)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(forward.run, nursery.cancel_scope)
-        nursery.start_soon(backward.run, nursery.cancel_scope)
-    ending: Ending = "reset" if forward.broken or backward.broken else "eof"
-    return SpliceResult(forward.copied, backward.copied, ending)
+    linked: Connection | None = None
+    if isinstance(a, Connection) and isinstance(b, Connection):
+        a._link(b)
+        linked = a
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward.run, nursery.cancel_scope)
+            nursery.start_soon(backward.run, nursery.cancel_scope)
+    except BaseException:
+        await _abort(a, b)  # cut short: cancelled, or an error escaped
+        raise
+    finally:
+        if linked is not None:
+            linked._unlink()
+    if forward.ending == "reset" or backward.ending == "reset":
+        await _abort(a, b)
+        return SpliceResult(forward.copied, backward.copied, "reset")
+    return SpliceResult(forward.copied, backward.copied, "eof")
+
+
+async def _abort(*streams: trio.abc.AsyncResource) -> None:
+    """Abortive close of each stream (see :meth:`Connection.abort`); safe
+    while cancelled (a Connection's abort has no checkpoint, the others'
+    forceful close is shielded so that every stream gets it)."""
+    for stream in streams:
+        if isinstance(stream, Connection):
+            stream.abort()
+            continue
+        # Any other stream: a reset from the socket underneath if there is one
+        # (a trio.SocketStream, possibly under SSLStreams), and a close that
+        # sends nothing more (aclose_forcefully: no close_notify).
+        inner: object = stream
+        while isinstance(inner, trio.SSLStream):
+            inner = inner.transport_stream
+        if isinstance(inner, trio.SocketStream):
+            with suppress(OSError):
+                inner.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
 
 
 @final
@@ -140,8 +223,12 @@ class ProxyStatistics:
       upstream_failures: sessions whose upstream connect failed (refused,
         unresolvable, throttled), including ``upstream_timeouts``.
       upstream_timeouts: upstream connects that hit the connect timeout.
-      resets: sessions ended by a reset (or close) on either side.
-      timeouts: sessions ended by an inactivity or active timeout on either side.
+      resets: sessions ended by a reset (or close) on either side; the other
+        side was aborted.
+      timeouts: sessions ended by an inactivity or active timeout on either
+        side; both sides were aborted.
+      cut: sessions cut by cancellation, e.g. a server shutdown's grace
+        deadline; both sides were aborted.
     """
 
     sessions: int = 0
@@ -150,6 +237,7 @@ class ProxyStatistics:
     upstream_timeouts: int = 0
     resets: int = 0
     timeouts: int = 0
+    cut: int = 0
 
 
 @final
@@ -163,18 +251,35 @@ class TcpProxy:
     ``max_connections`` and has its own timeouts) and :func:`splice` joins the
     two until both directions have ended.
 
+    Slots: it has ``reserve_outbound_slot = True``, so the processor serving
+    it admits a client only when there is a slot for its upstream connection
+    too, and keeps that slot for it: at ``max_connections`` clients wait in
+    the backlog (``throttle="pause"``) or are refused at accept (``"close"``),
+    never accepted and then dropped for want of an upstream slot. Serve it on
+    the processor it connects through; on another one, set the attribute to
+    ``False`` (the reservation would be made where nothing takes it).
+
     Args:
       net: the processor that connects upstream (usually the one serving).
       host, port: the upstream server.
       options: :class:`ConnectOptions` for the upstream side: connect timeout,
         inactivity/active timeouts, socket options, TLS.
-      chunk: the most bytes held in memory per direction.
+      chunk: the most bytes held in memory per direction, 1..16 MiB.
+
+    Raises:
+      TypeError / ValueError: a bad argument, naming it and its value: checked
+        here, so that a bad upstream fails at start-up rather than in every
+        session (``host`` as ``connect()`` checks it: no control characters,
+        valid IDNA; ``port`` 1..65535).
 
     Error handling:
       An upstream that cannot be reached (``ConnectError``: refused,
       unresolvable, connect timeout, throttled) is logged at INFO and
       counted; the client connection is then closed. Resets end the session
-      quietly (counted). Timeouts on either side end the whole session.
+      quietly (counted), passing the abort on to the other side. Timeouts
+      (the session idle on both sides for a side's inactivity timeout, or an
+      active timeout) and a shutdown's grace deadline cut the session: both
+      sides are aborted.
     """
 
     def __init__(
@@ -186,13 +291,24 @@ class TcpProxy:
         *,
         chunk: int = DEFAULT_CHUNK,
     ) -> None:
+        from ._server import NetProcessor  # _server does not import this module
+
+        o = "TcpProxy"
+        if not isinstance(net, NetProcessor):
+            raise TypeError(f"{o}.net={net!r}: expected a trionet.NetProcessor")
+        if not isinstance(host, str):
+            raise TypeError(f"{o}.host={host!r}: expected a str (a host name or an IP address)")
+        problem = host_problem(host)
+        if problem is not None:
+            raise ValueError(f"{o}.host={host!r}: not a valid host name or address: {problem}")
+        _check_int(o, "port", port, 1, 65535)
         if options is not None and not isinstance(options, ConnectOptions):
-            raise TypeError(f"options={options!r}: expected ConnectOptions or None")
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"chunk={chunk!r}: must be an int >= 1")
-        self.net, self.host, self.port = net, host, port
+            raise TypeError(f"{o}.options={options!r}: expected ConnectOptions or None")
+        _check_int(o, "chunk", chunk, 1, MAX_CHUNK)
+        self.net, self.host, self.port = net, host, int(port)
         self.options = options
         self.chunk = chunk
+        self.reserve_outbound_slot = True
         self._counts = dict.fromkeys(ProxyStatistics.__slots__, 0)
 
     def __repr__(self) -> str:
@@ -209,19 +325,28 @@ class TcpProxy:
         if upstream is None:
             return
         counts["sessions_open"] += 1
+        cancelled = False
         try:
+            # A clean end closes the upstream gracefully here (and the client
+            # after the handler); after a reset or a cut, splice() has already
+            # aborted both and these closes do nothing.
             async with upstream:
                 with upstream.enforce_timeouts():
                     result = await splice(client, upstream, self.chunk)
                     counts["resets"] += result.ending == "reset"
+        except trio.Cancelled:
+            cancelled = True
+            raise
         finally:
             counts["sessions_open"] -= 1
             if client.timed_out is not None or upstream.timed_out is not None:
                 counts["timeouts"] += 1
+            elif cancelled:
+                counts["cut"] += 1
 
     async def _connect(self, client: Connection) -> Connection | None:
         try:
-            return await self.net.connect(self.host, self.port, self.options)
+            return await self.net.connect(self.host, self.port, self.options, for_connection=client)
         except ConnectError as exc:
             self._counts["upstream_failures"] += 1
             self._counts["upstream_timeouts"] += isinstance(exc, TimeoutError)

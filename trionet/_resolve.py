@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import socket
 from collections import OrderedDict
-from typing import Any, Protocol, TypeVar, final, runtime_checkable
+from typing import Any, Final, Protocol, TypeVar, final, runtime_checkable
 
+import idna
 import trio
 
 from ._errors import ConnectError, ResolveError
@@ -31,7 +33,9 @@ __all__ = [
     "CachingResolver",
     "GetaddrinfoResolver",
     "Resolver",
+    "check_host",
     "format_target",
+    "host_problem",
     "resolve_literal",
 ]
 
@@ -40,6 +44,21 @@ Address = tuple[int, Any]
 ``(AF_INET6, (ip, port, flowinfo, scope_id))``."""
 
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+# RFC 1035 section 2.3.4: a name is at most 255 octets on the wire, which
+# leaves 253 characters in dotted form; a label is at most 63 octets.
+MAX_NAME: Final = 253
+MAX_LABEL: Final = 63
+# C0 controls, DEL and C1 controls. getaddrinfo() takes a C string, so a NUL
+# ends the name early ("localhost\x00.example.com" would reach 127.0.0.1, past
+# an allow-list that checked the whole string); the others are in no host
+# name and would put line breaks or escape sequences into logs.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+# A last label that inet_aton() reads as a number ("127.1", "2130706433",
+# "0x7f.1"): the system resolver takes such a "name" as an IPv4 address in a
+# non-standard spelling, another way round a check on the name (the WHATWG URL
+# standard treats these as IPv4 addresses for the same reason).
+_NUMERIC_LABEL: Final = re.compile(r"(?:[0-9]+|0[xX][0-9a-fA-F]*)")
 
 
 _E = TypeVar("_E", bound=ConnectError)
@@ -73,6 +92,76 @@ def format_target(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]:{port}"
     return f"{host}:{port}"
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` can be neither an IP literal nor a host name, or ``None``
+    if it is one of the two. Used for every name trionet resolves, binds or
+    sends as TLS SNI, so what is checked is what is connected to.
+
+    Refused: the empty string; any control character (NUL above all); names
+    longer than 253 characters or with an empty label or one longer than 63
+    (after IDNA encoding); a last label that is a number (``"127.1"``, which
+    the system resolver reads as ``127.0.0.1``); non-ASCII names IDNA 2008
+    (UTS 46, as trio encodes them) cannot encode, or would change other than in
+    case (``"local\\u00adhost"`` is sent as ``localhost``: the caller must
+    write the name that is looked up). IP literals, bracketed IPv6 and scope
+    ids (``"fe80::1%eth0"``) pass unchanged.
+    """
+    if not host:
+        return "an empty string"
+    control = _CONTROL.search(host)
+    if control is not None:
+        return f"a control character, {control.group()!r} at position {control.start()}"
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    else:
+        return None
+    if host.isascii():
+        return _name_problem(host)
+    # trio hands an ASCII name to getaddrinfo as it is and encodes any other
+    # with the idna package (IDNA 2008, UTS 46 mapping): check that encoding.
+    try:
+        encoded = idna.encode(host, uts46=True).decode("ascii")
+        same = idna.decode(encoded) == host.lower()
+    except UnicodeError as exc:  # idna.IDNAError is one
+        return f"not a valid internationalised name: {exc}"
+    if not same:
+        return f"IDNA encodes it as {encoded!r}; write that name"
+    return _name_problem(encoded)
+
+
+def _name_problem(name: str) -> str | None:
+    """Length and label checks on an ASCII (or IDNA-encoded) name."""
+    dotted = name[:-1] if name.endswith(".") else name
+    if len(dotted) > MAX_NAME:
+        return f"{len(dotted)} characters long, more than {MAX_NAME}"
+    labels = dotted.split(".")
+    for label in labels:
+        if not label:
+            return "an empty label"
+        if len(label) > MAX_LABEL:
+            return f"a label of {len(label)} characters, more than {MAX_LABEL}"
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        return "ends in a number, which would be read as an IPv4 address; write the address"
+    return None
+
+
+def check_host(host: str, port: int) -> None:
+    """Refuse a name :func:`host_problem` finds fault with, before any lookup.
+
+    Raises:
+      ResolveError: ``errno`` ``EAI_NONAME``; the message names the host by its
+        ``repr`` (a control character must not reach a log line raw).
+    """
+    why = host_problem(host)
+    if why is not None:
+        raise named_error(
+            ResolveError, socket.EAI_NONAME, f"invalid host name, {why}: {host!r}:{port}"
+        )
 
 
 def resolve_literal(host: str, port: int) -> Address | None:
@@ -130,13 +219,16 @@ class GetaddrinfoResolver:
 
     Raises:
       ResolveError: the lookup failed; chained to the ``socket.gaierror``,
-        whose ``errno`` (an ``EAI_*`` code) it keeps.
+        whose ``errno`` (an ``EAI_*`` code) it keeps. Also, before any lookup,
+        a name :func:`host_problem` refuses (control characters, over-long
+        names or labels, IDNA failures).
     """
 
     def __repr__(self) -> str:
         return "GetaddrinfoResolver()"
 
     async def resolve(self, host: str, port: int, family: int) -> list[Address]:
+        check_host(host, port)
         try:
             infos = await trio.socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
         except socket.gaierror as exc:
@@ -163,6 +255,8 @@ class CachingResolver:
       max_entries: entries kept, >= 1; the least recently used one is dropped
         when a new one would exceed it.
 
+    A name :func:`host_problem` refuses raises :class:`ResolveError` before the
+    cache or the inner resolver sees it.
     Failures are not cached: the next connect asks again (a negative cache
     would make a transient DNS outage outlive its cause).
     Concurrent misses for the same key each ask the inner resolver; a
@@ -201,6 +295,7 @@ class CachingResolver:
         self._entries.clear()
 
     async def resolve(self, host: str, port: int, family: int) -> list[Address]:
+        check_host(host, port)
         key = (host.lower(), port, family)
         now = trio.current_time()
         entry = self._entries.get(key)

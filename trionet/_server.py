@@ -35,7 +35,15 @@ from ._connection import Connection, _Owner
 from ._errors import AcceptError
 from ._inbound import prepare_inbound
 from ._listen import Listener, open_listeners
-from ._options import AcceptOptions, ConnectOptions, _check_int, _check_seconds, _to_networks
+from ._options import (
+    AcceptOptions,
+    ConnectOptions,
+    _check_bool,
+    _check_int,
+    _check_opt_int,
+    _check_seconds,
+    _to_networks,
+)
 from ._sockopt import apply_socket_options
 from ._stats import Counters, NetStatistics
 from ._throttle import THROTTLE_MODES, Throttle, ThrottleMode
@@ -97,6 +105,25 @@ RESOURCE_LOG_INTERVAL: Final = 10.0
 DEFAULT_ACCEPT_ERROR_GRACE: Final = 5.0
 
 
+# Slot pairing. A proxy session needs two connections, the client's and its
+# upstream's, and both count toward max_connections. Checking the limit for the
+# client alone let the accept loop fill the last slot with a client whose
+# upstream connect then hit the limit: accepted, then dropped -- in "pause" mode
+# too, which promises to hold clients in the backlog, and with a limit of 1 no
+# client was ever served. So a handler that opens one outbound connection per
+# client says so (``reserve_outbound_slot = True``; TcpProxy does), and the
+# accept loop admits a client only when both slots are free: "pause" leaves it
+# in the backlog, "close" refuses it at accept (connections_throttled_in). The
+# second slot is reserved with the inbound connection and handed to the
+# handler's ``connect(..., for_connection=conn)``, which then cannot be
+# throttled; a reservation nobody takes is given back when the client closes.
+# Counting a session as one slot instead would keep max_connections from
+# bounding descriptors (ATS's connections_throttle counts both sides too).
+def _slots_per_connection(handler: Handler) -> int:
+    """2 for a handler that declares it connects out once per client, else 1."""
+    return 2 if getattr(handler, "reserve_outbound_slot", False) is True else 1
+
+
 class _RateLimitedLog:
     """Log at most once per ``interval`` seconds (wall clock), counting what was
     suppressed; to ``log`` (default ``trionet.server``)."""
@@ -127,6 +154,9 @@ class NetProcessor:
     Args:
       max_connections: open connections allowed, inbound and outbound together
         (ATS ``proxy.config.net.connections_throttle``); ``None`` for no limit.
+        A handler with ``reserve_outbound_slot = True`` (:class:`TcpProxy`)
+        has a client admitted only with a second slot reserved for its
+        outbound connection.
       throttle: what an accept task does at the limit. ``"pause"`` (default):
         stop calling ``accept()`` until a connection closes, leaving new clients
         in the kernel backlog. ``"close"`` (ATS): accept and close at once,
@@ -134,21 +164,29 @@ class NetProcessor:
       per_client_max_connections: inbound connections allowed from one client
         address (ATS ``per_client.max_connections_in``); excess ones are closed.
         On a PROXY protocol port the address is the one the header names.
-      per_client_exempt: networks (``"10.0.0.0/8"``...) exempt from the per-client limit.
+      per_client_exempt: networks (``"10.0.0.0/8"``...) exempt from the
+        per-client limit; ``None`` or empty for none.
       accept_batch: connections accepted in a row before the accept task yields.
-      accept_error_pause: seconds to pause after EMFILE/ENFILE/ENOBUFS/ENOMEM.
+      accept_error_pause: seconds (> 0, finite) to pause after
+        EMFILE/ENFILE/ENOBUFS/ENOMEM; 0 would retry in a busy loop.
       accept_error_grace: after a fatal accept error (the listening socket
         itself failed), seconds open connections get to finish before they are
         cancelled and ``serve()`` raises :class:`AcceptError`; the same 5 s
         default as :meth:`Server.shutdown`.
       default_inactivity_timeout: applied to connections with no inactivity
-        timeout of their own (ATS ``default_inactivity_timeout``). Default
-        ``None``: like trio's ``serve_tcp``, trionet does not end idle
-        connections unless asked; the iocore shim applies ATS's 86400 s.
+        timeout of their own (ATS ``default_inactivity_timeout``), > 0 and
+        finite. Default ``None``: like trio's ``serve_tcp``, trionet does not
+        end idle connections unless asked; the iocore shim applies ATS's
+        86400 s. ATS reads 0 as "none"; here 0 is refused (it would end
+        every connection at once): write ``None``.
       max_idle_connections: keep-alive eviction -- when more connections than
         this are marked ``conn.idle``, the oldest idle ones are closed.
       propagate_handler_errors: let a handler's exception crash ``serve()``
         (trio ``serve_listeners`` behaviour) instead of logging and counting it.
+
+    Raises:
+      ValueError: a bad argument, naming it and its value (an int field given
+        a bool or a float, a bool field given ``"no"``, a timeout of ``inf``...).
     """
 
     def __init__(
@@ -156,7 +194,7 @@ class NetProcessor:
         max_connections: int | None = None,
         throttle: ThrottleMode = "pause",
         per_client_max_connections: int | None = None,
-        per_client_exempt: Iterable[Any] = (),
+        per_client_exempt: Iterable[Any] | None = (),
         accept_batch: int = DEFAULT_ACCEPT_BATCH,
         accept_error_pause: float = 0.05,
         accept_error_grace: float = DEFAULT_ACCEPT_ERROR_GRACE,
@@ -165,27 +203,28 @@ class NetProcessor:
         propagate_handler_errors: bool = False,
     ) -> None:
         o = "NetProcessor"
-        if max_connections is not None:
-            _check_int(o, "max_connections", max_connections, 1)
-        if throttle not in THROTTLE_MODES:
+        _check_opt_int(o, "max_connections", max_connections, 1)
+        if not isinstance(throttle, str) or throttle not in THROTTLE_MODES:
             raise ValueError(f"{o}.throttle={throttle!r}: must be one of {THROTTLE_MODES}")
-        if per_client_max_connections is not None:
-            _check_int(o, "per_client_max_connections", per_client_max_connections, 1)
-        exempt = _to_networks(o, "per_client_exempt", per_client_exempt)
+        _check_opt_int(o, "per_client_max_connections", per_client_max_connections, 1)
+        exempt = _to_networks(
+            o, "per_client_exempt", () if per_client_exempt is None else per_client_exempt
+        )
         _check_int(o, "accept_batch", accept_batch, 1)
-        _check_seconds(o, "accept_error_pause", accept_error_pause)
-        _check_seconds(o, "accept_error_grace", accept_error_grace)
-        if accept_error_grace is None:
-            raise ValueError(f"{o}.accept_error_grace=None: must be a number of seconds")
-        _check_seconds(o, "default_inactivity_timeout", default_inactivity_timeout)
-        if max_idle_connections is not None:
-            _check_int(o, "max_idle_connections", max_idle_connections, 0)
+        pause, idle, grace = accept_error_pause, default_inactivity_timeout, accept_error_grace
+        _check_seconds(
+            o, "accept_error_pause", pause, allow_zero=False, finite=True, optional=False
+        )
+        _check_seconds(o, "accept_error_grace", grace, finite=True, optional=False)
+        _check_seconds(o, "default_inactivity_timeout", idle, allow_zero=False, finite=True)
+        _check_opt_int(o, "max_idle_connections", max_idle_connections, 0)
+        _check_bool(o, "propagate_handler_errors", propagate_handler_errors)
         self.throttle_mode: ThrottleMode = throttle
         self.accept_batch = accept_batch
-        self.accept_error_pause = accept_error_pause
-        self.accept_error_grace = accept_error_grace
+        self.accept_error_pause = float(accept_error_pause)
+        self.accept_error_grace = float(accept_error_grace)
         self.default_inactivity_timeout = default_inactivity_timeout
-        self.propagate_handler_errors = bool(propagate_handler_errors)
+        self.propagate_handler_errors = propagate_handler_errors
         self._throttle = Throttle(max_connections, per_client_max_connections, exempt)
         self._counters = Counters()
         self._cop = TimeoutCop(self._counters, max_idle_connections)
@@ -213,9 +252,12 @@ class NetProcessor:
         peer_address: Any = None,
         inactivity_timeout: float | None = None,
         active_timeout: float | None = None,
+        reserve: bool = False,
     ) -> Connection:
         """Wrap a connected socket and count it as open. The caller has already
-        checked the throttle; ``client`` is the per-client key (None: not counted)."""
+        checked the throttle (for two slots with ``reserve``: the second is
+        held for the connection's outbound connect); ``client`` is the
+        per-client key (None: not counted)."""
         conn = Connection(
             sock,
             conn_id=next(self._ids),
@@ -225,6 +267,9 @@ class NetProcessor:
         )
         conn._client_key = client
         self._throttle.acquire(client)
+        if reserve:
+            self._throttle.acquire(None)
+            conn._reserved = True
         self._counters.connections_currently_open += 1
         if inactivity_timeout is None and self.default_inactivity_timeout is not None:
             inactivity_timeout = self.default_inactivity_timeout
@@ -240,6 +285,9 @@ class NetProcessor:
     def _release(self, conn: Connection) -> None:
         """Called exactly once per connection, from ``Connection.close``."""
         self._throttle.release(conn._client_key)
+        if conn._reserved:  # reserved for an outbound connect that never took it
+            conn._reserved = False
+            self._throttle.release(None)
         self._counters.connections_currently_open -= 1
         self._cop.closed(conn)
         if self._slot_freed:
@@ -282,11 +330,19 @@ class NetProcessor:
           OSError: a listen spec could not be bound (before ``started``).
           UnsupportedOptionError: an option the platform cannot provide.
           AcceptError: a fatal accept error (once the connections have ended).
+          ValueError: ``max_connections`` is below the 2 connections a session
+            of a ``reserve_outbound_slot`` handler needs.
         """
         if not listen:
             raise ValueError("serve() needs at least one port or AcceptOptions to listen on")
         if not callable(handler):
             raise TypeError(f"handler={handler!r} is not callable")
+        need = _slots_per_connection(handler)
+        if self.max_connections is not None and self.max_connections < need:
+            raise ValueError(
+                f"max_connections={self.max_connections}: a session of {handler!r} needs "
+                f"{need} connections (client and upstream)"
+            )
         specs = [AcceptOptions.coerce(spec) for spec in listen]
         listeners: list[Listener] = []
         try:
@@ -316,7 +372,12 @@ class NetProcessor:
 
     # ---------------------------------------------------------------- connect
     async def connect(
-        self, host: str, port: int, options: ConnectOptions | None = None
+        self,
+        host: str,
+        port: int,
+        options: ConnectOptions | None = None,
+        *,
+        for_connection: Connection | None = None,
     ) -> Connection:
         """Open a TCP connection to ``host:port`` (Netty ``Bootstrap.connect``).
 
@@ -330,6 +391,11 @@ class NetProcessor:
           host: a host name or an IPv4/IPv6 literal (``"[::1]"`` accepted).
           port: 1..65535.
           options: a :class:`ConnectOptions`; ``None`` for the defaults.
+          for_connection: the inbound connection this one is made for. If
+            ``serve()`` reserved an outbound slot with it (its handler has
+            ``reserve_outbound_slot = True``), the connect takes that slot
+            instead of checking ``max_connections``; otherwise (or a second
+            time) it is checked as usual.
 
         Returns:
           A :class:`Connection` (``inbound=False``), counted in
@@ -351,7 +417,7 @@ class NetProcessor:
           UnsupportedOptionError: a socket option the platform cannot provide.
           TypeError / ValueError: bad ``host``, ``port`` or ``options``.
         """
-        return await _connect.connect(self, host, port, options)
+        return await _connect.connect(self, host, port, options, for_connection=for_connection)
 
     # ------------------------------------------------------ accept (per port)
     async def _accept_loop(self, server: Server, listener: Listener, handler: Handler) -> None:
@@ -361,9 +427,10 @@ class NetProcessor:
         pause = self.throttle_mode == "pause"
         throttle = self._throttle
         batch = self.accept_batch
+        need = _slots_per_connection(handler)
         in_row = 0
         while True:
-            if pause and not exempt and throttle.at_limit():
+            if pause and not exempt and throttle.at_limit(need):
                 # Event-driven: parked until a connection closes (_release).
                 await self._slot_freed.park()
                 continue
@@ -377,7 +444,7 @@ class NetProcessor:
                 in_row = 0
                 await self._accept_error(exc, listener)
                 continue
-            self._admit(server, client, addr, listener, handler)
+            self._admit(server, client, addr, listener, handler, need)
             in_row += 1
             if in_row >= batch:
                 # ATS additional_accepts: a flood must not starve established
@@ -415,13 +482,15 @@ class NetProcessor:
         addr: Any,
         listener: Listener,
         handler: Handler,
+        need: int = 1,
     ) -> None:
-        """Decide about one accepted socket; start its task or close it."""
+        """Decide about one accepted socket; start its task or close it.
+        ``need``: slots the connection takes, 2 with an outbound reservation."""
         opts = listener.options
         throttle = self._throttle
         host: str | None = addr[0] if isinstance(addr, tuple) else None
         if not opts.backdoor:
-            if throttle.at_limit():  # only reachable in "close" mode
+            if throttle.at_limit(need):  # only reachable in "close" mode
                 client.close()
                 self._counters.connections_throttled_in += 1
                 self._throttle_log(logging.WARNING, "too many connections, throttling")
@@ -455,6 +524,7 @@ class NetProcessor:
             peer_address=addr,
             inactivity_timeout=opts.inactivity_timeout,
             active_timeout=opts.active_timeout,
+            reserve=need > 1,
         )
         server._start_connection(conn, handler, listener)
 

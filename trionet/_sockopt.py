@@ -72,7 +72,10 @@ def apply_socket_options(sock: _SockLike, opts: SocketOptions) -> None:
         else:
             _set(sock, "SocketOptions.tos", socket.IPPROTO_IP, "IP_TOS", opts.tos)
     if opts.mark is not None:
-        _set(sock, "SocketOptions.mark", socket.SOL_SOCKET, "SO_MARK", opts.mark)
+        # The kernel's mark is a u32, but setsockopt() with a Python int passes
+        # a signed C int (2**31 and up fail with TypeError): pass the 4 bytes.
+        packed_mark = struct.pack("=I", opts.mark)
+        _set(sock, "SocketOptions.mark", socket.SOL_SOCKET, "SO_MARK", packed_mark)
     if opts.notsent_lowat is not None:
         _set(
             sock,
@@ -93,5 +96,6 @@ def apply_listen_options(sock: _SockLike, opts: AcceptOptions) -> None:
         else:
             _set(sock, "AcceptOptions.transparent", socket.IPPROTO_IP, "IP_TRANSPARENT", 1)
     if opts.defer_accept is not None:
+        # AcceptOptions bounds it to a C int of seconds; TCP_DEFER_ACCEPT takes whole ones.
         seconds = max(1, round(opts.defer_accept)) if opts.defer_accept else 0
         _set(sock, "AcceptOptions.defer_accept", socket.IPPROTO_TCP, "TCP_DEFER_ACCEPT", seconds)

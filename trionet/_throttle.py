@@ -51,10 +51,11 @@ class Throttle:
         self.open = 0
         self.per_client: dict[str, int] = {}
 
-    def at_limit(self) -> bool:
-        """True when one more connection would exceed ``max_connections``."""
+    def at_limit(self, need: int = 1) -> bool:
+        """True when ``need`` more connections would exceed ``max_connections``
+        (a proxy session needs 2: the client's and its upstream's)."""
         limit = self.max_connections
-        return limit is not None and self.open >= limit
+        return limit is not None and self.open + need > limit
 
     def client_at_limit(self, host: str) -> bool:
         """True when ``host`` already has ``per_client_max`` inbound connections

@@ -14,6 +14,11 @@ shuts that side down for writing (half-close). The session ends when both
 directions have, or at the first error or timeout. Ctrl-C stops accepting,
 gives open sessions ``--grace`` seconds, and prints the statistics.
 
+An abort stays an abort: a reset on one side (which the shim, like ATS,
+reports as ``EOS``; ``vc.connection.broken`` tells it from a clean EOF), an
+error, a timeout, or the end of the shutdown grace aborts both sides -- an RST,
+never a half-close that would make a truncated stream look complete.
+
 Compare it with ``trionet.examples.tcp_proxy``, which does the same in a few
 lines of the native API.
 """
@@ -21,6 +26,7 @@ lines of the native API.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
@@ -55,9 +61,9 @@ BUFFER_SIZE = 32768  # ATS BUFFER_SIZE_INDEX_32K
 @dataclass
 class Tally:
     sessions: int = 0
-    open: int = 0
+    live: set[TunnelSM] = field(default_factory=set)  # sessions not finished yet
     upstream_failures: int = 0
-    errors: int = 0  # resets, timeouts
+    errors: int = 0  # resets, errors, timeouts, sessions cut by the shutdown
     bytes_up: int = 0
     bytes_down: int = 0
     all_closed: trio.Event = field(default_factory=trio.Event)
@@ -69,6 +75,7 @@ class Direction:
 
     read: VIO
     write: VIO
+    source: NetVConnection  # the side ``read`` reads from
     target: NetVConnection  # the side ``write`` writes to
     eos: bool = False
     finished: bool = False
@@ -91,7 +98,7 @@ class TunnelSM(Continuation):
         self.tally = tally
         self.dirs: list[Direction] = []
         tally.sessions += 1
-        tally.open += 1
+        tally.live.add(self)
         self.set_handler(self.state_connecting)
         options = trionet.ConnectOptions(connect_timeout=args.connect_timeout)
         unp.connect_re(self, args.upstream, options)
@@ -116,7 +123,7 @@ class TunnelSM(Continuation):
             write = dst.do_io_write(self, INT64_MAX, buf.alloc_reader())
             read = src.do_io_read(self, INT64_MAX, buf)
             assert read is not None and write is not None
-            self.dirs.append(Direction(read, write, dst))
+            self.dirs.append(Direction(read, write, src, dst))
 
     def state_tunnel(self, event: int, data: object) -> int:
         assert isinstance(data, VIO)
@@ -131,6 +138,10 @@ class TunnelSM(Continuation):
         if event == VC_EVENT_READ_READY:
             d.write.reenable()  # new bytes for the other side
             return EVENT_CONT
+        if event == VC_EVENT_EOS and d.source.connection.broken:
+            # A reset mid-stream, not an end: pass it on as an abort.
+            self.tally.errors += 1
+            return self.finish(abort=True)
         if event in (VC_EVENT_EOS, VC_EVENT_READ_COMPLETE):
             d.eos = True
             d.write.done()  # end after what is buffered
@@ -139,7 +150,7 @@ class TunnelSM(Continuation):
             d.write.reenable()
             return EVENT_CONT
         self.tally.errors += 1  # VC_EVENT_ERROR, inactivity or active timeout
-        return self.finish()
+        return self.finish(abort=True)
 
     def on_write(self, d: Direction, event: int) -> int:
         if event == VC_EVENT_WRITE_READY:
@@ -148,7 +159,7 @@ class TunnelSM(Continuation):
         if event == VC_EVENT_WRITE_COMPLETE and d.eos:
             return self.half_close(d)
         self.tally.errors += 1
-        return self.finish()
+        return self.finish(abort=True)
 
     def half_close(self, d: Direction) -> int:
         d.target.do_io_shutdown(IO_SHUTDOWN_WRITE)  # forward the EOF
@@ -157,18 +168,43 @@ class TunnelSM(Continuation):
             return self.finish()
         return EVENT_CONT
 
-    def finish(self) -> int:
+    def finish(self, abort: bool = False) -> int:
+        """End the session: a normal close after both directions ended, an
+        abort (RST on both sides) after a reset, error or timeout."""
+        if self not in self.tally.live:
+            return EVENT_DONE
         if self.dirs:
             self.tally.bytes_up += self.dirs[0].write.ndone
             self.tally.bytes_down += self.dirs[1].write.ndone
             self.dirs = []
         for vc in (self.client, self.server):
-            if vc is not None:
+            if vc is None:
+                continue
+            if abort:
+                # ATS passes an errno to do_io_close for an abort; the native
+                # connection underneath turns it into an RST (no FIN that
+                # would make a cut stream look complete).
+                vc.connection.abort()
+                vc.do_io_close(errno.ECONNABORTED)
+            else:
                 vc.do_io_close()
-        self.tally.open -= 1
-        if self.tally.open == 0:
+        self.set_handler(self.state_done)
+        self.tally.live.discard(self)
+        if not self.tally.live:
             self.tally.all_closed.set()
         return EVENT_DONE
+
+    def state_done(self, event: int, data: object) -> int:
+        """After the session was cut while connecting: close what arrives."""
+        if event == NET_EVENT_OPEN and isinstance(data, NetVConnection):
+            data.connection.abort()
+            data.do_io_close(errno.ECONNABORTED)
+        return EVENT_DONE
+
+    def cut(self) -> None:
+        """The shutdown grace is over: abort both sides."""
+        self.tally.errors += 1
+        self.finish(abort=True)
 
 
 class TunnelAccept(Continuation):
@@ -208,9 +244,11 @@ async def main(args: argparse.Namespace) -> int:
                 print(f"{signal.Signals(signum).name}: shutting down (grace {args.grace} s)")
                 break
             action.cancel()  # stop accepting; let open sessions finish
-            if acceptor.tally.open:
+            if acceptor.tally.live:
                 with trio.move_on_after(args.grace):
                     await acceptor.tally.all_closed.wait()
+            for session in list(acceptor.tally.live):
+                session.cut()  # still running after the grace: abort, not close
     t = acceptor.tally
     print(
         f"sessions: {t.sessions}, upstream failures: {t.upstream_failures}, "

@@ -31,9 +31,16 @@ logger = logging.getLogger("trionet.iocore")
 
 
 def _check_time(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    """A time or period in seconds, any sign (a negative period means "poll")."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name}={value!r}: must be a number of seconds")
-    return float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int like 10**400: trio deadlines are floats
+        raise ValueError(f"{name}={value!r}: too large for a number of seconds") from None
+    if math.isnan(seconds):
+        raise ValueError(f"{name}={value!r}: must be a number of seconds")
+    return seconds
 
 
 def _check_event(value: object) -> int:
@@ -102,7 +109,7 @@ class Event(Action):
         """
         p = _check_time("period", period)
         if p == 0:
-            raise ValueError("period=0: a periodic event needs a non-zero period")
+            raise ValueError(f"period={period!r}: a periodic event needs a non-zero period")
         if callback_event is None:
             callback_event = EVENT_POLL if p < 0 else EVENT_INTERVAL
         now = trio.current_time()

@@ -35,7 +35,7 @@ import trio
 
 from .._connection import Connection
 from .._errors import AcceptError, ConnectError, ConnectTimeoutError, ThrottledError
-from .._options import AcceptOptions, ConnectOptions, _check_seconds
+from .._options import C_INT_MAX, AcceptOptions, ConnectOptions, _check_int, _check_seconds
 from .._server import NetProcessor, Server
 from ._codes import (
     ENET_CONNECT_FAILED,
@@ -149,7 +149,8 @@ class UnixNetProcessor:
       net: the native :class:`~trionet.NetProcessor` doing the work.
       event_processor: the scheduling calls (``schedule_imm`` ...).
       default_inactivity_timeout: applied to VCs with no inactivity timeout
-        of their own (ATS ``proxy.config.net.default_inactivity_timeout``).
+        of their own (ATS ``proxy.config.net.default_inactivity_timeout``);
+        ``0`` or ``inf``: none.
     """
 
     def __init__(
@@ -181,8 +182,7 @@ class UnixNetProcessor:
         Raises:
           TypeError / ValueError: bad ``cont``, ``fd`` or ``opts``.
         """
-        if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
-            raise ValueError(f"fd={fd!r}: must be an open file descriptor number")
+        _check_int("UnixNetProcessor.main_accept", "fd", fd, 0, C_INT_MAX)
         base = opts if opts is not None else AcceptOptions()
         return self.accept(cont, dataclasses.replace(base, fd=fd))
 
@@ -369,7 +369,7 @@ def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
 async def open_net_processor(
     net: NetProcessor | None = None,
     *,
-    default_inactivity_timeout: float = DEFAULT_INACTIVITY_TIMEOUT,
+    default_inactivity_timeout: float | None = DEFAULT_INACTIVITY_TIMEOUT,
 ) -> AsyncIterator[UnixNetProcessor]:
     """Start the shim (ATS ``UnixNetProcessor::start``)::
 
@@ -381,7 +381,9 @@ async def open_net_processor(
       net: the native :class:`~trionet.NetProcessor` to drive (its limits,
         throttle and statistics apply); a fresh one by default.
       default_inactivity_timeout: seconds, for VCs with no inactivity timeout
-        of their own (ATS's 86400 by default; ``math.inf`` disables it).
+        of their own (ATS's 86400 by default). ``0`` disables it, as in ATS
+        (``None`` and ``math.inf`` too): a VC then gets an inactivity timeout
+        only from its options or ``set_inactivity_timeout``.
 
     Resource handling:
       Leaving the block cancels every accept, VC and scheduled event: all
@@ -395,8 +397,9 @@ async def open_net_processor(
     elif not isinstance(net, NetProcessor):
         raise TypeError(f"net={net!r}: must be a trionet.NetProcessor or None")
     _check_seconds("open_net_processor", "default_inactivity_timeout", default_inactivity_timeout)
+    default = float(default_inactivity_timeout or 0.0)  # None: none, as 0 is in ATS
     async with trio.open_nursery() as nursery:
-        unp = UnixNetProcessor(net, nursery, float(default_inactivity_timeout))
+        unp = UnixNetProcessor(net, nursery, default)
         try:
             yield unp
         finally:

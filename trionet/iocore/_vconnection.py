@@ -159,7 +159,9 @@ class NetVConnection:
         self._scope = trio.CancelScope()
         # The connection's own inactivity timeout (from AcceptOptions or
         # ConnectOptions) becomes the VC's; the clock starts with the first I/O.
-        self._inactivity_in: float | None = conn.inactivity_timeout
+        # A zero one counts as none, as ATS's acceptEvent skips
+        # set_inactivity_timeout(0): the processor's default then applies.
+        self._inactivity_in: float | None = conn.inactivity_timeout or None
         conn._timeout_hook = self._on_timeout
         self._sync_clock()
 
@@ -334,16 +336,18 @@ class NetVConnection:
     # ----------------------------------------------------------- timeouts
     def set_inactivity_timeout(self, timeout: float) -> None:
         """Seconds without I/O progress before ``VC_EVENT_INACTIVITY_TIMEOUT``;
-        restarts the clock. ``0`` is the same as :meth:`cancel_inactivity_timeout`.
+        restarts the clock. ``0`` is the same as :meth:`cancel_inactivity_timeout`
+        (ATS: a zero timeout is no timeout), and so the processor's default
+        applies; if that is 0 (or ``inf``) too, no inactivity timeout fires.
 
         Raises:
-          ValueError / TypeError: not a number of seconds >= 0.
+          ValueError: not a number of seconds >= 0 (the message names it).
         """
         _check_seconds("NetVConnection", "inactivity_timeout", timeout)
         self._inactivity_in = float(timeout) if timeout else None
         self._timeout_gen += 1
         if self.connection.inactivity_timeout is not None and not self.closed:
-            self.connection.inactivity_timeout = self._effective_inactivity()
+            self.connection.inactivity_timeout = self._clock_seconds()
         self._sync_clock()
 
     def cancel_inactivity_timeout(self) -> None:
@@ -353,10 +357,10 @@ class NetVConnection:
 
     def set_active_timeout(self, timeout: float) -> None:
         """Seconds from now until ``VC_EVENT_ACTIVE_TIMEOUT``, busy or idle
-        (fires once); ``0`` cancels it.
+        (fires once); ``0`` cancels it (ATS: a zero timeout is no timeout).
 
         Raises:
-          ValueError / TypeError: not a number of seconds >= 0.
+          ValueError: not a number of seconds >= 0 (the message names it).
         """
         _check_seconds("NetVConnection", "active_timeout", timeout)
         self._timeout_gen += 1
@@ -367,7 +371,8 @@ class NetVConnection:
         self.set_active_timeout(0)
 
     def get_inactivity_timeout(self) -> float:
-        """The inactivity timeout in force (the default if none was set)."""
+        """The inactivity timeout in force (the default if none was set);
+        ``0`` or ``inf`` when there is none."""
         return self._effective_inactivity()
 
     def get_active_timeout(self) -> float | None:
@@ -379,6 +384,14 @@ class NetVConnection:
             return self._inactivity_in
         return self._unp.default_inactivity_timeout
 
+    def _clock_seconds(self) -> float | None:
+        """The inactivity timeout to run on the connection; ``None`` for 0 or
+        ``inf``: with ATS, ``default_inactivity_timeout=0`` means none, and run
+        as a 0-second timeout it would fire, re-arm and fire again at once --
+        thousands of timeout events a second on one waiting VC."""
+        seconds = self._effective_inactivity()
+        return None if seconds == 0 or seconds == math.inf else seconds
+
     def _sync_clock(self) -> None:
         """Run the connection's inactivity clock only while a side has work."""
         conn = self.connection
@@ -386,12 +399,10 @@ class NetVConnection:
             return
         want: float | None = None
         if self._r.has_work() or self._w.has_work():
-            want = self._effective_inactivity()
-            if self._inactivity_in is None and not self._default_counted:
+            want = self._clock_seconds()
+            if want is not None and self._inactivity_in is None and not self._default_counted:
                 self._default_counted = True
                 self._unp._counters.default_inactivity_timeout_applied += 1
-        if want == math.inf:
-            want = None
         if conn.inactivity_timeout != want:
             conn.inactivity_timeout = want  # restarts the clock (ATS set_enabled)
 
@@ -404,7 +415,9 @@ class NetVConnection:
             conn.active_timeout = None  # fires once, as ATS clears next_activity_timeout_at
             event = VC_EVENT_ACTIVE_TIMEOUT
         else:
-            conn.inactivity_timeout = conn.inactivity_timeout  # re-arm: the VC stays usable
+            # Re-arm: the VC stays usable. (Never at 0 -- a zero timeout is
+            # none -- which would fire again at once, for ever.)
+            conn.inactivity_timeout = conn.inactivity_timeout or None
             event = VC_EVENT_INACTIVITY_TIMEOUT
         self._unp._spawn(self._deliver_timeout, event)
 
