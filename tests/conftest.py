@@ -9,6 +9,7 @@ import pytest
 import trio
 
 import trionet
+from trionet._processor import table_of
 
 Handler = Callable[[trionet.Connection], Awaitable[object]]
 
@@ -51,8 +52,9 @@ async def connection_pair(
         client = trio.socket.socket(family)
         await client.connect(listener.getsockname())
         server, _ = await listener.accept()
-    a = net._new_connection(client, inbound=False, client=None)
-    b = net._new_connection(server, inbound=True, client=host)
+    table = table_of(net)
+    a = table.open(client, inbound=False, client=None)
+    b = table.open(server, inbound=True, client=host)
     return a, b
 
 

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 import trionet
 from trionet import AcceptOptions, NetProcessor
-from trionet._addr import client_key, in_networks, normalize_networks
-from trionet._throttle import Throttle
+from trionet._base._addr import client_key, in_networks, normalize_networks
+from trionet._core._throttle import Throttle
+from trionet._processor import table_of
 
 from .conftest import wait_for
 
@@ -173,13 +174,13 @@ async def test_per_client_limit_holds_across_ipv4_and_dual_stack(first: str) -> 
         assert await reply(streams, v4_port) == b""
         stats = net.statistics()
         assert stats.per_client_connections_throttled_in == 3
-        assert net._throttle.per_client == {"127.0.0.1": 1}
+        assert table_of(net).throttle.per_client == {"127.0.0.1": 1}
     expected_peer = "127.0.0.1" if first == "ipv4" else "::ffff:127.0.0.1"
     assert holder.peers == [expected_peer]  # the handler still sees the socket's address
     for stream in streams:
         await stream.aclose()
     await wait_for(lambda: net.statistics().connections_currently_open == 0)
-    assert net._throttle.per_client == {}
+    assert table_of(net).throttle.per_client == {}
 
 
 @pytest.mark.parametrize("exempt", ["::ffff:127.0.0.0/104", "127.0.0.0/8"])

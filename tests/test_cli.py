@@ -15,13 +15,15 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import trustme
 
-from trionet._cli import _host_port, build_parser, main, parse
+from trionet._apps._cli import main, parse
+from trionet._apps._cli_args import _host_port, build_parser
 
 from .running import Running, echo_roundtrip, env, running_upstream
 
@@ -375,3 +377,41 @@ def test_echo_with_two_workers() -> None:
     assert sum(accepted) == 8
     assert "SIGTERM: shutting down (grace 2 s)" in out
     assert out.count("connections accepted") == 2
+
+
+@pytest.mark.slow
+def test_workers_follow_the_supervisor_policy_on_a_repeated_sigterm() -> None:
+    # One signal policy for every supervisor (trionet._apps._workers._signals):
+    # a repeated SIGTERM is not an escalation, so an open connection keeps its
+    # grace period and the command still exits 0 once it ends.
+    argv = ["echo", "--port", "0", "--workers", "2", "--grace", "10"]
+    with Running("-m", "trionet", *argv) as run:
+        port = int(run.expect(r"listening on 127\.0\.0\.1:(\d+) \(2 workers\)")[1])
+        with _connect_when_serving(port) as client:
+            run.proc.send_signal(signal.SIGTERM)
+            run.expect(r"SIGTERM: shutting down \(grace 10 s\)")
+            run.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            client.sendall(b"after")  # the workers were not killed
+            assert client.recv(100) == b"after"
+            client.shutdown(socket.SHUT_WR)
+            assert client.recv(100) == b""
+        status, out, err = run.stop(signal.SIGTERM, timeout=30)
+    assert status == 0, err
+    assert "again" not in out
+
+
+def _connect_when_serving(port: int, timeout: float = 60.0) -> socket.socket:
+    """A connection to a worker that echoes (a worker may not listen yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            client.sendall(b"before")
+            if client.recv(100) == b"before":
+                return client
+            client.close()
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"nothing serves port {port}"
+        time.sleep(0.05)

@@ -6,7 +6,7 @@ flag, and random mixes of flags. Each value is either accepted -- and then it is
 checked against an independent rule for what that flag may hold -- or refused
 with status 2 and one line that names the flag and quotes the value; never a
 traceback, never another exception. Most cases run in-process through
-``trionet._cli.parse`` (argparse and the option objects, nothing bound); a few
+``trionet._apps._cli.parse`` (argparse and the option objects, nothing bound); a few
 go through ``python -m trionet`` to see the real exit status and stderr.
 """
 
@@ -25,7 +25,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trionet._cli import MAX_WORKERS, parse
+from trionet._apps._cli import parse
+from trionet._apps._cli_args import MAX_WORKERS
 
 from .running import ROOT, env
 

@@ -20,8 +20,9 @@ import pytest
 import trio
 
 import trionet
-from trionet import _connect
-from trionet._errors import ENET_THROTTLING
+from trionet._base._errors import ENET_THROTTLING
+from trionet._outbound import _eyeballs
+from trionet._processor import table_of
 
 
 def open_fds() -> int:
@@ -107,7 +108,7 @@ def v4(port: int) -> tuple[int, Any]:
 def assert_nothing_open(net: trionet.NetProcessor, fds_before: int) -> None:
     assert open_fds() == fds_before
     assert net.statistics().connections_currently_open == 0
-    assert net._throttle.open == 0
+    assert table_of(net).throttle.open == 0
 
 
 # ------------------------------------------------------------------ basics
@@ -227,7 +228,7 @@ async def test_resolver_returning_garbage_is_a_type_error() -> None:
     opts = trionet.ConnectOptions(resolver=RecordingResolver({"bad.test": [("1.2.3.4", 80)]}))
     with pytest.raises(TypeError, match=r"\('1\.2\.3\.4', 80\)"):
         await net.connect("bad.test", 80, opts)
-    assert net._throttle.open == 0
+    assert table_of(net).throttle.open == 0
 
 
 # ---------------------------------------------------------- connect timeout
@@ -288,9 +289,9 @@ async def test_cancel_mid_handshake_closes_the_socket(autojump_clock: trio.abc.C
             opened.append(sock)
             return sock
 
-        opts = trionet.ConnectOptions(connect_timeout=None)
+        opts = trionet.ConnectOptions(connect_timeout=None, socket_factory=factory)
         with trio.move_on_after(7.0) as scope:
-            await _connect.connect(net, "127.0.0.1", port, opts, _socket_factory=factory)
+            await net.connect("127.0.0.1", port, opts)
         assert scope.cancelled_caught
         assert len(opened) == 1 and opened[0].fileno() == -1  # it was opened and closed
         assert_nothing_open(net, fds)
@@ -331,7 +332,7 @@ async def test_pending_connect_holds_a_slot(autojump_clock: trio.abc.Clock) -> N
         with pytest.raises(trionet.ThrottledError):
             await net.connect("127.0.0.1", 80)
         nursery.cancel_scope.cancel()
-    assert net._throttle.open == 0
+    assert table_of(net).throttle.open == 0
     assert net.statistics().connections_throttled_out == 1
 
 
@@ -425,7 +426,7 @@ async def test_bad_arguments(host: Any, port: Any, options: Any, exc: type, matc
     net = trionet.NetProcessor()
     with pytest.raises(exc, match=match):
         await net.connect(host, port, options)
-    assert net._throttle.open == 0
+    assert table_of(net).throttle.open == 0
 
 
 @pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf"), 10**400])
@@ -489,7 +490,7 @@ async def no_prepare(sock: Any) -> None:
 
 
 async def race(fake: FakeNet, addresses: list[Any], delay: float | None = 0.25) -> Any:
-    return await _connect.happy_eyeballs(
+    return await _eyeballs.happy_eyeballs(
         addresses,
         target="dual.test:80",
         delay=delay,
@@ -499,10 +500,10 @@ async def race(fake: FakeNet, addresses: list[Any], delay: float | None = 0.25) 
 
 
 def test_interleave_alternates_families_starting_with_the_first() -> None:
-    assert _connect.interleave([A6, B6, A4, B4]) == [A6, A4, B6, B4]
-    assert _connect.interleave([A4, A6, B6]) == [A4, A6, B6]
-    assert _connect.interleave([A4, B4, A4]) == [A4, B4]  # duplicates dropped
-    assert _connect.interleave([]) == []
+    assert _eyeballs.interleave([A6, B6, A4, B4]) == [A6, A4, B6, B4]
+    assert _eyeballs.interleave([A4, A6, B6]) == [A4, A6, B6]
+    assert _eyeballs.interleave([A4, B4, A4]) == [A4, B4]  # duplicates dropped
+    assert _eyeballs.interleave([]) == []
 
 
 async def test_attempts_are_staggered_and_first_success_wins(
@@ -609,8 +610,10 @@ async def test_real_sockets_a_stalled_address_loses_to_the_next(
         with stalled_listener() as stalled:
             resolver = RecordingResolver({"two.test": [v4(stalled), v4(good)]})
             start = trio.current_time()
-            opts = trionet.ConnectOptions(resolver=resolver, happy_eyeballs_delay=0.25)
-            conn = await _connect.connect(net, "two.test", good, opts, _socket_factory=factory)
+            opts = trionet.ConnectOptions(
+                resolver=resolver, happy_eyeballs_delay=0.25, socket_factory=factory
+            )
+            conn = await net.connect("two.test", good, opts)
             assert trio.current_time() - start == pytest.approx(0.25)
             assert conn.remote_address == ("127.0.0.1", good)
             assert len(opened) == 2
@@ -637,7 +640,7 @@ async def test_unsupported_option_stops_the_race_and_closes_everything(
             raise trionet.UnsupportedOptionError("SocketOptions.mark: this platform has no SO_MARK")
 
     with pytest.raises(trionet.UnsupportedOptionError, match="SO_MARK"):
-        await _connect.happy_eyeballs(
+        await _eyeballs.happy_eyeballs(
             [A6, A4], target="x:80", delay=0.25, prepare=prepare, socket_factory=fake.factory
         )
     assert len(fake.opened) == 2 and all(s.closed for s in fake.opened)
@@ -705,12 +708,14 @@ async def test_connect_timeout_covers_every_attempt(autojump_clock: trio.abc.Clo
     with stalled_listener() as one, stalled_listener() as two:
         fds = open_fds()
         resolver = RecordingResolver({"stuck.test": [v4(one), v4(two)]})
-        opts = trionet.ConnectOptions(resolver=resolver, connect_timeout=1.0)
+        opts = trionet.ConnectOptions(
+            resolver=resolver, connect_timeout=1.0, socket_factory=factory
+        )
         start = trio.current_time()
         with pytest.raises(
             trionet.ConnectTimeoutError, match=r"^connection timed out after 1000 ms"
         ):
-            await _connect.connect(net, "stuck.test", 80, opts, _socket_factory=factory)
+            await net.connect("stuck.test", 80, opts)
         assert trio.current_time() - start == pytest.approx(1.0)
         assert len(opened) == 2 and all(s.fileno() == -1 for s in opened)
         assert_nothing_open(net, fds)

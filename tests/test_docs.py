@@ -348,7 +348,7 @@ async def test_howto_statistics(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_command_lines_in_the_docs_parse() -> None:
-    from trionet._cli import build_parser
+    from trionet._apps._cli_args import build_parser
 
     lines = [
         line.split("$ ", 1)[1]

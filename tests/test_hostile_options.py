@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 
 import trionet
 from trionet import AcceptOptions, ConnectOptions, SocketOptions, UnsupportedOptionError
-from trionet._listen import open_listeners
-from trionet._sockopt import apply_socket_options
+from trionet._base._sockopt import apply_socket_options
+from trionet._inbound._listen import open_listeners
+from trionet._processor import table_of
 
 EDGE_INTS = [0, 1, -1, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63]
 EDGE_INTS += [2**70, 10**400, -(10**400)]
@@ -331,7 +332,7 @@ def test_connect_options_then_connect_on_loopback(case: tuple[str, Any]) -> None
                         assert conn.local_address[1] == value
                 finally:
                     conn.close()
-        assert net.statistics().connections_currently_open == 0 and net._throttle.open == 0
+        assert net.statistics().connections_currently_open == 0 and table_of(net).throttle.open == 0
 
     trio.run(main)
 
@@ -440,8 +441,8 @@ def test_per_client_exempt_none_means_no_exemption() -> None:
     """``None`` is taken as "no exempt networks" (it raised a TypeError from
     iterating None that did not name the argument)."""
     net = trionet.NetProcessor(per_client_max_connections=1, per_client_exempt=None)
-    net._throttle.acquire("127.0.0.1")
-    assert net._throttle.client_at_limit("127.0.0.1")  # limited: not exempt
+    table_of(net).throttle.acquire("127.0.0.1")
+    assert table_of(net).throttle.client_at_limit("127.0.0.1")  # limited: not exempt
 
 
 # ------------------------------------------------------------------ TcpProxy

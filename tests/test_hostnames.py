@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import trionet
-from trionet._resolve import MAX_LABEL, MAX_NAME, host_problem
+from trionet._base._addr import MAX_LABEL, MAX_NAME, host_problem
+from trionet._processor import table_of
 
 NUL_BYPASS = "localhost\x00.example.com"
 
@@ -128,7 +129,7 @@ async def test_nul_in_the_name_is_refused_not_cut() -> None:
         assert _accepted_nothing(sock)
     stats = net.statistics()
     assert (stats.connects_total, stats.connect_failures) == (1, 1)
-    assert stats.connections_currently_open == 0 and net._throttle.open == 0
+    assert stats.connections_currently_open == 0 and table_of(net).throttle.open == 0
 
 
 @pytest.mark.parametrize(("host", "why"), INVALID[:-1])  # "" is a TypeError (tested elsewhere)
@@ -140,7 +141,7 @@ async def test_connect_refuses_before_any_resolver(host: str, why: str) -> None:
     assert why in str(info.value) and repr(host) in str(info.value)
     assert str(info.value).endswith(f"{host!r}:80")
     assert resolver.asked == []
-    assert net._throttle.open == 0
+    assert table_of(net).throttle.open == 0
 
 
 async def test_over_long_name_with_the_default_resolver_is_a_resolve_error() -> None:
@@ -283,7 +284,7 @@ def test_connect_either_resolves_the_exact_name_or_names_the_refused_one(host: s
                     labels = _encoded(host).rstrip(".").split(".")
                     assert all(1 <= len(label) <= MAX_LABEL for label in labels)
                     assert len(".".join(labels)) <= MAX_NAME
-        assert net._throttle.open == 0
+        assert table_of(net).throttle.open == 0
         assert net.statistics().connections_currently_open == 0
 
     trio.run(main)
@@ -314,7 +315,7 @@ def test_option_and_proxy_host_fields_name_the_bad_value(host: str) -> None:
 def test_cli_refuses_a_bad_upstream_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """TcpProxy now refuses the name at start-up (it used to fail every
     session); the command turns that into a usage error, not a traceback."""
-    from trionet._cli import main
+    from trionet._apps._cli import main
 
     with pytest.raises(SystemExit) as info:
         main(["proxy", "--port", "0", "--upstream", "a..b:80"])

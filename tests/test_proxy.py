@@ -12,7 +12,8 @@ import trio
 import trio.testing
 
 import trionet
-from trionet._proxy import splice
+from trionet._apps._tcp_proxy import splice
+from trionet._processor import table_of
 
 
 class Recording(trio.abc.HalfCloseableStream):
@@ -282,7 +283,11 @@ async def test_proxy_counts_toward_max_connections(nursery: trio.Nursery) -> Non
     second = await trio.open_tcp_stream("127.0.0.1", port)
     await trio.testing.wait_all_tasks_blocked()
     stats = net.statistics()
-    assert (stats.total_accepts, stats.connections_currently_open, net._throttle.open) == (1, 2, 2)
+    assert (stats.total_accepts, stats.connections_currently_open, table_of(net).throttle.open) == (
+        1,
+        2,
+        2,
+    )
     release.set()
     assert await first.receive_some() == b""
     await first.aclose()

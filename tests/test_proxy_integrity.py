@@ -31,6 +31,7 @@ import trustme
 import trionet
 import trionet.iocore
 from trionet import AcceptOptions, Connection, ConnectOptions, NetProcessor, TcpProxy
+from trionet._processor import table_of
 
 from .conftest import connection_pair, recv_exactly, wait_for
 from .running import Running
@@ -129,7 +130,7 @@ async def tls_connect(port: int, ctx: ssl.SSLContext) -> trio.SSLStream[trio.Soc
 
 async def all_closed(net: NetProcessor) -> None:
     await wait_for(lambda: net.statistics().connections_currently_open == 0, "gauge at 0")
-    assert net._throttle.open == 0
+    assert table_of(net).throttle.open == 0
 
 
 # ======================================================= Connection.abort()
@@ -161,11 +162,10 @@ async def test_linked_activity_is_folded_in_when_the_splice_ends(
     a, b = await connection_pair(net)
     a.inactivity_timeout = 5
     b.inactivity_timeout = 5
-    a._link(b)
-    await trio.sleep(4)
-    await a.send_all(b"x")  # activity on a only
-    assert b._deadline() == (trio.current_time() + 5, "inactivity")
-    a._unlink()
+    with a._linked(b):
+        await trio.sleep(4)
+        await a.send_all(b"x")  # activity on a only
+        assert b._deadline() == (trio.current_time() + 5, "inactivity")
     assert (a._peer, b._peer) == (None, None)
     assert b._deadline() == (trio.current_time() + 5, "inactivity")
     assert b.last_activity == a.last_activity
@@ -427,7 +427,7 @@ async def test_limit_below_a_session_is_refused_at_serve() -> None:
     proxy = TcpProxy(net, "127.0.0.1", 9)
     with trio.fail_after(5), pytest.raises(ValueError, match=r"max_connections=1: .*2 connections"):
         await net.serve(proxy, AcceptOptions(host="127.0.0.1"))
-    assert net._throttle.open == 0
+    assert table_of(net).throttle.open == 0
 
 
 async def test_close_mode_refuses_at_accept_never_after_connect() -> None:
@@ -493,7 +493,7 @@ async def test_connect_takes_the_reserved_slot_at_the_limit(nursery: trio.Nurser
 
     async def handler(client: Connection) -> None:
         first = await net.connect("127.0.0.1", up_server.ports[0], for_connection=client)
-        outcomes.append(net._throttle.open)
+        outcomes.append(table_of(net).throttle.open)
         try:
             await net.connect("127.0.0.1", up_server.ports[0], for_connection=client)
         except trionet.ThrottledError as exc:

@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 
 import trionet
 from trionet import AcceptOptions, Connection, NetProcessor, ProxyProtocolError
-from trionet._inbound import prepare_inbound
-from trionet._proxy_protocol import (
+from trionet._inbound._prepare import prepare_inbound
+from trionet._inbound._proxy_protocol import (
     V2_SIGNATURE,
     ProxyHeader,
     crc32c,
     parse_proxy_header,
 )
+from trionet._processor import table_of
 
 from .test_addr import dual_stack_listener
 
@@ -488,6 +489,38 @@ async def test_header_timeout(autojump_clock: trio.abc.Clock) -> None:
     assert rec.seen == []
 
 
+async def test_header_bytes_are_activity_and_wire_bytes_not_payload(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The header is read through the connection's wire primitive: its bytes
+    # count in read_bytes and as activity for the inactivity timeout, not in
+    # the connection's payload count. A header that trickles in over 1.5 s on a
+    # port with a 1 s inactivity timeout is still being received: not idle.
+    payloads: list[tuple[int, float | None]] = []
+
+    async def handler(conn: Connection) -> None:
+        data = await conn.receive_some()
+        payloads.append((conn.bytes_received, conn.timed_out))
+        await conn.send_all(data)
+
+    header = b"PROXY TCP4 198.51.100.7 192.0.2.1 5000 80\r\n"
+    async with trio.open_nursery() as nursery:
+        net, server, port = await _start(nursery, handler, inactivity_timeout=1.0)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(header[:10])
+            await trio.sleep(0.75)
+            await stream.send_all(header[10:20])
+            await trio.sleep(0.75)
+            await stream.send_all(header[20:] + b"hello")
+            assert await stream.receive_some() == b"hello"
+        server.shutdown(0)
+    assert payloads == [(5, None)]  # payload only; not timed out mid-header
+    stats = net.statistics()
+    assert stats.read_bytes == len(header) + 5
+    assert stats.inactivity_timeouts == 0
+
+
 async def test_per_client_limit_applies_to_the_relayed_client() -> None:
     # Behind a balancer every socket comes from the balancer's address; the
     # per-client limit must count the clients the headers name instead.
@@ -520,13 +553,17 @@ async def test_per_client_limit_applies_to_the_relayed_client() -> None:
         assert [a[0] for a in served] == ["203.0.113.1", "203.0.113.2", "203.0.113.3", "127.0.0.1"]
         stats = net.statistics()
         assert stats.per_client_connections_throttled_in == 1
-        assert net._throttle.per_client == {"203.0.113.1": 1, "203.0.113.2": 1, "203.0.113.3": 1}
+        assert table_of(net).throttle.per_client == {
+            "203.0.113.1": 1,
+            "203.0.113.2": 1,
+            "203.0.113.3": 1,
+        }
         hold.set()
         for stream in streams:
             await stream.aclose()
         server.shutdown(1)
     assert net.statistics().connections_currently_open == 0
-    assert net._throttle.per_client == {} and net._throttle.open == 0
+    assert table_of(net).throttle.per_client == {} and table_of(net).throttle.open == 0
 
 
 async def test_plain_port_is_unaffected() -> None:
@@ -571,12 +608,12 @@ async def _prepare_from(peer: Any, **opts: Any) -> tuple[bool, NetProcessor, Any
     a, b = socket.socketpair()
     with a:
         a.sendall(b"PROXY TCP4 198.51.100.7 192.0.2.1 5000 80\r\n")
-        conn = net._new_connection(
+        conn = table_of(net).open(
             trio.socket.from_stdlib_socket(b), inbound=True, client=None, peer_address=peer
         )
         try:
             ok = await prepare_inbound(
-                conn, AcceptOptions(proxy_protocol=True, **opts), net._counters, net._throttle
+                conn, AcceptOptions(proxy_protocol=True, **opts), table_of(net)
             )
             return ok, net, conn.remote_address
         finally:
@@ -654,11 +691,13 @@ async def test_relayed_client_in_either_spelling_is_one_client() -> None:
             streams.append(stream)
             await stream.send_all(header)
             replies.append(await stream.receive_some())
-        assert net._throttle.per_client == {"203.0.113.7": 1}
+        assert table_of(net).throttle.per_client == {"203.0.113.7": 1}
         hold.set()
         for stream in streams:
             await stream.aclose()
         server.shutdown(1)
     assert replies == [b"ok", b"", b""]
     assert net.statistics().per_client_connections_throttled_in == 2
-    assert net._throttle.per_client == {} and net.statistics().connections_currently_open == 0
+    assert (
+        table_of(net).throttle.per_client == {} and net.statistics().connections_currently_open == 0
+    )

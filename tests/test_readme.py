@@ -18,7 +18,7 @@ import pytest
 import trio
 
 import trionet
-from trionet._cli import build_parser
+from trionet._apps._cli_args import build_parser
 
 from .running import ROOT, connect_when_up, free_port, needs_source_tree
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 import trionet
-from trionet._resolve import format_target, resolve_literal
+from trionet._base._addr import host_port, resolve_literal
 
 
 class ScriptedHostnameResolver(trio.abc.HostnameResolver):
@@ -82,10 +82,10 @@ def test_resolve_literal_with_scope_id() -> None:
     assert sockaddr == ("fe80::1", 80, 0, socket.if_nametoindex("lo"))
 
 
-def test_format_target_brackets_ipv6() -> None:
-    assert format_target("example.com", 80) == "example.com:80"
-    assert format_target("::1", 443) == "[::1]:443"
-    assert format_target("[::1]", 443) == "[::1]:443"
+def test_host_port_brackets_ipv6() -> None:
+    assert host_port("example.com", 80) == "example.com:80"
+    assert host_port("::1", 443) == "[::1]:443"
+    assert host_port("[::1]", 443) == "[::1]:443"
 
 
 def test_resolvers_satisfy_the_protocol() -> None:

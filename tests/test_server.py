@@ -11,9 +11,11 @@ import pytest
 import trio
 
 import trionet
-import trionet._listen
-import trionet._server
+import trionet._inbound._listen
+import trionet._inbound._server
 from trionet import AcceptOptions, NetProcessor
+from trionet._inbound._accept import on_accept_error
+from trionet._processor import accept_policy_of, table_of
 
 from .conftest import Handler, recv_exactly, start_server, tcp_client, wait_for
 
@@ -95,7 +97,7 @@ async def test_socket_options_reach_accepted_sockets(nursery: trio.Nursery) -> N
 
 
 async def test_missing_platform_option_fails_at_serve(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trionet import _sockopt
+    from trionet._base import _sockopt
 
     real = _sockopt._const
     monkeypatch.setattr(
@@ -122,7 +124,7 @@ async def test_throttle_pause_waits_in_backlog_and_resumes(nursery: trio.Nursery
     clients = [await tcp_client(server.ports[0]) for _ in range(3)]
     await wait_for(lambda: len(served) == 2, "two handlers")
     # The accept task is parked (event-driven, not polling): it is the only waiter.
-    await wait_for(lambda: net._slot_freed.statistics().tasks_waiting == 1, "accept parked")
+    await wait_for(lambda: table_of(net).parked() == 1, "accept parked")
     await trio.sleep(0.05)
     assert len(served) == 2 and net.statistics().connections_currently_open == 2
     assert net.statistics().total_accepts == 2
@@ -192,7 +194,7 @@ async def test_per_client_limit_exempt_and_backdoor(nursery: trio.Nursery) -> No
     for s in [first, second, *exempt, *door]:
         await s.aclose()
     await wait_for(lambda: net.statistics().connections_currently_open == 0)
-    assert net._throttle.per_client == {}
+    assert table_of(net).throttle.per_client == {}
 
 
 async def test_backdoor_ignores_global_limit(nursery: trio.Nursery) -> None:
@@ -455,7 +457,9 @@ async def test_accept_error_classes(code: int, counter: str | None, autojump_clo
     with socket.socket() as sock:
         listener = trionet.Listener(sock, AcceptOptions(), ("127.0.0.1", 1234))
         t0 = trio.current_time()
-        await net._accept_error(OSError(code, "injected"), listener)
+        await on_accept_error(
+            OSError(code, "injected"), listener.port, table_of(net).counters, accept_policy_of(net)
+        )
         waited = trio.current_time() - t0
     stats = net.statistics()
     assert stats.accept_errors_transient == (counter == "accept_errors_transient")
@@ -471,7 +475,12 @@ async def test_fatal_accept_error_classes(code: int) -> None:
         with pytest.raises(
             trionet.AcceptError, match=f"port 1234 failed with {errno.errorcode[code]}"
         ):
-            await net._accept_error(OSError(code, os.strerror(code)), listener)
+            await on_accept_error(
+                OSError(code, os.strerror(code)),
+                listener.port,
+                table_of(net).counters,
+                accept_policy_of(net),
+            )
 
 
 class DroppingListenSocket:
@@ -502,7 +511,7 @@ class DroppingListenSocket:
 def dropping_sockets(monkeypatch: pytest.MonkeyPatch) -> list[DroppingListenSocket]:
     """Every listener serve() opens gets a DroppingListenSocket; they are listed here."""
     wrapped: list[DroppingListenSocket] = []
-    real_open = trionet._listen.open_listeners
+    real_open = trionet._inbound._listen.open_listeners
 
     async def open_listeners(opts: AcceptOptions) -> list[trionet.Listener]:
         listeners = await real_open(opts)
@@ -511,7 +520,7 @@ def dropping_sockets(monkeypatch: pytest.MonkeyPatch) -> list[DroppingListenSock
             listener.socket = wrapped[-1]  # type: ignore[assignment]
         return listeners
 
-    monkeypatch.setattr(trionet._server, "open_listeners", open_listeners)
+    monkeypatch.setattr(trionet._inbound._server, "open_listeners", open_listeners)
     return wrapped
 
 

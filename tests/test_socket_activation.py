@@ -24,8 +24,8 @@ import pytest
 import trio
 
 import trionet
-from trionet._inherit import parse_listen_environment
-from trionet._listen import adopt_listener, check_listening_fd
+from trionet._inbound._inherit import parse_listen_environment
+from trionet._inbound._listen import adopt_listener, check_listening_fd
 
 from .running import free_port
 

@@ -17,8 +17,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import trionet
-from trionet._stats import GAUGES, RECORD_NAMES
-from trionet._stats_page import REQUEST_TIMEOUT, StatsCollector, metric_name
+from trionet._core._stats import GAUGES, RECORD_NAMES
+from trionet._core._stats_page import REQUEST_TIMEOUT, StatsCollector, metric_name
 
 
 async def echo(conn: trionet.Connection) -> None:

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 import trionet
-from trionet._stats import RECORD_NAMES
-from trionet._stats_page import (
+from trionet._core._stats import RECORD_NAMES
+from trionet._core._stats_page import (
     KEEP_ALIVE_TIMEOUT,
     REQUEST_TIMEOUT,
     STATS_MAX_WAITING,

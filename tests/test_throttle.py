@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from trionet._throttle import Throttle
+from trionet._core._throttle import Throttle
 
 
 def test_global_limit() -> None:

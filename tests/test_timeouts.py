@@ -8,6 +8,7 @@ import trio.testing
 
 import trionet
 from trionet import AcceptOptions, NetProcessor
+from trionet._processor import table_of
 
 from .conftest import connection_pair, recv_exactly, start_server, tcp_client, wait_for
 
@@ -68,8 +69,8 @@ async def test_steady_slow_reader_survives_long_send(
     for sock in (left, right):
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 16384)
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 16384)
-    sender = net._new_connection(left, inbound=True, client=None, inactivity_timeout=1.0)
-    reader = net._new_connection(right, inbound=False, client=None)
+    sender = table_of(net).open(left, inbound=True, client=None, inactivity_timeout=1.0)
+    reader = table_of(net).open(right, inbound=False, client=None)
     payload = bytes(range(256)) * 4096  # 1 MiB
     got = bytearray()
 
@@ -278,12 +279,12 @@ async def test_idle_connections_cost_nothing_between_deadlines(
     )
     clients = [await tcp_client(server.ports[0]) for _ in range(50)]
     await wait_for(lambda: net.statistics().connections_currently_open == 50)
-    wakeups = net._cop.wakeups
+    wakeups = table_of(net).cop.wakeups
     await trio.sleep(55)
-    assert net._cop.wakeups == wakeups  # the cop slept through: no scan, no work
+    assert table_of(net).cop.wakeups == wakeups  # the cop slept through: no scan, no work
     await trio.sleep(10)
     assert net.statistics().inactivity_timeouts == 50
-    assert net._cop.wakeups - wakeups <= 2  # the 50 deadlines fall within a few ms
+    assert table_of(net).cop.wakeups - wakeups <= 2  # the 50 deadlines fall within a few ms
     for c in clients:
         await c.aclose()
 
@@ -294,12 +295,12 @@ async def test_busy_connection_pushes_once_per_period_not_per_io(
     net = NetProcessor()
     a, b = await connection_pair(net)
     b.inactivity_timeout = 1
-    pushes = net._cop.pushes
+    pushes = table_of(net).cop.pushes
     for _ in range(2000):  # 2000 round trips within 4 s: 4 timeout periods
         await a.send_all(b"x")
         await b.receive_some()
         await trio.sleep(0.002)
-    assert net._cop.pushes - pushes <= 6
+    assert table_of(net).cop.pushes - pushes <= 6
     assert not b.closed
     await a.aclose()
     await b.aclose()

@@ -30,13 +30,9 @@ import pytest
 import trio
 
 import trionet
-from trionet._workers import (
-    STARTUP_ATTEMPTS,
-    RestartBackoff,
-    WorkerSupervisor,
-    _error_line,
-    _plan_listeners,
-)
+from trionet._apps._workers._runtime import _error_line
+from trionet._apps._workers._sockets import plan_listeners
+from trionet._apps._workers._supervisor import STARTUP_ATTEMPTS, RestartBackoff, WorkerSupervisor
 
 ROOT = Path(trionet.__file__).resolve().parent.parent
 
@@ -163,7 +159,7 @@ async def test_control_messages_are_framed_and_bounded() -> None:
 
 # -------------------------------------------------------------- listen plans
 async def test_reuseport_plan_reserves_the_port_without_listening() -> None:
-    plan = await _plan_listeners([trionet.AcceptOptions(localhost_only=True)], "reuseport")
+    plan = await plan_listeners([trionet.AcceptOptions(localhost_only=True)], "reuseport")
     try:
         ports = {opts.port for opts in plan.listen}
         assert len(ports) == 1 and ports != {0}  # port 0 resolved once, for every address
@@ -178,7 +174,7 @@ async def test_reuseport_plan_reserves_the_port_without_listening() -> None:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         # ...and a worker binding the same port with SO_REUSEPORT succeeds.
         v4 = next(o for o in plan.listen if o.host == "127.0.0.1")
-        [listener] = await trionet._listen.open_listeners(v4)
+        [listener] = await trionet._inbound._listen.open_listeners(v4)
         with listener.socket:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
@@ -187,7 +183,7 @@ async def test_reuseport_plan_reserves_the_port_without_listening() -> None:
 
 async def test_inherit_plan_opens_one_listening_socket_for_all_workers() -> None:
     spec = trionet.AcceptOptions(host="127.0.0.1", reuse_port=True, inactivity_timeout=7.0)
-    plan = await _plan_listeners([spec], "inherit")
+    plan = await plan_listeners([spec], "inherit")
     try:
         [opts] = plan.listen
         [sock] = plan.held
@@ -201,8 +197,8 @@ async def test_inherit_plan_opens_one_listening_socket_for_all_workers() -> None
 async def test_auto_falls_back_to_an_inherited_socket_without_reuseport(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(trionet._workers, "reuse_port_available", lambda: False)
-    plan = await _plan_listeners([trionet.AcceptOptions(host="127.0.0.1")], "auto")
+    monkeypatch.setattr(trionet._apps._workers._sockets, "reuse_port_available", lambda: False)
+    plan = await plan_listeners([trionet.AcceptOptions(host="127.0.0.1")], "auto")
     try:
         [opts] = plan.listen
         assert opts.fd is not None and plan.pass_fds == [opts.fd]
@@ -214,7 +210,7 @@ async def test_already_open_sockets_are_passed_to_workers_as_they_are() -> None:
     # A socket-activated supervisor: run_workers(main, *trionet.inherited_listeners()).
     raw = socket.create_server(("127.0.0.1", 0))
     spec = trionet.AcceptOptions(fd=raw.detach())
-    plan = await _plan_listeners([spec], "reuseport")
+    plan = await plan_listeners([spec], "reuseport")
     try:
         assert plan.listen == [spec] and plan.pass_fds == [spec.fd]
         [sock] = plan.held
@@ -228,7 +224,7 @@ async def test_already_open_sockets_are_passed_to_workers_as_they_are() -> None:
 async def test_ssl_context_cannot_cross_to_workers() -> None:
     spec = trionet.AcceptOptions(ssl_context=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
     with pytest.raises(ValueError, match="listen_options"):
-        await _plan_listeners([spec], "auto")
+        await plan_listeners([spec], "auto")
 
 
 # ------------------------------------------------- real workers, in-process supervisor
@@ -254,7 +250,9 @@ async def _run_supervisor(
 @pytest.mark.slow
 @pytest.mark.parametrize(("sharing", "workers"), [("reuseport", 2), ("inherit", 1)])
 async def test_killed_worker_is_replaced(
-    sharing: trionet._workers.Sharing, workers: int, caplog: pytest.LogCaptureFixture
+    sharing: trionet._apps._workers._sockets.Sharing,
+    workers: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="trionet.workers")
     supervisor = WorkerSupervisor(
@@ -388,7 +386,7 @@ def test_run_workers_raises_the_startup_error_itself(capfd: pytest.CaptureFixtur
 async def test_worker_ignoring_shutdown_is_killed_after_grace(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(trionet._workers, "EXIT_MARGIN", 0.1)
+    monkeypatch.setattr(trionet._apps._workers._supervisor, "EXIT_MARGIN", 0.1)
     caplog.set_level(logging.INFO, logger="trionet.workers")
     supervisor = WorkerSupervisor(
         stubborn_worker, trionet.AcceptOptions(host="127.0.0.1"), workers=1, grace=0.2

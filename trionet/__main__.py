@@ -1,5 +1,5 @@
 """``python -m trionet``: the ``trionet`` command (see :mod:`trionet._cli`)."""
 
-from ._cli import main
+from ._apps._cli import main
 
 raise SystemExit(main())

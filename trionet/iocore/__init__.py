@@ -12,7 +12,7 @@ Mapping from ATS (the seed walk-through) to trionet, call for call::
 
     UnixNetProcessor::start()                 async with open_net_processor(net) as unp
     NetHandler::mainNetEvent, epoll_wait      trio's run loop; a reader and a writer task per VC
-    InactivityCop::check_inactivity (1 s)     the native TimeoutCop, via conn._timeout_hook
+    InactivityCop::check_inactivity (1 s)     the native TimeoutCop, via a timeout hook
     netProcessor.main_accept(cont, fd, opt)   unp.main_accept(cont, fd, opts)
     accept_internal, NetAccept, accept loop   NetProcessor.serve(AcceptOptions(fd=fd))
     vc->acceptEvent                           serve's connection task builds the NetVConnection

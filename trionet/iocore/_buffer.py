@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Final, final
 
+from .._base._checks import is_int
+
 __all__ = ["DEFAULT_BUFFER_SIZE", "IOBufferReader", "MIOBuffer"]
 
 # ATS BUFFER_SIZE_INDEX_32K, the size NetVCTest and most of ATS's HTTP code use.
@@ -30,7 +32,7 @@ _COMPACT_AT: Final = 65536
 
 
 def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TypeError(f"{name}={value!r}: must be an int")
     if value < 0:
         raise ValueError(f"{name}={value!r}: must be >= 0")
@@ -129,6 +131,11 @@ class IOBufferReader:
 
     def __repr__(self) -> str:
         return f"<IOBufferReader avail={self.read_avail() if self._mbuf else 'detached'}>"
+
+    def allocated(self) -> bool:
+        """Whether the reader still belongs to its buffer (ATS ``allocated``):
+        false after :meth:`MIOBuffer.dealloc_reader`."""
+        return self._mbuf is not None
 
     @property
     def mbuf(self) -> MIOBuffer:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from .._errors import ENET_CONNECT_FAILED as _CONNECT_FAILED
-from .._errors import ENET_CONNECT_TIMEOUT as _CONNECT_TIMEOUT
-from .._errors import ENET_THROTTLING as _THROTTLING
+from .._base._errors import ENET_CONNECT_FAILED as _CONNECT_FAILED
+from .._base._errors import ENET_CONNECT_TIMEOUT as _CONNECT_TIMEOUT
+from .._base._errors import ENET_THROTTLING as _THROTTLING
 
 __all__ = [
     "ENET_CONNECT_FAILED",

@@ -22,7 +22,8 @@ from typing import Final, Literal, final
 
 import trio
 
-from .._errors import TrionetError
+from .._base._checks import is_int
+from .._base._errors import TrionetError
 from ._codes import EVENT_NONE, event_name
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
     "Action",
     "Continuation",
     "ContinuationError",
-    "Handler",
+    "EventHandler",
     "ProxyMutex",
     "Skipped",
     "call_locked",
@@ -39,7 +40,7 @@ __all__ = [
 
 logger = logging.getLogger("trionet.iocore")
 
-Handler = Callable[[int, object], int]
+EventHandler = Callable[[int, object], int]
 
 # ATS net_retry_delay: 10 ms between attempts to take a contended mutex.
 NET_RETRY_DELAY: Final = 0.01
@@ -165,11 +166,13 @@ class Continuation:
 
     __slots__ = ("__weakref__", "handler", "mutex")
 
-    def __init__(self, mutex: ProxyMutex | None = None, handler: Handler | None = None) -> None:
+    def __init__(
+        self, mutex: ProxyMutex | None = None, handler: EventHandler | None = None
+    ) -> None:
         if mutex is not None and not isinstance(mutex, ProxyMutex):
             raise TypeError(f"mutex={mutex!r}: must be a ProxyMutex or None")
         self.mutex = mutex if mutex is not None else ProxyMutex()
-        self.handler: Handler | None = None
+        self.handler: EventHandler | None = None
         if handler is not None:
             self.set_handler(handler)
 
@@ -177,7 +180,7 @@ class Continuation:
         name = getattr(self.handler, "__name__", None)
         return f"<{type(self).__name__} handler={name}>"
 
-    def set_handler(self, handler: Handler) -> None:
+    def set_handler(self, handler: EventHandler) -> None:
         """Make ``handler(event, data) -> int`` receive the next events (ATS ``SET_HANDLER``).
 
         Raises:
@@ -245,7 +248,7 @@ def invoke(cont: Continuation, event: int, data: object) -> int | None:
     except Exception:
         logger.exception("contract violation: %r raised while handling %s", cont, event_name(event))
         return None
-    if isinstance(ret, bool) or not isinstance(ret, int):
+    if not is_int(ret):
         logger.error(
             "contract violation: %r returned %r for %s; a handler must return an int "
             "(EVENT_DONE or EVENT_CONT)",

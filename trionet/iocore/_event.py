@@ -22,6 +22,7 @@ from typing import final
 
 import trio
 
+from .._base._checks import is_int
 from ._codes import EVENT_IMMEDIATE, EVENT_INTERVAL, EVENT_POLL, event_name
 from ._continuation import Action, Continuation, Skipped, call_locked
 
@@ -32,7 +33,7 @@ logger = logging.getLogger("trionet.iocore")
 
 def _check_time(name: str, value: object) -> float:
     """A time or period in seconds, any sign (a negative period means "poll")."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not (is_int(value) or isinstance(value, float)):
         raise TypeError(f"{name}={value!r}: must be a number of seconds")
     try:
         seconds = float(value)
@@ -44,7 +45,7 @@ def _check_time(name: str, value: object) -> float:
 
 
 def _check_event(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TypeError(f"callback_event={value!r}: must be an int event code")
     return value
 

@@ -33,10 +33,12 @@ from typing import Any, Final, final
 
 import trio
 
-from .._connection import Connection
-from .._errors import AcceptError, ConnectError, ConnectTimeoutError, ThrottledError
-from .._options import C_INT_MAX, AcceptOptions, ConnectOptions, _check_int, _check_seconds
-from .._server import NetProcessor, Server
+from .._base._checks import C_INT_MAX, check_int, check_seconds, is_int
+from .._base._errors import AcceptError, ConnectError, ConnectTimeoutError, ThrottledError, leaves
+from .._base._options import AcceptOptions, ConnectOptions
+from .._core._connection import Connection
+from .._inbound._server import Server
+from .._processor import NetProcessor, table_of
 from ._codes import (
     ENET_CONNECT_FAILED,
     ENET_CONNECT_TIMEOUT,
@@ -48,9 +50,9 @@ from ._codes import (
     NET_EVENT_OPEN,
     NET_EVENT_OPEN_FAILED,
 )
-from ._continuation import Action, Continuation, Skipped, call_locked
+from ._continuation import Action, Continuation, call_locked
 from ._event import EventProcessor
-from ._vconnection import DEFAULT_INACTIVITY_TIMEOUT, NetVConnection
+from ._vconnection import DEFAULT_INACTIVITY_TIMEOUT, run_vc
 
 __all__ = ["ConnectAction", "NetAcceptAction", "UnixNetProcessor", "open_net_processor"]
 
@@ -134,8 +136,7 @@ def _split_addr(addr: object) -> tuple[str, int]:
         isinstance(addr, tuple)
         and len(addr) in (2, 4)
         and isinstance(addr[0], str)
-        and isinstance(addr[1], int)
-        and not isinstance(addr[1], bool)
+        and is_int(addr[1])
     ):
         return addr[0], addr[1]
     raise TypeError(f"addr={addr!r}: must be a (host, port) tuple")
@@ -163,7 +164,7 @@ class UnixNetProcessor:
         self.event_processor = EventProcessor(nursery)
         self.default_inactivity_timeout = default_inactivity_timeout
         self._nursery = nursery
-        self._counters = net._counters
+        self._counters = table_of(net).counters  # the native processor's statistics
         self._accepts: set[NetAcceptAction] = set()
 
     def __repr__(self) -> str:
@@ -182,7 +183,7 @@ class UnixNetProcessor:
         Raises:
           TypeError / ValueError: bad ``cont``, ``fd`` or ``opts``.
         """
-        _check_int("UnixNetProcessor.main_accept", "fd", fd, 0, C_INT_MAX)
+        check_int("UnixNetProcessor.main_accept", "fd", fd, 0, C_INT_MAX)
         base = opts if opts is not None else AcceptOptions()
         return self.accept(cont, dataclasses.replace(base, fd=fd))
 
@@ -235,7 +236,7 @@ class UnixNetProcessor:
                         if callback_on_open:
                             await self._notify(action, NET_EVENT_ACCEPT_SUCCEED, action)
                 except* OSError as group:
-                    failures.extend(_leaves(group))
+                    failures.extend(leaves(group))
         finally:
             action._listening.set()
             self._accepts.discard(action)
@@ -258,16 +259,9 @@ class UnixNetProcessor:
         """serve()'s handler: ATS ``acceptEvent`` -- wrap, announce, run."""
         if action.cancelled:
             return
-        vc = NetVConnection(conn, self)
-        ret = await call_locked(
-            action.continuation, NET_EVENT_ACCEPT, vc, lambda: not action.cancelled
+        await run_vc(
+            conn, self, action.continuation, NET_EVENT_ACCEPT, lambda: not action.cancelled
         )
-        if ret is Skipped.SKIPPED:
-            vc.do_io_close()
-            return
-        if ret is None:
-            vc._contract_close(action.continuation, NET_EVENT_ACCEPT)
-        await vc._run()
 
     # ------------------------------------------------------------ connect
     def connect_re(
@@ -344,25 +338,7 @@ class UnixNetProcessor:
         await self._opened(action, conn)
 
     async def _opened(self, action: ConnectAction, conn: Connection) -> None:
-        vc = NetVConnection(conn, self)
-        ret = await call_locked(
-            action.continuation, NET_EVENT_OPEN, vc, lambda: not action.cancelled
-        )
-        if ret is Skipped.SKIPPED:
-            vc.do_io_close()
-        elif ret is None:
-            vc._contract_close(action.continuation, NET_EVENT_OPEN)
-        await vc._run()
-
-
-def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
-    out: list[OSError] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
-        else:
-            out.append(exc)
-    return out
+        await run_vc(conn, self, action.continuation, NET_EVENT_OPEN, lambda: not action.cancelled)
 
 
 @asynccontextmanager
@@ -396,7 +372,7 @@ async def open_net_processor(
         net = NetProcessor()
     elif not isinstance(net, NetProcessor):
         raise TypeError(f"net={net!r}: must be a trionet.NetProcessor or None")
-    _check_seconds("open_net_processor", "default_inactivity_timeout", default_inactivity_timeout)
+    check_seconds("open_net_processor", "default_inactivity_timeout", default_inactivity_timeout)
     default = float(default_inactivity_timeout or 0.0)  # None: none, as 0 is in ATS
     async with trio.open_nursery() as nursery:
         unp = UnixNetProcessor(net, nursery, default)

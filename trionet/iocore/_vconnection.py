@@ -2,29 +2,14 @@
 :class:`~trionet.Connection`.
 
 ATS's ``NetHandler`` polls every socket and calls ``net_read_io`` /
-``net_write_io`` for the ready ones. Here each VC has two trio tasks:
+``net_write_io`` for the ready ones. Here each VC has two trio tasks, each
+running a machine in its own module: the **reader**
+(:class:`~trionet.iocore._vc_reader.ReadMachine`) and the **writer**
+(:class:`~trionet.iocore._vc_writer.WriteMachine`). This module is the API
+(``do_io_*``, ``reenable``, timeouts), the signalling both machines go
+through, and the delivery of timeouts.
 
-* the **reader** waits until the read VIO is enabled, not disabled, has
-  ``ntodo() > 0`` and its buffer has room, then does one
-  ``await conn.receive_some(min(write_avail, ntodo))`` and signals exactly as
-  ``net_read_io``: ``READ_READY`` after data, ``READ_COMPLETE`` when ``ntodo``
-  reaches 0, ``EOS`` on end of stream or reset, ``VC_EVENT_ERROR`` otherwise
-  (errno in :attr:`lerrno`). A full buffer disables reading until ``reenable``
-  -- that is the backpressure: no ``receive_some`` is started while the
-  buffer is full or the VIO disabled.
-* the **writer** drains the write VIO's reader with ``send_all`` (at most
-  ``MAX_WRITE`` bytes per call) and signals as ``net_write_io``:
-  ``WRITE_READY`` before a write when it has less than ``ntodo`` and the
-  buffer is under its water mark, ``WRITE_READY`` after a write while more is
-  wanted, ``WRITE_COMPLETE`` at ``ntodo() == 0``; an empty buffer disables
-  writing until ``reenable``.
-
-Bytes are never lost or reordered: a ``receive_some`` started while reading
-was allowed can return after the VIO was disabled, replaced or shut down; its
-bytes (or its EOS/error) are then kept in ``_pending`` and handed to the next
-read before the socket is read again.
-
-Timeouts come from the processor's TimeoutCop through ``conn._timeout_hook``
+Timeouts come from the processor's TimeoutCop through the connection's timeout hook
 (instead of closing the connection) and are delivered from a separate task
 like ATS's ``mainEvent``: to the read continuation first, then to the write
 continuation if it is a different one, the VC is still open, the reader did
@@ -39,15 +24,16 @@ VC is open: after :meth:`do_io_close` nothing reaches any continuation.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
-from typing import TYPE_CHECKING, Final, final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol, final
 
 import trio
 
-from .._connection import Connection, TimedOut
-from .._options import _check_seconds
+from .._base._checks import check_seconds, is_int
+from .._core._connection import Connection, TimedOut
+from .._core._stats import Counters
 from ._buffer import IOBufferReader, MIOBuffer
 from ._codes import (
     EVENT_DONE,
@@ -58,70 +44,38 @@ from ._codes import (
     VC_EVENT_EOS,
     VC_EVENT_ERROR,
     VC_EVENT_INACTIVITY_TIMEOUT,
-    VC_EVENT_READ_COMPLETE,
-    VC_EVENT_READ_READY,
-    VC_EVENT_WRITE_COMPLETE,
-    VC_EVENT_WRITE_READY,
     event_name,
 )
 from ._continuation import Continuation, ProxyMutex, Skipped, call_locked
+from ._vc_reader import ReadMachine
+from ._vc_state import Side
+from ._vc_writer import WriteMachine
 from ._vio import VIO
 
-if TYPE_CHECKING:
-    from ._processor import UnixNetProcessor
-
-__all__ = ["DEFAULT_INACTIVITY_TIMEOUT", "MAX_WRITE", "NetVConnection"]
+__all__ = ["DEFAULT_INACTIVITY_TIMEOUT", "NetVConnection", "VCProcessor", "run_vc"]
 
 logger = logging.getLogger("trionet.iocore")
 
 # ATS proxy.config.net.default_inactivity_timeout.
 DEFAULT_INACTIVITY_TIMEOUT: Final = 86400.0
-# Bytes handed to one send_all: big enough to amortise the call, small enough
-# that WRITE_READY (and backpressure) follow the socket closely.
-MAX_WRITE: Final = 65536
+
+
+class VCProcessor(Protocol):
+    """What a VC needs from its ``UnixNetProcessor`` (declared here, below it):
+    the default inactivity timeout, the native processor's statistics, and a
+    task spawner for timeout delivery. Private to the shim."""
+
+    default_inactivity_timeout: float
+
+    @property
+    def _counters(self) -> Counters: ...
+
+    def _spawn(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None: ...
+
 
 _TIMEOUT_EVENTS: Final = frozenset(
     {VC_EVENT_EOS, VC_EVENT_ERROR, VC_EVENT_INACTIVITY_TIMEOUT, VC_EVENT_ACTIVE_TIMEOUT}
 )
-
-
-class _Side:
-    """One direction's state (ATS ``NetState``): its VIO and flags."""
-
-    __slots__ = ("enabled", "ended", "gen", "lot", "shutdown", "vio")
-
-    def __init__(self, vio: VIO) -> None:
-        self.vio = vio
-        self.enabled = False  # ATS NetState.enabled: the task may do I/O
-        self.shutdown = False  # do_io_shutdown of this side
-        self.ended = False  # EOS / ERROR / *_COMPLETE happened on this VIO
-        self.gen = 0  # bumped when the VIO is reset, so in-flight I/O knows
-        self.lot = trio.lowlevel.ParkingLot()
-
-    def has_work(self) -> bool:
-        """Whether this side keeps the inactivity clock running."""
-        vio = self.vio
-        return (
-            vio.op != VIO.NONE
-            and vio.cont is not None
-            and not self.shutdown
-            and not self.ended
-            and not vio._disabled
-            and vio.ntodo() > 0
-        )
-
-    def wake(self) -> None:
-        self.lot.unpark_all()
-
-
-def _errno_of(exc: BaseException) -> int:
-    """The errno behind a trio Broken/Closed error (EIO when there is none)."""
-    cause = exc.__cause__
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno:
-            return cause.errno
-        cause = cause.__cause__
-    return errno.EIO
 
 
 @final
@@ -140,20 +94,19 @@ class NetVConnection:
       connection: the native :class:`~trionet.Connection` underneath.
     """
 
-    def __init__(self, conn: Connection, unp: UnixNetProcessor) -> None:
+    def __init__(self, conn: Connection, unp: VCProcessor) -> None:
         self.connection = conn
         self.id = conn.id
         self.mutex = ProxyMutex()
         self.lerrno = 0
         self.closed = False
         self._unp = unp
-        self._r = _Side(VIO(self))
-        self._w = _Side(VIO(self))
+        self._r = Side(VIO(self))
+        self._w = Side(VIO(self))
         self.read_vio = self._r.vio
         self.write_vio = self._w.vio
-        self._pending = bytearray()  # bytes received after reading stopped
-        self._pending_end: int | None = None  # 0: EOS pending; >0: errno pending
-        self._eof_wanted = False  # do_io_shutdown(WRITE) waiting for the writer
+        self._reader = ReadMachine(self, self._r)
+        self._writer = WriteMachine(self, self._w)
         self._timeout_gen = 0  # bumped by set_/cancel_*_timeout (ATS re-arm check)
         self._default_counted = False
         self._scope = trio.CancelScope()
@@ -162,7 +115,7 @@ class NetVConnection:
         # A zero one counts as none, as ATS's acceptEvent skips
         # set_inactivity_timeout(0): the processor's default then applies.
         self._inactivity_in: float | None = conn.inactivity_timeout or None
-        conn._timeout_hook = self._on_timeout
+        conn._set_timeout_hook(self._on_timeout)
         self._sync_clock()
 
     def __repr__(self) -> str:
@@ -234,7 +187,7 @@ class NetVConnection:
         self._changed(side)
         return vio
 
-    def _reset(self, side: _Side, op: int, cont: Continuation | None, nbytes: int) -> VIO:
+    def _reset(self, side: Side, op: int, cont: Continuation | None, nbytes: int) -> VIO:
         vio = side.vio
         vio.set_continuation(cont)
         vio.op = op
@@ -242,13 +195,13 @@ class NetVConnection:
         vio.ndone = 0
         vio.buffer = None
         vio.reader = None
-        vio._disabled = False
+        side.disabled = False
         side.enabled = False
         side.ended = False
         side.gen += 1
         return vio
 
-    def _clear(self, side: _Side, op: int) -> None:
+    def _clear(self, side: Side, op: int) -> None:
         """ATS's close/shutdown of a side: no continuation, no buffer, nbytes 0;
         ``ndone`` stays readable."""
         vio = side.vio
@@ -275,9 +228,9 @@ class NetVConnection:
         for side in (self._r, self._w):
             self._clear(side, VIO.NONE)
             side.wake()
-        self.connection._timeout_hook = None
+        self._detach()
         self._scope.cancel()
-        if self.connection._ssl is None:
+        if self.connection.tls is None:
             # Plain TCP closes now, so the open-connection gauge drops at once;
             # TLS gets its close_notify from the VC's task (bounded, shielded).
             self.connection.close()
@@ -299,7 +252,7 @@ class NetVConnection:
             self._clear(side, side.vio.op)
             side.shutdown = True
             if side is self._w:
-                self._eof_wanted = True
+                self._writer.eof_wanted = True
             self._changed(side)
 
     # ---------------------------------------------------------- reenable
@@ -307,7 +260,7 @@ class NetVConnection:
         """Let ``vio``'s side continue (ATS ``reenable``): after the handler
         consumed from a full read buffer or added to a write buffer."""
         side = self._side_of(vio)
-        vio._disabled = False
+        side.disabled = False
         if self.closed:
             return
         side.enabled = True
@@ -317,19 +270,25 @@ class NetVConnection:
         """Same as :meth:`reenable` (see :meth:`VIO.reenable_re`)."""
         self.reenable(vio)
 
-    def _vio_disabled(self, vio: VIO) -> None:
+    # The VIO's seam (trionet.iocore._vio.VConnection): disable() and
+    # is_disabled() keep their state here, with the side's other flags.
+    def _vio_disable(self, vio: VIO) -> None:
         side = self._side_of(vio)
+        side.disabled = True
         if not self.closed:
             self._changed(side)
 
-    def _side_of(self, vio: VIO) -> _Side:
+    def _vio_is_disabled(self, vio: VIO) -> bool:
+        return self._side_of(vio).disabled
+
+    def _side_of(self, vio: VIO) -> Side:
         if vio is self._r.vio:
             return self._r
         if vio is self._w.vio:
             return self._w
         raise ValueError(f"vio={vio!r} does not belong to {self!r}")
 
-    def _changed(self, side: _Side) -> None:
+    def _changed(self, side: Side) -> None:
         self._sync_clock()
         side.wake()
 
@@ -343,7 +302,7 @@ class NetVConnection:
         Raises:
           ValueError: not a number of seconds >= 0 (the message names it).
         """
-        _check_seconds("NetVConnection", "inactivity_timeout", timeout)
+        check_seconds("NetVConnection", "inactivity_timeout", timeout)
         self._inactivity_in = float(timeout) if timeout else None
         self._timeout_gen += 1
         if self.connection.inactivity_timeout is not None and not self.closed:
@@ -362,7 +321,7 @@ class NetVConnection:
         Raises:
           ValueError: not a number of seconds >= 0 (the message names it).
         """
-        _check_seconds("NetVConnection", "active_timeout", timeout)
+        check_seconds("NetVConnection", "active_timeout", timeout)
         self._timeout_gen += 1
         if not self.closed:
             self.connection.active_timeout = float(timeout) if timeout else None
@@ -406,6 +365,10 @@ class NetVConnection:
         if conn.inactivity_timeout != want:
             conn.inactivity_timeout = want  # restarts the clock (ATS set_enabled)
 
+    def _detach(self) -> None:
+        """Timeouts close the connection again (it is no longer this VC's)."""
+        self.connection._set_timeout_hook(None)
+
     def _on_timeout(self, why: TimedOut) -> None:
         """The TimeoutCop's hook (synchronous, in the cop's task)."""
         if self.closed:
@@ -437,7 +400,7 @@ class NetVConnection:
             await self._signal(w, event)
 
     # ---------------------------------------------------------- signalling
-    async def _signal(self, side: _Side, event: int) -> int | None:
+    async def _signal(self, side: Side, event: int) -> int | None:
         """Call ``side``'s continuation with ``event`` and its VIO.
 
         Returns:
@@ -461,7 +424,7 @@ class NetVConnection:
             self._contract_close(cont, event)
         return ret
 
-    async def _signal_done(self, side: _Side, event: int) -> None:
+    async def _signal_done(self, side: Side, event: int) -> None:
         """ATS ``read_signal_done`` / ``write_signal_done``: disable, then signal."""
         side.enabled = False
         side.ended = True
@@ -486,11 +449,11 @@ class NetVConnection:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._guarded, self._read_loop)
-                    nursery.start_soon(self._guarded, self._write_loop)
+                    nursery.start_soon(self._guarded, self._reader.run)
+                    nursery.start_soon(self._guarded, self._writer.run)
         finally:
             self.closed = True
-            self.connection._timeout_hook = None
+            self._detach()
             with trio.CancelScope(shield=True):
                 await self.connection.aclose()
 
@@ -502,182 +465,33 @@ class NetVConnection:
             logger.exception("internal error in %r; closing it", self)
             self.do_io_close()
 
-    # ------------------------------------------------------------ reading
-    def _can_read(self) -> bool:
-        r = self._r
-        vio = r.vio
-        return (
-            not self.closed
-            and r.enabled
-            and not r.shutdown
-            and vio.op == VIO.READ
-            and not vio._disabled
-            and vio.buffer is not None
-        )
-
-    async def _read_loop(self) -> None:
-        r = self._r
-        while True:
-            while not self._can_read():
-                await r.lot.park()
-            vio = r.vio
-            buf = vio.buffer
-            assert buf is not None
-            n = min(buf.write_avail(), vio.ntodo())
-            if n <= 0:
-                r.enabled = False  # ATS read_disable: full buffer or nothing to do
-                self._sync_clock()
-                continue
-            gen = r.gen
-            data, end = await self._receive(n)
-            if self.closed:
-                return
-            if r.gen != gen or not self._can_read():
-                self._stash(data, end)  # reading stopped meanwhile: keep for later
-                continue
-            await self._deliver_read(data, end)
-
-    async def _receive(self, n: int) -> tuple[bytes, int | None]:
-        """Up to ``n`` bytes: from ``_pending`` first, else from the connection.
-
-        Returns:
-          ``(data, end)``: ``end`` is ``None`` (more may come), ``0`` (EOS) or
-          an errno (error); ``data`` is empty when ``end`` is set.
-        """
-        if self._pending:
-            data = bytes(self._pending[:n])
-            del self._pending[:n]
-            return data, None
-        if self._pending_end is not None:
-            end, self._pending_end = self._pending_end, None
-            return b"", end
-        try:
-            data = await self.connection.receive_some(n)
-        except trio.BrokenResourceError as exc:
-            code = _errno_of(exc)
-            return b"", 0 if code == errno.ECONNRESET else code
-        except trio.ClosedResourceError:
-            return b"", 0 if not self.closed else errno.EBADF
-        return data, (0 if not data else None)
-
-    def _stash(self, data: bytes, end: int | None) -> None:
-        self._pending += data
-        if end is not None:
-            self._pending_end = end
-
-    async def _deliver_read(self, data: bytes, end: int | None) -> None:
-        r = self._r
-        vio = r.vio
-        if end is not None:
-            if end:
-                self.lerrno = end
-            await self._signal_done(r, VC_EVENT_EOS if end == 0 else VC_EVENT_ERROR)
-            return
-        take = min(len(data), vio.ntodo())
-        if take < len(data):  # nbytes was lowered meanwhile (VIO.done())
-            self._pending[:0] = data[take:]
-        assert vio.buffer is not None
-        vio.buffer.write(data[:take] if take < len(data) else data)
-        vio.ndone += take
-        if vio.ntodo() <= 0:
-            await self._signal_done(r, VC_EVENT_READ_COMPLETE)
-            return
-        await self._signal(r, VC_EVENT_READ_READY)
-        if not self.closed and vio.buffer is not None and vio.buffer.write_avail() <= 0:
-            r.enabled = False  # full: wait for reenable after the handler consumes
-
-    # ------------------------------------------------------------ writing
-    def _can_write(self) -> bool:
-        w = self._w
-        vio = w.vio
-        return (
-            not self.closed
-            and w.enabled
-            and not w.shutdown
-            and vio.op == VIO.WRITE
-            and not vio._disabled
-            and vio.reader is not None
-            and vio.cont is not None  # ATS net_write_io: nobody to call back, no I/O
-        )
-
-    async def _write_loop(self) -> None:
-        w = self._w
-        while True:
-            while not (self._can_write() or self._eof_wanted):
-                await w.lot.park()
-            if self._eof_wanted:
-                await self._send_eof()
-                continue
-            await self._write_step()
-            if self.closed:
-                return
-
-    async def _send_eof(self) -> None:
-        self._eof_wanted = False
-        try:
-            await self.connection.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            logger.debug("%r: shutdown(WRITE) not sent: %s", self, exc)
-
-    async def _write_step(self) -> None:
-        """One pass of ATS ``net_write_io``."""
-        w = self._w
-        vio = w.vio
-        reader = vio.reader
-        assert reader is not None
-        gen = w.gen
-        ntodo = vio.ntodo()
-        if ntodo <= 0:
-            w.enabled = False
-            return
-        towrite = min(reader.read_avail(), ntodo)
-        signalled = False
-        if towrite != ntodo and not reader.mbuf.high_water():
-            await self._signal(w, VC_EVENT_WRITE_READY)
-            if w.gen != gen or not self._can_write():
-                return  # closed, replaced, disabled or shut down by the handler
-            ntodo = vio.ntodo()
-            towrite = min(reader.read_avail(), ntodo)
-            signalled = True
-        if towrite <= 0:
-            w.enabled = False  # ATS write_disable: wait for data and reenable
-            return
-        data = reader.peek(min(towrite, MAX_WRITE))
-        try:
-            await self.connection.send_all(data)
-        except trio.BrokenResourceError as exc:
-            if not self.closed and w.gen == gen:
-                self.lerrno = _errno_of(exc)
-                await self._signal_done(w, VC_EVENT_ERROR)
-            return
-        except trio.ClosedResourceError:
-            return
-        if reader._mbuf is not None:
-            reader.consume(min(len(data), reader.read_avail()))
-        if self.closed or w.gen != gen:
-            return  # the bytes went out, but that VIO is gone
-        await self._wrote(len(data), signalled)
-
-    async def _wrote(self, n: int, signalled: bool) -> None:
-        w = self._w
-        vio = w.vio
-        vio.ndone += n
-        if vio.ntodo() <= 0:
-            await self._signal_done(w, VC_EVENT_WRITE_COMPLETE)
-            return
-        reader = vio.reader
-        assert reader is not None
-        if not signalled or not reader.mbuf.high_water():
-            gen = w.gen
-            await self._signal(w, VC_EVENT_WRITE_READY)
-            if w.gen != gen or vio.reader is not reader:
-                return
-        if reader._mbuf is not None and not reader.is_read_avail_more_than(0):
-            w.enabled = False
-
 
 def _check_nbytes(nbytes: object) -> None:
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+    if not is_int(nbytes):
         raise TypeError(f"nbytes={nbytes!r}: must be an int")
     if nbytes < 0:
         raise ValueError(f"nbytes={nbytes!r}: must be >= 0 (INT64_MAX for unbounded)")
+
+
+async def run_vc(
+    conn: Connection,
+    unp: VCProcessor,
+    cont: Continuation,
+    event: int,
+    wanted: Callable[[], bool],
+) -> None:
+    """ATS ``acceptEvent`` / the connect's open event: wrap ``conn`` in a VC,
+    announce it to ``cont`` with ``event`` (``NET_EVENT_ACCEPT`` or
+    ``NET_EVENT_OPEN``) under its mutex, then run the VC until it closes.
+
+    A continuation that no longer wants it (``wanted()`` false once the mutex
+    is held: the action was cancelled) gets nothing and the VC is closed; one
+    that breaks the contract is logged and counted and the VC closed.
+    """
+    vc = NetVConnection(conn, unp)
+    ret = await call_locked(cont, event, vc, wanted)
+    if ret is Skipped.SKIPPED:
+        vc.do_io_close()
+    elif ret is None:
+        vc._contract_close(cont, event)
+    await vc._run()

@@ -8,18 +8,29 @@ reset them), so handlers can tell the two apart by identity
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, final
+from typing import Final, Protocol, final
 
 from ._buffer import IOBufferReader, MIOBuffer
 from ._continuation import Continuation, ProxyMutex
 
-if TYPE_CHECKING:
-    from ._vconnection import NetVConnection
-
-__all__ = ["INT64_MAX", "VIO"]
+__all__ = ["INT64_MAX", "VIO", "VConnection"]
 
 # ATS passes INT64_MAX as nbytes for "until the end of the stream".
 INT64_MAX: Final = 2**63 - 1
+
+
+class VConnection(Protocol):
+    """What a VIO needs from the VConnection doing its work (a
+    ``NetVConnection``, which keeps each side's "disabled" flag with the
+    side's other state). The two private calls are the VIO's seam."""
+
+    def reenable(self, vio: VIO) -> None: ...
+
+    def reenable_re(self, vio: VIO) -> None: ...
+
+    def _vio_disable(self, vio: VIO) -> None: ...
+
+    def _vio_is_disabled(self, vio: VIO) -> bool: ...
 
 
 @final
@@ -42,10 +53,9 @@ class VIO:
     READ: Final = 1
     WRITE: Final = 2
 
-    __slots__ = ("_disabled", "buffer", "cont", "mutex", "nbytes", "ndone", "op", "reader",
-                 "vc_server")  # fmt: skip
+    __slots__ = ("buffer", "cont", "mutex", "nbytes", "ndone", "op", "reader", "vc_server")
 
-    def __init__(self, vc_server: NetVConnection) -> None:
+    def __init__(self, vc_server: VConnection) -> None:
         self.op = VIO.NONE
         self.cont: Continuation | None = None
         self.mutex: ProxyMutex | None = None
@@ -54,7 +64,6 @@ class VIO:
         self.buffer: MIOBuffer | None = None
         self.reader: IOBufferReader | None = None
         self.vc_server = vc_server
-        self._disabled = False
 
     def __repr__(self) -> str:
         op = {VIO.NONE: "NONE", VIO.READ: "READ", VIO.WRITE: "WRITE"}[self.op]
@@ -67,7 +76,7 @@ class VIO:
     def done(self) -> None:
         """Finish the operation early: a read stops here, a write ends after
         the bytes already in its buffer (ATS ``VIO::done``)."""
-        if self.reader is not None and self.reader._mbuf is not None:
+        if self.reader is not None and self.reader.allocated():
             self.nbytes = self.ndone + self.reader.read_avail()
         else:
             self.nbytes = self.ndone
@@ -81,21 +90,18 @@ class VIO:
 
     def disable(self) -> None:
         """Pause the operation until :meth:`reenable` (ATS ``VIO::disable``)."""
-        self._disabled = True
-        self.vc_server._vio_disabled(self)
+        self.vc_server._vio_disable(self)
 
     def is_disabled(self) -> bool:
-        return self._disabled
+        return self.vc_server._vio_is_disabled(self)
 
     def reenable(self) -> None:
         """Let the VConnection continue: more room or data in the buffer, or
         the end of a :meth:`disable`."""
-        self._disabled = False
         self.vc_server.reenable(self)
 
     def reenable_re(self) -> None:
         """ATS runs the I/O at once from the caller's stack; here it is the
         same as :meth:`reenable` -- the VC's task runs at the next checkpoint,
         which keeps handlers free of recursion."""
-        self._disabled = False
         self.vc_server.reenable_re(self)

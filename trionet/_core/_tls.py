@@ -2,12 +2,14 @@
 negotiated-session facts a ``Connection`` exposes as ``conn.tls``.
 
 A TLS connection is still one :class:`~trionet.Connection`: a ``trio.SSLStream``
-runs over the connection's own raw socket I/O (:class:`_RawTransport`), and the
+runs over the connection's wire primitive (:class:`_Transport`), and the
 connection's public ``receive_some`` / ``send_all`` go through it. So handshake
 and record bytes are counted in the processor's ``read_bytes`` / ``write_bytes``
 and are activity for the inactivity timeout exactly like plain bytes, while the
 connection's own ``bytes_received`` / ``bytes_sent`` stay payload (plaintext)
-counts.
+counts: the transport asks the wire not to count them as payload. What this
+module needs from a connection is the :class:`TLSWire` protocol; it does not
+import ``Connection``.
 
 trionet uses ``https_compatible=False`` (trio's default): closing a TLS
 connection sends ``close_notify``, and a peer that vanishes without one is a
@@ -17,23 +19,19 @@ frame their own end of message.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, Protocol, final
 
 import trio
 
-from ._errors import TLSError
-from ._resolve import format_target, named_error
+from .._base._addr import host_port, is_ip, strip_brackets
+from .._base._errors import TLSError, named_error
 
-if TYPE_CHECKING:
-    from ._connection import Connection
-
-__all__ = ["TLSInfo"]
+__all__ = ["TLSInfo", "TLSWire"]
 
 logger = logging.getLogger("trionet.tls")
 
@@ -67,42 +65,54 @@ class TLSInfo:
         )
 
 
+class TLSWire(Protocol):
+    """What TLS needs from a connection (``trionet.Connection`` is one): its
+    wire primitive, which counts the processor's statistics and records
+    activity, and the two places the result goes. Private to trionet."""
+
+    async def _wire_receive(
+        self, max_bytes: int | None = None, flags: int = 0, payload: bool = True
+    ) -> bytes: ...
+
+    async def _wire_send(
+        self, data: bytes | bytearray | memoryview, payload: bool = True
+    ) -> None: ...
+
+    async def _wait_wire_writable(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def _start_tls(self, stream: trio.SSLStream[Any]) -> None:
+        """Route the connection's I/O through ``stream`` (before the handshake)."""
+        ...
+
+    def _tls_established(self, info: TLSInfo) -> None:
+        """The handshake completed: ``conn.tls`` reports ``info``."""
+        ...
+
+
 @final
-class _RawTransport(trio.abc.Stream):
-    """A connection's raw socket I/O as a ``trio.abc.Stream``, for
-    ``trio.SSLStream`` to run over.
+class _Transport(trio.abc.Stream):
+    """A connection's wire as a ``trio.abc.Stream``, for ``trio.SSLStream`` to
+    run over: every record byte is counted by the wire primitive as wire bytes
+    and activity, none as payload (the connection counts the plaintext)."""
 
-    The raw methods count every wire byte in the processor's counters and as
-    activity; they also add to the connection's ``bytes_received`` /
-    ``bytes_sent``, which for TLS must be plaintext counts (the connection adds
-    those itself), so the wire bytes are taken back out of them here.
-    """
+    __slots__ = ("_wire",)
 
-    __slots__ = ("_conn",)
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, wire: TLSWire) -> None:
+        self._wire = wire
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        data = await self._conn._raw_receive_some(max_bytes)
-        self._conn.bytes_received -= len(data)
-        return data
+        return await self._wire._wire_receive(max_bytes, 0, False)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        conn = self._conn
-        before = conn.bytes_sent
-        try:
-            await conn._raw_send_all(data)
-        finally:
-            # Exact on success; on failure the connection is broken and this
-            # takes back whatever part of the record was sent.
-            conn.bytes_sent -= max(0, conn.bytes_sent - before)
+        await self._wire._wire_send(data, False)
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self._conn._raw_wait_send_all_might_not_block()
+        await self._wire._wait_wire_writable()
 
     async def aclose(self) -> None:
-        self._conn.close()
+        self._wire.close()
         await trio.lowlevel.checkpoint()
 
 
@@ -132,11 +142,12 @@ def _install_sni_recorder(ctx: ssl.SSLContext) -> None:
     ctx.sni_callback = record_sni
 
 
-async def tls_server_handshake(conn: Connection, ctx: ssl.SSLContext) -> TLSInfo:
+async def tls_server_handshake(conn: TLSWire, ctx: ssl.SSLContext) -> TLSInfo:
     """Wrap an accepted connection in TLS and run the handshake.
 
-    Sets ``conn._ssl`` (from then on the connection's I/O is encrypted) and
-    ``conn.tls``. The caller bounds it with the handshake timeout.
+    From the start the connection's I/O is encrypted (``conn._start_tls``);
+    after it ``conn.tls`` says what was agreed. The caller bounds it with the
+    handshake timeout.
 
     Note: the first call installs an SNI-recording ``sni_callback`` on ``ctx``,
     chained in front of the one already set (see above).
@@ -146,21 +157,22 @@ async def tls_server_handshake(conn: Connection, ctx: ssl.SSLContext) -> TLSInfo
         ``ssl.SSLError``) or the peer went away.
     """
     _install_sni_recorder(ctx)
-    stream = trio.SSLStream(_RawTransport(conn), ctx, server_side=True)
-    conn._ssl = stream
+    stream = trio.SSLStream(_Transport(conn), ctx, server_side=True)
+    conn._start_tls(stream)
     box: list[str | None] = [None]
     token = _sni_box.set(box)
     try:
         await stream.do_handshake()
     finally:
         _sni_box.reset(token)
-    conn.tls = TLSInfo._from_stream(stream, box[0])
-    return conn.tls
+    info = TLSInfo._from_stream(stream, box[0])
+    conn._tls_established(info)
+    return info
 
 
 # ------------------------------------------------------------- client side
 async def tls_client_handshake(
-    conn: Connection,
+    conn: TLSWire,
     ctx: ssl.SSLContext,
     host: str,
     port: int,
@@ -187,17 +199,18 @@ async def tls_client_handshake(
         reason (for a certificate, OpenSSL's verification message) and ``host:port``;
         ``__cause__`` is the ``ssl.SSLError``.
     """
-    name = server_hostname or _strip_brackets(host)
+    name = server_hostname or strip_brackets(host)
     if alpn_protocols is not None:
         ctx.set_alpn_protocols(list(alpn_protocols))
-    stream = trio.SSLStream(_RawTransport(conn), ctx, server_hostname=name)
-    conn._ssl = stream
+    stream = trio.SSLStream(_Transport(conn), ctx, server_hostname=name)
+    conn._start_tls(stream)
     try:
         await stream.do_handshake()
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise _tls_error(exc, name, host, port) from (exc.__cause__ or exc)
-    conn.tls = TLSInfo._from_stream(stream, None if _is_ip(name) else name)
-    return conn.tls
+    info = TLSInfo._from_stream(stream, None if is_ip(name) else name)
+    conn._tls_established(info)
+    return info
 
 
 def _tls_error(exc: BaseException, name: str, host: str, port: int) -> Exception:
@@ -214,20 +227,8 @@ def _tls_error(exc: BaseException, name: str, host: str, port: int) -> Exception
     else:
         why = f"connection lost during the handshake ({cause or exc})"
         code = None
-    target = format_target(host, port)
+    target = host_port(host, port)
     return named_error(TLSError, code, f"TLS handshake failed for {name} ({why}): {target}")
-
-
-def _strip_brackets(host: str) -> str:
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def describe_tls_failure(exc: BaseException) -> str:

@@ -7,6 +7,8 @@ can match on either the trionet class or the errno.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 __all__ = [
     "AcceptError",
     "ConnectError",
@@ -17,6 +19,8 @@ __all__ = [
     "ThrottledError",
     "TrionetError",
     "UnsupportedOptionError",
+    "leaves",
+    "named_error",
 ]
 
 # ATS passes these (negated) to NET_EVENT_OPEN_FAILED; the shim reuses them and
@@ -71,3 +75,26 @@ class ThrottledError(ConnectError):
 
 class ProxyProtocolError(TrionetError, ValueError):
     """A PROXY protocol header was malformed, oversized, or incomplete."""
+
+
+_E = TypeVar("_E", bound=ConnectError)
+
+
+def named_error(cls: type[_E], code: int | None, message: str) -> _E:
+    """``cls(message)`` with ``errno`` set: ``str()`` is then exactly the message
+    (``OSError(errno, msg)`` would print ``[Errno 111] msg``), as Netty's
+    ``connection timed out after 5000 ms: example.com:80``."""
+    err = cls(message)
+    err.errno = code
+    return err
+
+
+_X = TypeVar("_X", bound=BaseException)
+
+
+def leaves(group: BaseExceptionGroup[_X]) -> list[_X]:
+    """The exceptions of ``group`` and of every group nested in it, in order."""
+    out: list[_X] = []
+    for exc in group.exceptions:
+        out.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import socket
 import struct
+from contextlib import suppress
 from typing import Protocol
 
 from ._errors import UnsupportedOptionError
 from ._options import AcceptOptions, SocketOptions
 
-__all__ = ["apply_listen_options", "apply_socket_options"]
+__all__ = ["apply_listen_options", "apply_socket_options", "linger_abort"]
 
 # Linux values for constants the socket module does not export everywhere.
 _LINUX_FALLBACK = {
@@ -99,3 +100,16 @@ def apply_listen_options(sock: _SockLike, opts: AcceptOptions) -> None:
         # AcceptOptions bounds it to a C int of seconds; TCP_DEFER_ACCEPT takes whole ones.
         seconds = max(1, round(opts.defer_accept)) if opts.defer_accept else 0
         _set(sock, "AcceptOptions.defer_accept", socket.IPPROTO_TCP, "TCP_DEFER_ACCEPT", seconds)
+
+
+# struct linger {l_onoff=1, l_linger=0}: close() then discards unsent data and
+# sends RST instead of FIN (an abortive close).
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+def linger_abort(sock: _SockLike) -> None:
+    """Make the next ``close()`` of ``sock`` abortive: ``SO_LINGER`` {on, 0 s},
+    so the kernel drops what is unsent and answers with RST instead of FIN.
+    Never raises (the peer may have reset first: closing is all that is left)."""
+    with suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)

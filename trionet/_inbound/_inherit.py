@@ -24,8 +24,8 @@ import os
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Final, final
 
+from .._base._options import AcceptOptions
 from ._listen import check_listening_fd
-from ._options import AcceptOptions
 
 __all__ = ["LISTEN_FDS_START", "InheritedListeners", "inherited_listeners"]
 

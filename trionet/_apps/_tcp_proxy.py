@@ -10,21 +10,19 @@ inbound connection and splices the two. ``examples/tcp_proxy.py`` and
 from __future__ import annotations
 
 import logging
-import socket
-import struct
-from contextlib import suppress
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal, final
+from typing import Final, Literal, final
 
 import trio
 
-from ._connection import Connection
-from ._errors import ConnectError
-from ._options import ConnectOptions, _check_int
-from ._resolve import host_problem
-
-if TYPE_CHECKING:
-    from ._server import NetProcessor
+from .._base._addr import host_problem
+from .._base._checks import check_int, is_int
+from .._base._errors import ConnectError
+from .._base._options import ConnectOptions
+from .._base._sockopt import linger_abort
+from .._core._connection import Connection
+from .._processor import NetProcessor
 
 __all__ = ["ProxyStatistics", "SpliceResult", "TcpProxy", "splice"]
 
@@ -39,7 +37,6 @@ DEFAULT_CHUNK: Final = 64 * 1024
 # and one read never returns more than the socket's receive buffer holds (a few
 # MiB at most on Linux defaults): a bigger chunk only costs memory per session.
 MAX_CHUNK: Final = 16 * 1024 * 1024
-_LINGER_ABORT: Final = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0 s}: close sends RST
 
 Ending = Literal["eof", "reset"]
 
@@ -167,23 +164,21 @@ async def splice(
     Raises:
       ValueError: ``chunk`` is not a positive int.
     """
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    if not is_int(chunk) or chunk < 1:
         raise ValueError(f"chunk={chunk!r}: must be an int >= 1")
     forward, backward = _Pump(a, b, chunk), _Pump(b, a, chunk)
-    linked: Connection | None = None
+    # While two Connections are spliced, each one's activity keeps both alive.
+    linked: AbstractContextManager[None] = nullcontext()
     if isinstance(a, Connection) and isinstance(b, Connection):
-        a._link(b)
-        linked = a
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(forward.run, nursery.cancel_scope)
-            nursery.start_soon(backward.run, nursery.cancel_scope)
-    except BaseException:
-        await _abort(a, b)  # cut short: cancelled, or an error escaped
-        raise
-    finally:
-        if linked is not None:
-            linked._unlink()
+        linked = a._linked(b)
+    with linked:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward.run, nursery.cancel_scope)
+                nursery.start_soon(backward.run, nursery.cancel_scope)
+        except BaseException:
+            await _abort(a, b)  # cut short: cancelled, or an error escaped
+            raise
     if forward.ending == "reset" or backward.ending == "reset":
         await _abort(a, b)
         return SpliceResult(forward.copied, backward.copied, "reset")
@@ -205,8 +200,7 @@ async def _abort(*streams: trio.abc.AsyncResource) -> None:
         while isinstance(inner, trio.SSLStream):
             inner = inner.transport_stream
         if isinstance(inner, trio.SocketStream):
-            with suppress(OSError):
-                inner.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+            linger_abort(inner.socket)
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(stream)
 
@@ -291,8 +285,6 @@ class TcpProxy:
         *,
         chunk: int = DEFAULT_CHUNK,
     ) -> None:
-        from ._server import NetProcessor  # _server does not import this module
-
         o = "TcpProxy"
         if not isinstance(net, NetProcessor):
             raise TypeError(f"{o}.net={net!r}: expected a trionet.NetProcessor")
@@ -301,10 +293,10 @@ class TcpProxy:
         problem = host_problem(host)
         if problem is not None:
             raise ValueError(f"{o}.host={host!r}: not a valid host name or address: {problem}")
-        _check_int(o, "port", port, 1, 65535)
+        check_int(o, "port", port, 1, 65535)
         if options is not None and not isinstance(options, ConnectOptions):
             raise TypeError(f"{o}.options={options!r}: expected ConnectOptions or None")
-        _check_int(o, "chunk", chunk, 1, MAX_CHUNK)
+        check_int(o, "chunk", chunk, 1, MAX_CHUNK)
         self.net, self.host, self.port = net, host, int(port)
         self.options = options
         self.chunk = chunk

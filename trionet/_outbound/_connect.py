@@ -33,46 +33,31 @@ Where Netty differs, and why trionet does not:
 from __future__ import annotations
 
 import errno
-import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
-from itertools import zip_longest
-from typing import TYPE_CHECKING, Final, final
+from typing import Final
 
 import trio
 
-from ._connection import Connection
-from ._errors import (
+from .._base._addr import AddrInfo, host_port, resolve_literal
+from .._base._checks import is_int
+from .._base._errors import (
     ENET_THROTTLING,
     ConnectError,
     ConnectTimeoutError,
     ResolveError,
     ThrottledError,
     TLSError,
-    UnsupportedOptionError,
-)
-from ._options import ConnectOptions
-from ._resolve import (
-    Address,
-    GetaddrinfoResolver,
-    Resolver,
-    check_addresses,
-    check_host,
-    format_target,
     named_error,
-    resolve_literal,
 )
-from ._sockopt import apply_socket_options
-from ._tls import tls_client_handshake
+from .._base._options import ConnectOptions, Resolver
+from .._base._sockopt import apply_socket_options
+from .._core._connection import Connection
+from .._core._table import ConnectionTable, Reservation
+from .._core._tls import tls_client_handshake
+from ._eyeballs import happy_eyeballs
+from ._resolve import GetaddrinfoResolver, check_addresses, check_host
 
-if TYPE_CHECKING:
-    from ._server import NetProcessor
-
-__all__ = ["SocketFactory", "connect", "happy_eyeballs", "interleave"]
-
-SocketFactory = Callable[[int], trio.socket.SocketType]
-"""Opens an unconnected TCP socket of the given family. Tests inject a fake
-one to drive the happy-eyeballs race without a network."""
+__all__ = ["connect"]
 
 _DEFAULT_RESOLVER: Final = GetaddrinfoResolver()
 
@@ -87,19 +72,17 @@ def _open_tcp_socket(family: int) -> trio.socket.SocketType:
 
 
 async def connect(
-    net: NetProcessor,
+    table: ConnectionTable,
     host: str,
     port: int,
     options: ConnectOptions | None = None,
     *,
     for_connection: Connection | None = None,
-    _socket_factory: SocketFactory | None = None,
 ) -> Connection:
-    """Open a TCP connection to ``host:port`` on behalf of ``net``.
+    """Open a TCP connection to ``host:port``, counted in ``table``.
 
     See :meth:`NetProcessor.connect` for the contract (``for_connection``:
-    the inbound connection whose reserved slot to use); ``_socket_factory`` is
-    for tests (a fake connect layer).
+    the inbound connection whose reserved slot to use).
 
     Statistics: ``connects_total`` counts every call admitted past the
     throttle; of those, ``connect_timeouts`` the ones that timed out and
@@ -110,15 +93,15 @@ async def connect(
     host, port, opts = _check_arguments(host, port, options)
     if for_connection is not None and not isinstance(for_connection, Connection):
         raise TypeError(f"for_connection={for_connection!r}: must be a trionet.Connection or None")
-    target = format_target(host, port)
-    counters = net._counters
-    throttle = net._throttle
-    # A slot serve() reserved with the client (see trionet._server's "slot
-    # pairing") is taken here, before any checkpoint, and from then on is this
-    # call's like one it acquired itself: handed to the Connection, or given
-    # back on failure -- exactly once either way.
-    reserved = for_connection is not None and for_connection._take_reserved_slot(net._owner)
-    if not reserved and throttle.at_limit():
+    target = host_port(host, port)
+    counters = table.counters
+    throttle = table.throttle
+    # A slot serve() reserved with the client (see trionet._inbound._accept's
+    # "slot pairing") is taken here, before any checkpoint, and from then on is
+    # this call's like one it reserved itself: handed to the Connection, or
+    # given back on failure -- exactly once either way.
+    reserved = for_connection._take_reservation(table) if for_connection is not None else None
+    if reserved is None and throttle.at_limit():
         counters.connections_throttled_out += 1
         raise named_error(
             ThrottledError,
@@ -128,11 +111,11 @@ async def connect(
     # The call holds a slot from here on, so concurrent connects (and the
     # accept loops) cannot overshoot max_connections while we resolve and race.
     # _establish hands it over to the Connection it creates.
-    slot = _Slot(net, reserved)
+    slot = reserved if reserved is not None else table.reserve()
     counters.connects_total += 1
     try:
         with trio.move_on_after(_timeout_seconds(opts)):
-            return await _establish(net, host, port, opts, slot, _socket_factory)
+            return await _establish(table, host, port, opts, slot)
         counters.connect_timeouts += 1
         raise named_error(
             ConnectTimeoutError,
@@ -147,54 +130,21 @@ async def connect(
         slot.release()
 
 
-@final
-class _Slot:
-    """The throttle slot a ``connect()`` in progress holds: acquired here, or
-    (``reserved``) already counted when serve() admitted the client."""
-
-    __slots__ = ("_net", "held")
-
-    def __init__(self, net: NetProcessor, reserved: bool = False) -> None:
-        self._net = net
-        if not reserved:
-            net._throttle.acquire(None)
-        self.held = True
-
-    def hand_over(self) -> None:
-        """Give the slot up for the Connection about to be created, whose own
-        acquire follows with no checkpoint between (so no task can take it)."""
-        if self.held:
-            self.held = False
-            self._net._throttle.release(None)
-
-    def release(self) -> None:
-        """Give the slot back (the connect failed): wake paused accept loops."""
-        if self.held:
-            self.hand_over()
-            if self._net._slot_freed:
-                self._net._slot_freed.unpark_all()
-
-
 async def _establish(
-    net: NetProcessor,
-    host: str,
-    port: int,
-    opts: ConnectOptions,
-    slot: _Slot,
-    socket_factory: SocketFactory | None,
+    table: ConnectionTable, host: str, port: int, opts: ConnectOptions, slot: Reservation
 ) -> Connection:
     """Resolve, race, wrap: everything the connect timeout covers."""
     addresses = await _resolve(host, port, opts)
     sock, address = await happy_eyeballs(
         addresses,
-        target=format_target(host, port),
+        target=host_port(host, port),
         delay=opts.happy_eyeballs_delay,
         prepare=lambda s: _prepare_socket(s, opts),
-        socket_factory=socket_factory or _open_tcp_socket,
+        socket_factory=opts.socket_factory or _open_tcp_socket,
     )
     slot.hand_over()
     try:
-        conn = net._new_connection(
+        conn = table.open(
             sock,
             inbound=False,
             client=None,
@@ -215,7 +165,7 @@ async def _establish(
                     conn, opts.ssl_context, host, port, opts.server_hostname, opts.alpn_protocols
                 )
             except TLSError:
-                net._counters.tls_handshake_errors += 1
+                table.counters.tls_handshake_errors += 1
                 raise
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -230,7 +180,7 @@ def _check_arguments(
 ) -> tuple[str, int, ConnectOptions]:
     if not isinstance(host, str) or not host:
         raise TypeError(f"host={host!r}: must be a non-empty str (a name or an IP literal)")
-    if isinstance(port, bool) or not isinstance(port, int):
+    if not is_int(port):
         raise TypeError(f"port={port!r}: must be an int")
     if not 1 <= port <= 65535:
         raise ValueError(f"port={port!r}: must be 1..65535")
@@ -251,7 +201,7 @@ def _format_ms(seconds: float | None) -> str:
     return f"{(seconds or 0.0) * 1000:.3f}".rstrip("0").rstrip(".")
 
 
-async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[Address]:
+async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[AddrInfo]:
     """Addresses to try for ``host``, restricted to the wanted family.
 
     Raises:
@@ -265,7 +215,7 @@ async def _resolve(host: str, port: int, opts: ConnectOptions) -> list[Address]:
     # timeout scope, so the refusal counts in connect_failures like any other
     # name that cannot be resolved.
     check_host(host, port)
-    target = format_target(host, port)
+    target = host_port(host, port)
     family = _wanted_family(opts)
     literal = resolve_literal(host, port)
     if literal is not None:
@@ -330,151 +280,3 @@ async def _prepare_socket(sock: trio.socket.SocketType, opts: ConnectOptions) ->
         wildcard = "::" if sock.family == socket.AF_INET6 else "0.0.0.0"
         sockaddr = (wildcard, opts.local_port)
     await sock.bind(sockaddr)
-
-
-# --------------------------------------------------------------- happy eyeballs
-def interleave(addresses: Sequence[Address]) -> list[Address]:
-    """RFC 8305 section 4 ordering: duplicates dropped, then alternate address
-    families starting with the family of the first address (the resolver's
-    preference), keeping each family's own order."""
-    unique = list(dict.fromkeys(addresses))
-    if not unique:
-        return []
-    first = unique[0][0]
-    preferred = [a for a in unique if a[0] == first]
-    others = [a for a in unique if a[0] != first]
-    return [a for pair in zip_longest(preferred, others) for a in pair if a is not None]
-
-
-@final
-class _Race:
-    """Shared state of one happy-eyeballs race: every socket opened (so the
-    way out can close each one), the failures, and the winner."""
-
-    __slots__ = ("errors", "fatal", "sockets", "winner")
-
-    def __init__(self) -> None:
-        self.sockets: list[trio.socket.SocketType] = []
-        self.errors: list[tuple[Address, OSError]] = []
-        self.winner: tuple[trio.socket.SocketType, Address] | None = None
-        self.fatal: BaseException | None = None
-
-
-async def happy_eyeballs(
-    addresses: Sequence[Address],
-    *,
-    target: str,
-    delay: float | None,
-    prepare: Callable[[trio.socket.SocketType], Awaitable[None]],
-    socket_factory: SocketFactory,
-) -> tuple[trio.socket.SocketType, Address]:
-    """Race connection attempts to ``addresses`` (RFC 8305) and return the
-    first connected socket with the address it connected to.
-
-    Attempts start in :func:`interleave` order. Each next attempt starts when
-    the previous one fails or ``delay`` seconds after it started, whichever
-    comes first (``delay=None``: only when it fails, i.e. one at a time; ``0``:
-    all at once). The first attempt to connect wins; every other attempt is
-    cancelled and its socket closed.
-
-    Resource handling:
-      Every socket ``socket_factory`` returns is closed before this returns or
-      raises, except the winner's, which the caller owns. On cancellation the
-      winner (if there was one already) is closed too.
-
-    Raises:
-      ConnectError: every attempt failed; ``errno`` from the failures (shared
-        errno, else the first attempt's), ``__cause__`` the ``OSError`` (one
-        attempt) or an ``ExceptionGroup`` of them (several).
-      UnsupportedOptionError: a socket option could not be applied.
-    """
-    race = _Race()
-    ordered = interleave(addresses)
-    stagger = float("inf") if delay is None else delay
-    try:
-        async with trio.open_nursery() as nursery:
-            for i, address in enumerate(ordered):
-                failed = trio.Event()
-                nursery.start_soon(
-                    _attempt, race, address, failed, nursery.cancel_scope, prepare, socket_factory
-                )
-                if i + 1 < len(ordered):
-                    with trio.move_on_after(stagger):
-                        await failed.wait()
-        if race.fatal is not None:
-            raise race.fatal
-        if race.winner is None:
-            raise _all_failed(race.errors, target)
-        return race.winner
-    except BaseException:
-        race.winner = None
-        raise
-    finally:
-        winner = race.winner[0] if race.winner is not None else None
-        for sock in race.sockets:
-            if sock is not winner:
-                sock.close()
-
-
-async def _attempt(
-    race: _Race,
-    address: Address,
-    failed: trio.Event,
-    scope: trio.CancelScope,
-    prepare: Callable[[trio.socket.SocketType], Awaitable[None]],
-    socket_factory: SocketFactory,
-) -> None:
-    """One connection attempt. Never raises except Cancelled: failures are
-    recorded in ``race`` (the nursery would wrap them in an ExceptionGroup)."""
-    family, sockaddr = address
-    try:
-        sock = socket_factory(family)
-    except OSError as exc:  # EMFILE, EAFNOSUPPORT (no IPv6 here)...
-        race.errors.append((address, exc))
-        failed.set()
-        return
-    race.sockets.append(sock)
-    try:
-        await prepare(sock)
-        await sock.connect(sockaddr)
-    except UnsupportedOptionError as exc:
-        race.fatal = exc
-        scope.cancel()
-        return
-    except OSError as exc:
-        # Close now rather than when the race ends: a failed attempt must not
-        # hold a descriptor while the others run. (A cancelled connect is
-        # closed by trio itself, and again -- idempotently -- by the race.)
-        sock.close()
-        race.errors.append((address, exc))
-        failed.set()
-        return
-    if race.winner is None:
-        race.winner = (sock, address)
-        scope.cancel()  # first success wins: cancel the others
-    else:
-        sock.close()  # two finished in the same scheduler batch; the first won
-
-
-def _all_failed(errors: list[tuple[Address, OSError]], target: str) -> ConnectError:
-    if not errors:
-        return named_error(ConnectError, None, f"no address to connect to: {target}")
-    codes = {exc.errno for _, exc in errors}
-    code = errors[0][1].errno if len(codes) > 1 else codes.pop()
-    if len(errors) == 1:
-        exc = errors[0][1]
-        err = named_error(ConnectError, code, f"{_reason(exc)}: {target}")
-        err.__cause__ = exc
-        return err
-    detail = "; ".join(f"{format_target(a[1][0], a[1][1])}: {_reason(e)}" for a, e in errors)
-    err = named_error(ConnectError, code, f"all {len(errors)} attempts failed ({detail}): {target}")
-    err.__cause__ = ExceptionGroup(f"connection attempts to {target}", [e for _, e in errors])
-    return err
-
-
-def _reason(exc: OSError) -> str:
-    """``Connection refused`` -- the errno's text, without trio's own
-    "Error connecting to (...)" prefix (the message names the target itself)."""
-    if exc.errno is not None and exc.errno > 0:
-        return os.strerror(exc.errno)
-    return str(exc)

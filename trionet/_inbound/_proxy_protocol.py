@@ -43,16 +43,16 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, final
+from typing import Any, Final, Literal, Protocol, final
 
-from ._errors import ProxyProtocolError
-
-if TYPE_CHECKING:
-    from ._connection import Connection
+from .._base._checks import is_int
+from .._base._errors import ProxyProtocolError
 
 __all__ = [
     "DEFAULT_MAX_PROXY_HEADER",
+    "HeaderSource",
     "ProxyHeader",
     "apply_proxy_header",
     "parse_proxy_header",
@@ -117,7 +117,7 @@ def parse_proxy_header(
         says which field was wrong.
       TypeError / ValueError: ``max_length`` is not an int >= 16.
     """
-    if isinstance(max_length, bool) or not isinstance(max_length, int):
+    if not is_int(max_length):
         raise TypeError(f"max_length={max_length!r}: must be an int")
     if max_length < V2_FIXED_LENGTH:
         raise ValueError(f"max_length={max_length!r}: must be >= {V2_FIXED_LENGTH}")
@@ -352,8 +352,23 @@ def crc32c(data: bytes) -> int:
 
 
 # ------------------------------------------------------------ reading (I/O)
+class HeaderSource(Protocol):
+    """What the reader needs from a connection (``trionet.Connection`` is one):
+    its wire primitive -- which translates socket errors, counts the bytes in
+    the processor's statistics and records activity -- and where the header's
+    contents go. Private to trionet."""
+
+    async def _wire_receive(
+        self, max_bytes: int | None = None, flags: int = 0, payload: bool = True
+    ) -> bytes: ...
+
+    def _relay(self, source: Any, destination: Any, tlvs: Mapping[int, bytes]) -> None:
+        """Report ``source``/``destination`` (unless None) and ``tlvs``."""
+        ...
+
+
 async def receive_proxy_header(
-    conn: Connection, max_length: int = DEFAULT_MAX_PROXY_HEADER
+    conn: HeaderSource, max_length: int = DEFAULT_MAX_PROXY_HEADER
 ) -> ProxyHeader:
     """Read exactly one PROXY header off ``conn``'s socket, leaving every byte
     after it in the kernel for the handler (or the TLS handshake).
@@ -364,7 +379,8 @@ async def receive_proxy_header(
     consumed and the next peek blocks until more arrive -- no busy loop, no
     pushback buffer in the connection's hot path, never a byte read past the
     header (v1 gives no length up front, so reading "exactly" otherwise means
-    one recv per byte).
+    one recv per byte). The header's bytes are wire bytes (read_bytes,
+    activity), not payload (``bytes_received``).
 
     Raises:
       ProxyProtocolError: malformed or oversized header, or EOF before it ended.
@@ -373,13 +389,13 @@ async def receive_proxy_header(
     buf = bytearray()
     limit = max(max_length, V1_MAX_LENGTH)
     while True:
-        peeked = await _recv(conn, limit - len(buf), socket.MSG_PEEK)
+        peeked = await conn._wire_receive(limit - len(buf), socket.MSG_PEEK, False)
         if not peeked:
             raise ProxyProtocolError(f"EOF after {len(buf)} bytes of an incomplete PROXY header")
         header = parse_proxy_header(buf + peeked, max_length)
         take = len(peeked) if header is None else header.length - len(buf)
         while take:
-            chunk = await _recv(conn, take, 0)
+            chunk = await conn._wire_receive(take, 0, False)
             if not chunk:  # cannot happen: the bytes were queued
                 raise ProxyProtocolError("EOF inside a PROXY header")
             buf += chunk
@@ -388,24 +404,8 @@ async def receive_proxy_header(
             return header
 
 
-def apply_proxy_header(conn: Connection, header: ProxyHeader) -> None:
+def apply_proxy_header(conn: HeaderSource, header: ProxyHeader) -> None:
     """Make ``conn`` report what ``header`` carries: the relayed client's and
     server's addresses (TCP4/TCP6 only; otherwise the socket's own stay) and
     the TLVs. ``conn.peer_address`` / ``sock_address`` keep the socket's own."""
-    if header.source is not None:
-        conn.remote_address = header.source
-        conn.local_address = header.destination
-    if header.tlvs:  # else keep the connection's shared empty mapping
-        conn.proxy_tlvs = header.tlvs
-
-
-async def _recv(conn: Connection, size: int, flags: int) -> bytes:
-    try:
-        data = await conn.socket.recv(size, flags)
-    except OSError as exc:
-        raise conn._translate(exc) from exc
-    if not flags:
-        counters = conn._owner.counters
-        counters.calls_to_read += 1
-        counters.read_bytes += len(data)
-    return data
+    conn._relay(header.source, header.destination, header.tlvs)

@@ -16,45 +16,45 @@ from typing import Any
 
 import trio
 
-from ._addr import in_networks
-from ._connection import Connection
-from ._errors import ProxyProtocolError
-from ._options import AcceptOptions
-from ._proxy_protocol import apply_proxy_header, receive_proxy_header
-from ._stats import Counters
-from ._throttle import Throttle
-from ._tls import describe_tls_failure, tls_server_handshake
+from .._base._addr import in_networks
+from .._base._errors import ProxyProtocolError
+from .._base._options import AcceptOptions
+from .._core._connection import Connection
+from .._core._stats import Counters
+from .._core._table import ConnectionTable
+from .._core._tls import describe_tls_failure, tls_server_handshake
+from ._proxy_protocol import ProxyHeader, apply_proxy_header, receive_proxy_header
 
 __all__ = ["prepare_inbound"]
 
 logger = logging.getLogger("trionet.server")
 
 
-async def prepare_inbound(
-    conn: Connection, opts: AcceptOptions, counters: Counters, throttle: Throttle
-) -> bool:
+async def prepare_inbound(conn: Connection, opts: AcceptOptions, table: ConnectionTable) -> bool:
     """Read the PROXY header, then run the TLS handshake, as ``opts`` asks.
 
     Returns False (the connection closed, the failure counted and logged
     at debug level in one line) if either step failed or timed out.
     """
-    if opts.proxy_protocol and not (
-        await _read_proxy_header(conn, opts, counters)
-        and _admit_relayed_client(conn, opts, counters, throttle)
-    ):
-        conn.close()
-        return False
+    counters = table.counters
+    if opts.proxy_protocol:
+        header = await _read_proxy_header(conn, opts, counters)
+        if header is None or not _admit_relayed_client(conn, header, opts, table):
+            conn.close()
+            return False
     if opts.ssl_context is not None and not await _tls_handshake(conn, opts, counters):
         conn.close()
         return False
     return True
 
 
-async def _read_proxy_header(conn: Connection, opts: AcceptOptions, counters: Counters) -> bool:
+async def _read_proxy_header(
+    conn: Connection, opts: AcceptOptions, counters: Counters
+) -> ProxyHeader | None:
     if not _trusted(conn.peer_address, opts.proxy_protocol_trusted):
         counters.proxy_protocol_errors += 1
         logger.debug("connection #%d: PROXY header from untrusted %r", conn.id, conn.peer_address)
-        return False
+        return None
     why: object = "timed out"
     with trio.move_on_after(opts.proxy_protocol_timeout):
         try:
@@ -63,28 +63,25 @@ async def _read_proxy_header(conn: Connection, opts: AcceptOptions, counters: Co
             why = exc
         else:
             apply_proxy_header(conn, header)
-            return True
+            return header
     counters.proxy_protocol_errors += 1
     logger.debug("connection #%d from %r: bad PROXY header: %s", conn.id, conn.peer_address, why)
-    return False
+    return None
 
 
 def _admit_relayed_client(
-    conn: Connection, opts: AcceptOptions, counters: Counters, throttle: Throttle
+    conn: Connection, header: ProxyHeader, opts: AcceptOptions, table: ConnectionTable
 ) -> bool:
     """The per-client limit, for the client a PROXY header relays (ATS
     ``per_client.max_connections_in`` keyed on the real client, not the
     balancer). Headers without a source (LOCAL health checks) are not counted."""
-    source = conn._remote_address
-    if throttle.per_client_max is None or source is None or opts.backdoor:
+    source = header.source
+    if table.throttle.per_client_max is None or source is None or opts.backdoor:
         return True
     host = source[0]
-    if throttle.client_at_limit(host):
-        counters.per_client_connections_throttled_in += 1
+    if not conn._relay_client(host):  # counted in per_client_connections_throttled_in
         logger.debug("connection #%d: per-client limit reached for %s (relayed)", conn.id, host)
         return False
-    throttle.count_client(host)
-    conn._client_key = host
     return True
 
 
@@ -118,6 +115,6 @@ async def _tls_handshake(conn: Connection, opts: AcceptOptions, counters: Counte
 def _trusted(address: Any, networks: tuple[Any, ...]) -> bool:
     """Is the socket peer allowed to send a PROXY header? Only if its address
     is in ``networks`` (an IPv4 peer on a dual-stack socket matches either
-    spelling of its network, :mod:`trionet._addr`)."""
+    spelling of its network, :mod:`trionet._base._addr`)."""
     host = address[0] if isinstance(address, tuple) and address else None
     return isinstance(host, str) and in_networks(host, networks)

@@ -1,160 +1,55 @@
 """Option objects: frozen dataclasses that validate themselves on construction.
 
 A bad value fails where it is written, with a ``ValueError`` naming the field
-and the value, not later inside an accept loop. Applying the options to a
-socket (and failing clearly when the platform lacks one) is done by
-:mod:`trionet._sockopt`.
+and the value, not later inside an accept loop (the checks are
+:mod:`trionet._base._checks`). Applying the options to a socket (and failing
+clearly when the platform lacks one) is done by :mod:`trionet._base._sockopt`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Any, Protocol, runtime_checkable
 
-from ._resolve import host_problem, resolve_literal
+import trio
 
-if TYPE_CHECKING:
-    from ._resolve import Resolver
+from ._addr import Network, host_problem, resolve_literal
+from ._checks import (
+    C_INT_MAX,
+    U32_MAX,
+    bad_value,
+    check_bool,
+    check_family,
+    check_host_field,
+    check_instance,
+    check_seconds,
+    int_field,
+    to_networks,
+)
 
-__all__ = ["AcceptOptions", "ConnectOptions", "SocketOptions"]
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-_FAMILIES = {socket.AF_INET, socket.AF_INET6}
-
-# Kernel integer options are C ints: setsockopt() with a Python int passes one
-# (a bigger value fails inside serve()/connect() with a TypeError that names
-# nothing), and so does listen()'s backlog and an fd number.
-C_INT_MAX: Final = 2**31 - 1
-U32_MAX: Final = 2**32 - 1
-
-
-def _bad(owner: str, name: str, value: object, why: str) -> ValueError:
-    return ValueError(f"{owner}.{name}={value!r}: {why}")
+__all__ = ["AcceptOptions", "ConnectOptions", "Resolver", "SocketFactory", "SocketOptions"]
 
 
-# One copy of each check below; every field of every option object, and the
-# processor's and the proxy's arguments, go through them, so a bad value is
-# always refused the same way: ValueError "Owner.field=<repr>: rule".
+@runtime_checkable
+class Resolver(Protocol):
+    """Resolves a host name to socket addresses.
 
-
-def _check_int(owner: str, name: str, value: object, lo: int, hi: int | None = None) -> None:
-    """An int (not a bool) in ``lo..hi`` (``hi=None``: no upper bound)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(owner, name, value, "must be an int")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise _bad(owner, name, value, f"must be {bound}")
-
-
-def _check_opt_int(owner: str, name: str, value: object, lo: int, hi: int | None = None) -> None:
-    if value is not None:
-        _check_int(owner, name, value, lo, hi)
-
-
-def _int_field(
-    obj: object, owner: str, name: str, lo: int, hi: int | None = None, *, optional: bool = False
-) -> None:
-    """Check the int field ``name`` of a frozen option object and store it as
-    a plain int: an int subclass (an ``IntEnum``) passes ``_check_int`` but
-    ``getaddrinfo()`` refuses it as a port ("Int or String expected")."""
-    value = getattr(obj, name)
-    if value is None and optional:
-        return
-    _check_int(owner, name, value, lo, hi)
-    object.__setattr__(obj, name, int(value))
-
-
-def _check_seconds(
-    owner: str,
-    name: str,
-    value: object,
-    *,
-    allow_zero: bool = True,
-    finite: bool = False,
-    hi: float | None = None,
-    optional: bool = True,
-) -> None:
-    """``None`` (disabled) or a number of seconds.
-
-    Args:
-      optional: accept ``None``.
-      allow_zero: accept 0 (else the value must be > 0).
-      finite: refuse ``inf`` (option fields do: ``None`` is how to disable them).
-      hi: the largest value accepted (a kernel limit).
-
-    An int too big for a float (``10**400``) is refused here: trio deadlines
-    are floats, and the conversion would otherwise fail later with a bare
-    ``OverflowError``.
+    ``resolve(host, port, family)`` returns a list of ``(family, sockaddr)``
+    pairs, in the order the connection attempts should consider them.
+    ``family`` is ``socket.AF_INET``, ``socket.AF_INET6`` or ``0`` (either).
+    A failed lookup should raise :class:`trionet.ResolveError` (a plain
+    ``OSError`` such as ``socket.gaierror`` is wrapped into one by ``connect``).
     """
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        or_none = " or None" if optional else ""
-        raise _bad(owner, name, value, f"must be a number of seconds{or_none}")
-    try:
-        seconds = float(value)
-    except OverflowError:
-        raise _bad(owner, name, value, "too large for a number of seconds") from None
-    rule = ">= 0" if allow_zero else "> 0"
-    if math.isnan(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-        raise _bad(owner, name, value, f"must be {rule} seconds (None disables it)")
-    if finite and math.isinf(seconds):
-        raise _bad(owner, name, value, "must be finite (None disables it)")
-    if hi is not None and seconds > hi:
-        raise _bad(owner, name, value, f"must be at most {hi} seconds")
+
+    async def resolve(self, host: str, port: int, family: int) -> list[tuple[int, Any]]: ...
 
 
-def _check_bool(owner: str, name: str, value: object) -> None:
-    """A real bool: ``"no"`` or ``0`` would otherwise be taken by truth value."""
-    if not isinstance(value, bool):
-        raise _bad(owner, name, value, "must be True or False")
-
-
-def _check_family(owner: str, value: object) -> None:
-    if value is not None and (not isinstance(value, int) or value not in _FAMILIES):
-        raise _bad(owner, "family", value, "must be socket.AF_INET, socket.AF_INET6 or None")
-
-
-def _check_instance(owner: str, name: str, value: object, cls: type, what: str) -> None:
-    """``None`` or an instance of ``cls``."""
-    if value is not None and not isinstance(value, cls):
-        raise _bad(owner, name, value, f"must be {what} or None")
-
-
-def _check_host(owner: str, name: str, value: object) -> None:
-    """``None`` or a host name or IP literal (:func:`trionet._resolve.host_problem`)."""
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise _bad(owner, name, value, "must be a str (a host name or an IP address) or None")
-    why = host_problem(value)
-    if why is not None:
-        raise _bad(owner, name, value, f"not a valid host name or address: {why}")
-
-
-def _to_networks(owner: str, name: str, values: object) -> tuple[Network, ...]:
-    """A tuple of networks from an iterable of ``"10.0.0.0/8"``-style strings
-    or ``ipaddress`` networks/addresses (``ip_network`` would also take an int
-    or packed bytes as an address: refused, they are not written networks)."""
-    if isinstance(values, str | bytes):
-        raise _bad(owner, name, values, "must be a list of networks, not a single string")
-    if not isinstance(values, Iterable):
-        raise _bad(owner, name, values, "must be a list of networks")
-    out: list[Network] = []
-    for v in values:
-        if not isinstance(v, str | Network | ipaddress.IPv4Address | ipaddress.IPv6Address):
-            raise _bad(owner, name, v, "not an IP network (write it as a str, '10.0.0.0/8')")
-        try:
-            out.append(ipaddress.ip_network(v, strict=False))
-        except ValueError as exc:
-            raise _bad(owner, name, v, f"not an IP network ({exc})") from None
-    return tuple(out)
+SocketFactory = Callable[[int], trio.socket.SocketType]
+"""Opens an unconnected TCP socket of the given family (``ConnectOptions.socket_factory``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,14 +87,14 @@ class SocketOptions:
 
     def __post_init__(self) -> None:
         o = "SocketOptions"
-        _check_bool(o, "nodelay", self.nodelay)
-        _check_bool(o, "keepalive", self.keepalive)
-        _int_field(self, o, "linger", 0, 65535, optional=True)
-        _int_field(self, o, "recv_bufsize", 1, C_INT_MAX, optional=True)
-        _int_field(self, o, "send_bufsize", 1, C_INT_MAX, optional=True)
-        _int_field(self, o, "tos", 0, 255, optional=True)
-        _int_field(self, o, "mark", 0, U32_MAX, optional=True)
-        _int_field(self, o, "notsent_lowat", 0, C_INT_MAX, optional=True)
+        check_bool(o, "nodelay", self.nodelay)
+        check_bool(o, "keepalive", self.keepalive)
+        int_field(self, o, "linger", 0, 65535, optional=True)
+        int_field(self, o, "recv_bufsize", 1, C_INT_MAX, optional=True)
+        int_field(self, o, "send_bufsize", 1, C_INT_MAX, optional=True)
+        int_field(self, o, "tos", 0, 255, optional=True)
+        int_field(self, o, "mark", 0, U32_MAX, optional=True)
+        int_field(self, o, "notsent_lowat", 0, C_INT_MAX, optional=True)
 
 
 # The TLS handshake timeout default: ATS ships proxy.config.ssl.handshake_timeout_in
@@ -285,30 +180,30 @@ class AcceptOptions:
 
     def __post_init__(self) -> None:
         o = "AcceptOptions"
-        _int_field(self, o, "port", 0, 65535)
-        _check_host(o, "host", self.host)
-        _check_bool(o, "localhost_only", self.localhost_only)
+        int_field(self, o, "port", 0, 65535)
+        check_host_field(o, "host", self.host)
+        check_bool(o, "localhost_only", self.localhost_only)
         if self.localhost_only and self.host is not None:
-            raise _bad(o, "host", self.host, "cannot be combined with localhost_only=True")
-        _check_family(o, self.family)
-        _int_field(self, o, "backlog", 1, C_INT_MAX)
+            raise bad_value(o, "host", self.host, "cannot be combined with localhost_only=True")
+        check_family(o, self.family)
+        int_field(self, o, "backlog", 1, C_INT_MAX)
         for name in ("reuse_port", "transparent", "backdoor", "proxy_protocol"):
-            _check_bool(o, name, getattr(self, name))
-        _check_seconds(o, "defer_accept", self.defer_accept, finite=True, hi=C_INT_MAX)
+            check_bool(o, name, getattr(self, name))
+        check_seconds(o, "defer_accept", self.defer_accept, finite=True, hi=C_INT_MAX)
         if not isinstance(self.socket, SocketOptions):
-            raise _bad(o, "socket", self.socket, "must be a SocketOptions")
+            raise bad_value(o, "socket", self.socket, "must be a SocketOptions")
         for name in ("inactivity_timeout", "active_timeout", "tls_handshake_timeout"):
-            _check_seconds(o, name, getattr(self, name), allow_zero=False, finite=True)
-        _int_field(self, o, "fd", 0, C_INT_MAX, optional=True)
-        _check_instance(o, "ssl_context", self.ssl_context, ssl.SSLContext, "an ssl.SSLContext")
+            check_seconds(o, name, getattr(self, name), allow_zero=False, finite=True)
+        int_field(self, o, "fd", 0, C_INT_MAX, optional=True)
+        check_instance(o, "ssl_context", self.ssl_context, ssl.SSLContext, "an ssl.SSLContext")
         ppt = self.proxy_protocol_timeout
-        _check_seconds(
+        check_seconds(
             o, "proxy_protocol_timeout", ppt, allow_zero=False, finite=True, optional=False
         )
-        nets = _to_networks(o, "proxy_protocol_trusted", self.proxy_protocol_trusted)
+        nets = to_networks(o, "proxy_protocol_trusted", self.proxy_protocol_trusted)
         if self.proxy_protocol and not nets:
             why = 'trusts no source; ("0.0.0.0/0", "::/0") trusts every source'
-            raise _bad(o, "proxy_protocol_trusted", self.proxy_protocol_trusted, why)
+            raise bad_value(o, "proxy_protocol_trusted", self.proxy_protocol_trusted, why)
         object.__setattr__(self, "proxy_protocol_trusted", nets)
 
     @classmethod
@@ -344,6 +239,12 @@ class ConnectOptions:
         ``server_hostname`` is a host name checked as ``connect()`` checks
         one; each ALPN protocol name is an ASCII str of 1..255 characters
         (RFC 7301's limit; Python's ``ssl`` takes ASCII only).
+      socket_factory: ``socket_factory(family)`` opens the unconnected TCP
+        socket of each connection attempt; ``None`` uses
+        ``trio.socket.socket(family, SOCK_STREAM)``. The seam for fault
+        injection (a socket whose ``connect`` stalls or fails), as httpcore
+        lets a test replace its network backend; every socket it returns is
+        closed by ``connect`` unless it becomes the connection.
 
     Every field is checked on construction; a bad one raises ``ValueError``
     naming the field and the value.
@@ -361,25 +262,28 @@ class ConnectOptions:
     ssl_context: ssl.SSLContext | None = None
     server_hostname: str | None = None
     alpn_protocols: tuple[str, ...] | None = None
+    socket_factory: SocketFactory | None = None
 
     def __post_init__(self) -> None:
         o = "ConnectOptions"
-        _check_seconds(o, "connect_timeout", self.connect_timeout, allow_zero=False, finite=True)
-        _check_family(o, self.family)
+        check_seconds(o, "connect_timeout", self.connect_timeout, allow_zero=False, finite=True)
+        check_family(o, self.family)
         _check_local_address(o, self.local_address, self.family)
-        _int_field(self, o, "local_port", 0, 65535)
-        _check_seconds(o, "happy_eyeballs_delay", self.happy_eyeballs_delay, finite=True)
+        int_field(self, o, "local_port", 0, 65535)
+        check_seconds(o, "happy_eyeballs_delay", self.happy_eyeballs_delay, finite=True)
         if not isinstance(self.socket, SocketOptions):
-            raise _bad(o, "socket", self.socket, "must be a SocketOptions")
+            raise bad_value(o, "socket", self.socket, "must be a SocketOptions")
         for name in ("inactivity_timeout", "active_timeout"):
-            _check_seconds(o, name, getattr(self, name), allow_zero=False, finite=True)
+            check_seconds(o, name, getattr(self, name), allow_zero=False, finite=True)
         if self.resolver is not None and not callable(getattr(self.resolver, "resolve", None)):
-            raise _bad(o, "resolver", self.resolver, "must have an async resolve() method")
-        _check_instance(o, "ssl_context", self.ssl_context, ssl.SSLContext, "an ssl.SSLContext")
-        _check_host(o, "server_hostname", self.server_hostname)
+            raise bad_value(o, "resolver", self.resolver, "must have an async resolve() method")
+        check_instance(o, "ssl_context", self.ssl_context, ssl.SSLContext, "an ssl.SSLContext")
+        check_host_field(o, "server_hostname", self.server_hostname)
         if self.alpn_protocols is not None:
             protos = _alpn_names(o, self.alpn_protocols)
             object.__setattr__(self, "alpn_protocols", protos)
+        if self.socket_factory is not None and not callable(self.socket_factory):
+            raise bad_value(o, "socket_factory", self.socket_factory, "must be callable or None")
 
 
 def _check_local_address(owner: str, value: object, family: object) -> None:
@@ -388,7 +292,7 @@ def _check_local_address(owner: str, value: object, family: object) -> None:
     if value is None:
         return
     if not isinstance(value, str):
-        raise _bad(owner, "local_address", value, "must be an IP address str or None")
+        raise bad_value(owner, "local_address", value, "must be an IP address str or None")
     why = host_problem(value)  # a NUL would cut "127.0.0.1\x00..." short
     try:
         ipaddress.ip_address(value)
@@ -398,19 +302,21 @@ def _check_local_address(owner: str, value: object, family: object) -> None:
     if why is None and local is None:
         why = "not an address this host can bind (unknown interface?)"
     if why is not None:
-        raise _bad(owner, "local_address", value, why)
+        raise bad_value(owner, "local_address", value, why)
     if family is not None and local is not None and local[0] != family:
-        raise _bad(owner, "family", family, f"local_address={value!r} is not of that family")
+        raise bad_value(owner, "family", family, f"local_address={value!r} is not of that family")
 
 
 def _alpn_names(owner: str, value: object) -> tuple[str, ...]:
     """ALPN protocol names: ASCII str, 1..255 characters each (RFC 7301)."""
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise _bad(owner, "alpn_protocols", value, "must be a list of str (['h2', 'http/1.1'])")
+        raise bad_value(
+            owner, "alpn_protocols", value, "must be a list of str (['h2', 'http/1.1'])"
+        )
     names = tuple(value)  # once: a generator could not be read twice
     for name in names:
         if not isinstance(name, str) or not name.isascii() or not 1 <= len(name) <= 255:
-            raise _bad(
+            raise bad_value(
                 owner, "alpn_protocols", name, "each protocol must be an ASCII str of 1..255 chars"
             )
     return names

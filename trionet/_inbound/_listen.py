@@ -17,10 +17,18 @@ from typing import Any, final
 
 import trio
 
-from ._options import AcceptOptions
-from ._sockopt import apply_listen_options, apply_socket_options
+from .._base._addr import host_port
+from .._base._options import AcceptOptions
+from .._base._sockopt import apply_listen_options, apply_socket_options
 
-__all__ = ["Listener", "adopt_listener", "check_listening_fd", "open_listeners"]
+__all__ = [
+    "Listener",
+    "adopt_listener",
+    "bind_addresses",
+    "bind_socket",
+    "check_listening_fd",
+    "open_listeners",
+]
 
 
 @final
@@ -60,7 +68,7 @@ async def open_listeners(opts: AcceptOptions) -> list[Listener]:
     """
     if opts.fd is not None:
         return [adopt_listener(opts.fd, opts)]
-    addresses = await _bind_addresses(opts)
+    addresses = await bind_addresses(opts)
     listeners: list[Listener] = []
     try:
         port = opts.port
@@ -80,7 +88,7 @@ async def open_listeners(opts: AcceptOptions) -> list[Listener]:
     return listeners
 
 
-async def _bind_addresses(opts: AcceptOptions) -> list[tuple[int, Any]]:
+async def bind_addresses(opts: AcceptOptions) -> list[tuple[int, Any]]:
     if opts.localhost_only:
         candidates = [(socket.AF_INET, ("127.0.0.1", 0)), (socket.AF_INET6, ("::1", 0, 0, 0))]
         return [c for c in candidates if opts.family in (None, c[0])]
@@ -159,7 +167,9 @@ def bind_socket(family: int, sockaddr: Any, opts: AcceptOptions) -> socket.socke
             if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
                 sock.close()
                 return None
-            raise OSError(exc.errno, f"cannot listen on {_fmt(sockaddr)}: {exc.strerror}") from exc
+            raise OSError(
+                exc.errno, f"cannot listen on {host_port(sockaddr[0], sockaddr[1])}: {exc.strerror}"
+            ) from exc
         return sock
     except BaseException:
         sock.close()
@@ -225,8 +235,3 @@ def _check_listening(fd: int, sock: socket.socket) -> None:
         raise ValueError(f"fd {fd} is not a TCP socket ({sock.family!r}, {sock.type!r})")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ValueError(f"fd {fd} is a socket but is not listening")
-
-
-def _fmt(sockaddr: Any) -> str:
-    host, port = sockaddr[0], sockaddr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

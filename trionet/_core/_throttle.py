@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final, Literal
 
-from ._addr import Network, client_key, normalize_networks, parse_address
+from .._base._addr import Network, client_key, normalize_networks, parse_address
 
 __all__ = ["ThrottleMode", "Throttle"]
 
@@ -60,7 +60,7 @@ class Throttle:
     def client_at_limit(self, host: str) -> bool:
         """True when ``host`` already has ``per_client_max`` inbound connections
         and is not in an exempt network. ``::ffff:192.0.2.1`` and ``192.0.2.1``
-        are one client (:func:`trionet._addr.client_key`)."""
+        are one client (:func:`trionet._base._addr.client_key`)."""
         limit = self.per_client_max
         if limit is None or self.per_client.get(client_key(host), 0) < limit:
             return False

@@ -9,7 +9,7 @@ entry into trio's deadline heap on every I/O call.
 
 trionet splits the two jobs:
 
-* Each I/O call only stores a timestamp (``Connection._last_activity``).
+* Each I/O call only stores a timestamp (``Connection.last_activity``).
 * One cop per processor keeps a heap of *armed* deadlines and sleeps until the
   earliest. An armed deadline is never later than the real one (activity only
   moves the real one forward), so when it comes up the cop recomputes the real
@@ -35,6 +35,11 @@ never raises (a failure there would crash the run), and it holds only weak
 interest in connections: entries of closed connections are dropped when they
 come up, and the heap is compacted when stale entries outnumber live ones.
 
+The arming state is the cop's own: which heap entry of a connection is live
+is a dict here, not fields on the connection, so a connection without
+timeouts carries nothing for the cop. What the cop needs from a connection
+is the :class:`Timed` protocol below.
+
 Keep-alive eviction lives here too: the idle set is an insertion-ordered dict,
 so "oldest idle first" is the dict's first key.
 """
@@ -45,19 +50,46 @@ import heapq
 import itertools
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import trio
 
 if TYPE_CHECKING:
-    from ._connection import Connection
     from ._stats import Counters
 
-__all__ = ["TimeoutCop"]
+__all__ = ["TimedOut", "Timed", "TimeoutCop"]
 
 logger = logging.getLogger("trionet.timeouts")
 
-_Entry = tuple[float, int, "Connection", int]
+TimedOut = Literal["inactivity", "active", "evicted"]
+
+
+class Timed(Protocol):
+    """What the cop needs from a connection (``trionet.Connection`` is one).
+
+    The two methods are private to trionet: the cop is their only caller."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def _deadline(self) -> tuple[float, TimedOut]:
+        """The earliest pending deadline (``math.inf``: none) and its kind."""
+        ...
+
+    def _kernel_progressed(self, now: float) -> bool:
+        """Asked when the inactivity deadline is due: has the kernel delivered
+        more of the connection's unsent bytes since the last look? If so that
+        is activity at ``now`` (``_deadline`` then moves)."""
+        ...
+
+    def _fire_timeout(self, why: TimedOut) -> None:
+        """The deadline passed (or the connection was evicted): end it."""
+        ...
+
+
+# (deadline, sequence number, connection): the entry is live while the cop's
+# _armed[connection] is its sequence number.
+_Entry = tuple[float, int, Timed]
 
 
 class TimeoutCop:
@@ -69,38 +101,39 @@ class TimeoutCop:
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._stale = 0  # heap entries whose connection has re-armed or closed since
+        self._armed: dict[Timed, int] = {}  # connection -> sequence number of its live entry
         self._token: trio.lowlevel.TrioToken | None = None
         self._sleep: trio.CancelScope | None = None
-        self._idle: dict[Connection, None] = {}
+        self._idle: dict[Timed, None] = {}
         # For tests and bench/: how often the cop woke and pushed a deadline.
         self.wakeups = 0
         self.pushes = 0
 
     # ------------------------------------------------------------ arming
-    def rearm(self, conn: Connection) -> None:
+    def rearm(self, conn: Timed) -> None:
         """Re-read ``conn``'s timeouts after one was set or cancelled."""
         self._disarm(conn)
         deadline, _ = conn._deadline()
         if deadline != math.inf and not conn.closed:
             self._push(deadline, conn)
 
-    def _disarm(self, conn: Connection) -> None:
-        # Entries are deleted lazily: bumping the generation makes the old one stale.
-        if conn._cop_armed:
-            conn._cop_armed = False
+    def _disarm(self, conn: Timed) -> None:
+        # Entries are deleted lazily: forgetting the live one makes it stale.
+        if self._armed.pop(conn, None) is not None:
             self._stale += 1
-        conn._cop_gen += 1
 
-    def _push(self, deadline: float, conn: Connection) -> None:
+    def _push(self, deadline: float, conn: Timed) -> None:
         self._ensure_running()
-        heapq.heappush(self._heap, (deadline, next(self._seq), conn, conn._cop_gen))
+        seq = next(self._seq)
+        heapq.heappush(self._heap, (deadline, seq, conn))
+        self._armed[conn] = seq
         self.pushes += 1
-        conn._cop_armed = True
         if self._sleep is not None and deadline < self._sleep.deadline:
             self._sleep.deadline = deadline
         if self._stale > 32 and self._stale * 2 > len(self._heap):
             # Amortised O(1): at least len/2 re-arms happened since the last compaction.
-            self._heap = [e for e in self._heap if e[3] == e[2]._cop_gen]
+            armed = self._armed
+            self._heap = [e for e in self._heap if armed.get(e[2]) == e[1]]
             heapq.heapify(self._heap)
             self._stale = 0
 
@@ -112,6 +145,7 @@ class TimeoutCop:
         # entries from an earlier run belong to connections of that run.
         self._token = token
         self._heap.clear()
+        self._armed.clear()
         self._stale = 0
         self._sleep = None
         trio.lowlevel.spawn_system_task(self._run, name="trionet.TimeoutCop")
@@ -128,10 +162,10 @@ class TimeoutCop:
             self._expire(trio.current_time())
 
     def _expire(self, now: float) -> None:
-        heap = self._heap
+        heap, armed = self._heap, self._armed
         while heap and heap[0][0] <= now:
-            _, _, conn, gen = heapq.heappop(heap)
-            if gen != conn._cop_gen:
+            _, seq, conn = heapq.heappop(heap)
+            if armed.get(conn) != seq:
                 self._stale -= 1
                 continue
             deadline, why = conn._deadline()
@@ -142,18 +176,19 @@ class TimeoutCop:
                 deadline, why = conn._deadline()
             if deadline > now:
                 # Activity since this entry was armed: re-arm at the real deadline.
-                heapq.heappush(heap, (deadline, next(self._seq), conn, gen))
+                seq = next(self._seq)
+                heapq.heappush(heap, (deadline, seq, conn))
+                armed[conn] = seq
                 self.pushes += 1
                 continue
-            conn._cop_armed = False
-            conn._cop_gen += 1
+            del armed[conn]
             try:
                 conn._fire_timeout(why)
             except Exception:  # a shim hook must never take the cop down
                 logger.exception("timeout handling failed for %r", conn)
 
     # -------------------------------------------------------- keep-alive idle
-    def set_idle(self, conn: Connection, idle: bool) -> None:
+    def set_idle(self, conn: Timed, idle: bool) -> None:
         if idle:
             self._idle[conn] = None
             self._counters.idle_connections += 1
@@ -165,12 +200,12 @@ class TimeoutCop:
         else:
             self.forget(conn)
 
-    def forget(self, conn: Connection) -> None:
+    def forget(self, conn: Timed) -> None:
         """Drop ``conn`` from the idle set (when marked busy)."""
         if self._idle.pop(conn, 0) is None:
             self._counters.idle_connections -= 1
 
-    def closed(self, conn: Connection) -> None:
+    def closed(self, conn: Timed) -> None:
         """``conn`` closed: drop its deadline and its idle mark."""
         self._disarm(conn)
         self.forget(conn)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, final
 from urllib.parse import urlsplit
 
@@ -33,12 +33,18 @@ from prometheus_client.exposition import (
 )
 from prometheus_client.registry import CollectorRegistry
 
+from .._base._ratelog import RateLimitedLog
 from ._connection import Connection
-from ._options import AcceptOptions
-from ._server import NetProcessor, Server, _RateLimitedLog
 from ._stats import GAUGES, RECORD_NAMES, NetStatistics
 
-__all__ = ["StatsCollector", "serve_stats"]
+__all__ = [
+    "STATS_INACTIVITY_TIMEOUT",
+    "STATS_MAX_CONNECTIONS",
+    "STATS_MAX_WAITING",
+    "StatisticsSource",
+    "StatsCollector",
+    "serve_page",
+]
 
 logger = logging.getLogger("trionet.stats_page")
 
@@ -241,7 +247,7 @@ class _Session:
       logs that at debug level).
     """
 
-    def __init__(self, page: _Page, conn: Connection, log: _RateLimitedLog) -> None:
+    def __init__(self, page: _Page, conn: Connection, log: RateLimitedLog) -> None:
         self._page = page
         self._conn = conn
         self._log = log
@@ -403,66 +409,17 @@ async def _lingering_close(conn: Connection) -> None:
             discarded += len(chunk)
 
 
-async def serve_stats(
-    source: StatisticsSource,
-    port: int | AcceptOptions = 0,
-    *,
-    host: str | None = "127.0.0.1",
-    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``source()``'s statistics over HTTP at ``/stats`` and ``/metrics``.
-
-    ``server = await nursery.start(serve_stats, net.statistics, 9100)``; or
-    :meth:`NetProcessor.serve_stats`, which passes its own ``statistics``.
-
-    The page runs on a small processor of its own (``server.processor``), so
-    scraping neither changes the numbers it reports nor competes for the
-    served processor's ``max_connections`` -- a processor at its limit can
-    still be inspected. It is built to stay reachable on a hostile network:
-
-    - a request must be complete 5 s after the connection opened (in total,
-      however slowly it trickles in), else 408; a kept-alive connection may
-      wait 10 s for its next request, which then has 5 s; a response must be
-      taken within 10 s;
-    - connections that owe a request (not yet complete, or between requests)
-      are evictable: when more than 64 are, the oldest is closed, so a new
-      client always gets in at once, whatever a flood of slow or silent
-      connections holds; at most 256 connections in all, more are closed at
-      once (never left waiting in the backlog);
-    - a malformed request gets a 400 (431 for an oversized head, 413 for a
-      body over 16 KiB) and a one-line INFO log on ``trionet.stats_page``,
-      at most one every 10 s; an ``Accept`` header prometheus-client cannot
-      use gets the Prometheus text format.
-
-    These apply whatever ``port``'s :class:`AcceptOptions` say.
-
-    Args:
-      source: returns a fresh :class:`NetStatistics` (``net.statistics``).
-      port: the port (0: any free port, see ``Server.ports``), or a full
-        :class:`AcceptOptions`, which is used as given (``host`` ignored).
-      host: address to bind; loopback unless told otherwise (``None`` binds
-        every address).
-
-    Returns:
-      Runs until cancelled or until the reported :class:`Server` is shut down.
+def serve_page(source: StatisticsSource) -> Callable[[Connection], Awaitable[None]]:
+    """A ``serve()`` handler that answers ``/stats`` and ``/metrics`` from
+    ``source()`` (see :func:`trionet.serve_stats`, which serves it).
 
     Raises:
       TypeError: ``source`` is not callable.
-      OSError: the port could not be bound.
     """
     page = _Page(source)
-    log = _RateLimitedLog(BAD_REQUEST_LOG_INTERVAL, logger)
-    if isinstance(port, AcceptOptions):
-        opts = port
-    else:
-        opts = AcceptOptions(port=port, host=host, inactivity_timeout=STATS_INACTIVITY_TIMEOUT)
-    net = NetProcessor(
-        max_connections=STATS_MAX_CONNECTIONS,
-        throttle="close",
-        max_idle_connections=STATS_MAX_WAITING,
-    )
+    log = RateLimitedLog(BAD_REQUEST_LOG_INTERVAL, logger)
 
     async def handler(conn: Connection) -> None:
         await _Session(page, conn, log).run()
 
-    await net.serve(handler, opts, task_status=task_status)
+    return handler

@@ -1,0 +1,1 @@
+"""Layer 4: programs built on ``NetProcessor``: the TCP proxy, the CLI, worker processes."""

@@ -1,0 +1,73 @@
+"""Many cores: N worker processes sharing the listening ports (ATS's N net threads).
+
+``run_workers(main, *listen, workers=N)`` runs a supervisor in the calling
+process and N workers, each a fresh Python interpreter running its own trio
+loop and ``main(ctx)`` (which creates its own :class:`NetProcessor`)::
+
+    supervisor (this process: no trio work but waiting on children and signals)
+    ├── worker 0   trio.run(main, ctx)  ── NetProcessor ── listening socket(s)
+    ├── worker 1   ...
+    └── ...
+
+Why processes, and why exec'd ones. Python threads share one interpreter lock,
+so N trio loops in threads would not use N cores. ``fork()`` of a process that
+runs trio (or any thread) copies locks held by other threads, the wakeup
+socket and the epoll descriptor, which is undefined behaviour the trio
+maintainers warn about; so each worker is started with ``subprocess`` (fork +
+exec at once, nothing of the parent's interpreter survives). We use
+``subprocess`` rather than ``multiprocessing``'s spawn context because we need
+exactly three things from the child -- the listening descriptors
+(``pass_fds``), a small pickled description of its job, and a control
+socket -- and subprocess gives them explicitly, without multiprocessing's
+resource tracker or pickled process objects; trio waits on the child with a
+pidfd.
+
+How the port is shared:
+
+* ``"reuseport"`` (default where the kernel has ``SO_REUSEPORT``): every worker
+  binds the same address with ``SO_REUSEPORT`` and the kernel spreads new
+  connections over the workers' own accept queues (no thundering herd, no
+  shared queue lock). The supervisor binds each address too, with
+  ``SO_REUSEPORT`` but *without* ``listen()``: that resolves port 0 to one
+  port for every worker, fails early on EADDRINUSE, and keeps the port
+  reserved while a worker restarts; a socket that is not listening is not in
+  the kernel's reuseport group, so it never receives connections.
+* ``"inherit"`` (the fallback, or forced): the supervisor opens one listening
+  socket per address and every worker inherits it (``AcceptOptions(fd=...)``);
+  the workers compete for ``accept()`` on one queue. A restarting worker loses
+  no connection: the queue belongs to the supervisor's socket.
+
+An :class:`AcceptOptions` with ``fd=`` (e.g. from
+:func:`trionet.inherited_listeners`: a socket-activated supervisor) is always
+shared the second way.
+
+Limits are per worker: each worker's ``NetProcessor(max_connections=...)``
+counts its own connections only, so N workers allow N times the limit; the
+same goes for ``per_client_max_connections`` (a client's connections spread
+over the workers) and for statistics (each worker counts its own).
+
+Lifecycle. A worker that exits while no shutdown was asked for -- crash,
+SIGKILL, or ``main`` returning -- is restarted with an exponential back-off
+(:class:`RestartBackoff`) and logged on ``trionet.workers``. A worker that
+fails at start-up (exits before it reported serving, see
+:meth:`WorkerContext.ready`, and within ``STABLE_AFTER`` seconds) reports its
+error to the supervisor as one line, without a traceback; after
+``STARTUP_ATTEMPTS`` such failures in a row the supervisor stops every worker
+and raises :class:`WorkerStartupError` with that line, rather than restart a
+worker that cannot start for ever (a port taken, a bad option, a missing
+module). SIGTERM/SIGINT to
+the supervisor become one SIGTERM per worker: ``ctx.shutdown_requested`` is set
+and ``ctx.serve`` shuts its server down gracefully. Workers watch a control
+socket to the supervisor and stop by themselves if it dies. Workers ignore
+SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
+supervisor already turns it into one SIGTERM each. POSIX only.
+
+Caveat of SO_REUSEPORT: connections already queued on a worker's listening
+socket (accepted by the kernel, not yet by the worker) are reset when that
+worker dies; Linux >= 5.14 migrates them to a sibling when
+``net.ipv4.tcp_migrate_req=1``. The ``"inherit"`` mode has no such loss.
+"""
+
+# The package's modules, bottom up: _job (what crosses from supervisor to
+# worker), _boot (the worker's first lines), _runtime (the worker side),
+# _sockets (socket planning), _signals (the signal policy), _supervisor.

@@ -1,0 +1,1 @@
+"""Layer 1: statistics, throttle accounting, the timeout cop, TLS, ``Connection``."""

@@ -1,0 +1,170 @@
+"""``ConnectionTable``: the open connections of one processor, as accounting.
+
+One object owns what every connection of a processor shares: the id
+sequence, the statistics counters, the throttle (how many are open, per
+client), the timeout cop, and the parking lot where accept loops wait for a
+slot. It opens a connection (counts it, applies the default inactivity
+timeout) and releases it (uncounts it, wakes a parked accept loop) -- the only
+two places ``connections_currently_open`` moves, so the gauge returns to 0
+after every kind of ending. It is the :class:`~trionet._core._connection.Owner`
+of every connection it opens.
+
+``NetProcessor`` is a thin facade over one table; the accept loop
+(``trionet._inbound``) and ``connect`` (``trionet._outbound``) work on the
+table, not on the facade.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import cast, final
+
+import trio
+
+from .._base._addr import Network
+from ._connection import Connection, SockAddr
+from ._stats import Counters, NetStatistics
+from ._throttle import Throttle
+from ._timeouts import TimeoutCop
+from ._wire import Wire
+
+__all__ = ["ConnectionTable", "Reservation"]
+
+
+@final
+class ConnectionTable:
+    """The connections of one processor: ids, counters, throttle, cop.
+
+    Args:
+      max_connections / per_client_max / exempt: the :class:`Throttle`'s limits.
+      max_idle_connections: keep-alive eviction limit (the cop's).
+      default_inactivity_timeout: given to connections opened without one.
+
+    Attributes:
+      counters: the live statistics (every connection counts here).
+      throttle: open connections, globally and per client.
+      cop: the timeout cop.
+    """
+
+    __slots__ = ("_ids", "_slot_freed", "cop", "counters", "default_inactivity_timeout", "throttle")
+
+    def __init__(
+        self,
+        *,
+        max_connections: int | None = None,
+        per_client_max: int | None = None,
+        exempt: Iterable[Network] = (),
+        max_idle_connections: int | None = None,
+        default_inactivity_timeout: float | None = None,
+    ) -> None:
+        self.counters = Counters()
+        self.throttle = Throttle(max_connections, per_client_max, exempt)
+        self.cop = TimeoutCop(self.counters, max_idle_connections)
+        self.default_inactivity_timeout = default_inactivity_timeout
+        self._ids = itertools.count(1)
+        self._slot_freed = trio.lowlevel.ParkingLot()
+
+    def statistics(self) -> NetStatistics:
+        """A frozen snapshot of the counters."""
+        return self.counters.snapshot()
+
+    # ---------------------------------------------------------- open/release
+    def open(
+        self,
+        sock: trio.socket.SocketType,
+        *,
+        inbound: bool,
+        client: str | None,
+        peer_address: SockAddr = None,
+        inactivity_timeout: float | None = None,
+        active_timeout: float | None = None,
+        scope: trio.CancelScope | None = None,
+        reserve: bool = False,
+    ) -> Connection:
+        """Wrap a connected socket and count it as open. The caller has already
+        checked the throttle (for two slots with ``reserve``: the second is
+        held for the connection's outbound connect, see
+        :meth:`Connection._take_reservation`); ``client`` is the per-client key
+        (None: not counted per client); ``scope`` the handler task's cancel scope."""
+        counters = self.counters
+        if inactivity_timeout is None and self.default_inactivity_timeout is not None:
+            inactivity_timeout = self.default_inactivity_timeout
+            counters.default_inactivity_timeout_applied += 1
+        self.throttle.acquire(client)
+        reservation = Reservation(self) if reserve else None
+        counters.connections_currently_open += 1
+        return Connection(
+            sock,
+            conn_id=next(self._ids),
+            owner=self,
+            inbound=inbound,
+            peer_address=peer_address,
+            client=client,
+            inactivity_timeout=inactivity_timeout,
+            active_timeout=active_timeout,
+            scope=scope,
+            reservation=reservation,
+        )
+
+    def release(self, conn: Wire, client: str | None) -> None:
+        """Called exactly once per connection, from ``Connection.close``."""
+        self.throttle.release(client)
+        self.counters.connections_currently_open -= 1
+        self.cop.closed(cast(Connection, conn))  # every Wire this table opens is one
+        self.slot_freed()
+
+    def admit_client(self, host: str) -> bool:
+        """Count one more connection against ``host`` unless it is at the
+        per-client limit (counted in ``per_client_connections_throttled_in``)."""
+        throttle = self.throttle
+        if throttle.client_at_limit(host):
+            self.counters.per_client_connections_throttled_in += 1
+            return False
+        throttle.count_client(host)
+        return True
+
+    # ------------------------------------------------------------------ slots
+    async def wait_for_slot(self) -> None:
+        """Park until a connection closes (or a reservation is given back)."""
+        await self._slot_freed.park()
+
+    def slot_freed(self) -> None:
+        """Wake every task parked in :meth:`wait_for_slot`."""
+        if self._slot_freed:
+            self._slot_freed.unpark_all()
+
+    def parked(self) -> int:
+        """How many tasks wait for a slot (accept loops paused at the limit)."""
+        return self._slot_freed.statistics().tasks_waiting
+
+    def reserve(self) -> Reservation:
+        """Hold a slot while a connection is being made (see :class:`Reservation`)."""
+        return Reservation(self)
+
+
+@final
+class Reservation:
+    """A throttle slot held by a ``connect()`` in progress, so that concurrent
+    connects (and the accept loops) cannot overshoot ``max_connections`` while
+    it resolves and races; handed over to the connection it makes."""
+
+    __slots__ = ("_table", "held")
+
+    def __init__(self, table: ConnectionTable) -> None:
+        self._table = table
+        table.throttle.acquire(None)
+        self.held = True
+
+    def hand_over(self) -> None:
+        """Give the slot up for the Connection about to be created, whose own
+        acquire follows with no checkpoint between (so no task can take it)."""
+        if self.held:
+            self.held = False
+            self._table.throttle.release(None)
+
+    def release(self) -> None:
+        """Give the slot back (the connect failed): wake paused accept loops."""
+        if self.held:
+            self.hand_over()
+            self._table.slot_freed()

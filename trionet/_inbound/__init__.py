@@ -1,0 +1,1 @@
+"""Layer 2, serving: listening sockets, PROXY protocol, the accept loop, ``Server``."""
