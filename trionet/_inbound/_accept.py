@@ -164,6 +164,10 @@ class Room(Protocol):
 
     async def wait_for_room(self) -> None: ...
 
+    def admitted(self) -> None:
+        """A connection's task was started (it has not run yet): counted as
+        taking room until it runs, so the next check in this loop sees it."""
+
 
 @final
 class AcceptPolicy:
@@ -349,3 +353,5 @@ class Acceptor:
             reserve=self._need > 1,
         )
         self._nursery.start_soon(self._task, conn, scope)
+        if self._room is not None:
+            self._room.admitted()
