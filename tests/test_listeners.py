@@ -349,6 +349,33 @@ async def test_a_slow_handshake_does_not_hold_up_other_clients(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_tls_connection_times_out_under_serve_listeners_too(
+    ca: trustme.CA, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = NetProcessor()
+    raised: list[tuple[type[BaseException], float]] = []
+
+    async def handler(conn: Connection) -> None:
+        start = trio.current_time()
+        try:
+            await conn.receive_some()
+        except trio.ClosedResourceError as exc:
+            raised.append((type(exc), trio.current_time() - start))
+
+    async with trio.open_nursery() as nursery:
+        listener = await serving(
+            nursery, net, handler, ssl_context=server_context(ca), inactivity_timeout=4
+        )
+        client = await tls_client(listener.port, ca)
+        with pytest.raises(trio.BrokenResourceError):  # closed without close_notify
+            await client.receive_some()
+        await client.aclose()
+        await wait_for(lambda: len(raised) == 1, "handler saw the close")
+        nursery.cancel_scope.cancel()
+    assert raised == [(trio.ClosedResourceError, 4.0)]
+    assert net.statistics().inactivity_timeouts == 1
+
+
 async def test_proxy_header_read_before_accept_returns() -> None:
     net = NetProcessor(per_client_max_connections=1)
     listener = await listen(net, proxy_protocol=True)

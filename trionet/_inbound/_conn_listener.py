@@ -95,18 +95,18 @@ class ConnectionListener(trio.abc.Listener[Connection]):
     The PROXY header and the TLS handshake run concurrently in a background
     task the listener owns (started by the first ``accept()``), so one slow
     client never delays the others; ``accept()`` returns connections in the
-    order their steps completed. At most :data:`READY_LIMIT` (32) finished
-    connections wait for ``accept()``; beyond that the listener stops
-    accepting and clients wait in the kernel backlog.
+    order their steps completed. At most 32 finished connections wait for
+    ``accept()``; beyond that the listener stops accepting and clients wait
+    in the kernel backlog.
 
     Timeouts outside ``serve()``: nothing cancels the task using the
     connection (``trio.serve_listeners`` starts handlers in its own
-    nursery), so a timeout closes the connection and the handler's next (or
-    current) I/O call raises ``trio.ClosedResourceError`` --
-    ``trio.BrokenResourceError`` on TLS -- which ``trio.serve_listeners``, as
-    for any handler exception, lets crash the server. Run the handler's body
-    in ``with conn.enforce_timeouts():`` and a timeout cancels it quietly
-    instead, as ``serve()`` does; ``conn.timed_out`` says why.
+    nursery), so a timeout closes the connection and the handler's current
+    or next I/O call raises ``trio.ClosedResourceError`` (TLS too), which
+    ``trio.serve_listeners``, as any handler exception, lets crash the
+    server. Run the handler's body in ``with conn.enforce_timeouts():`` and a
+    timeout cancels it quietly instead, as ``serve()`` does;
+    ``conn.timed_out`` says why.
 
     The :class:`trio.abc.Listener` contract: ``accept()`` raises
     ``trio.ClosedResourceError`` once the listener is closed (also an
