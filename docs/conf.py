@@ -69,6 +69,7 @@ nitpick_ignore += [
     ("py:exc", "OSError / UnsupportedOptionError / AcceptError"),
     ("py:class", "ThrottleMode"),
     ("py:class", "Handler"),
+    ("py:class", "EventHandler"),
     ("py:class", "StatisticsSource"),
     ("py:class", "Sharing"),
     ("py:class", "WorkerMain"),
@@ -177,8 +178,21 @@ def _factories_as_calls(
     return signature, ret
 
 
+# Connection's socket end is a private base class (trionet._core._wire.Wire):
+# the reference shows only the bases a user can name.
+def _public_bases(app: Any, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
+    import trionet
+
+    bases[:] = [
+        b
+        for b in bases
+        if not b.__module__.startswith("trionet._") or getattr(trionet, b.__name__, None) is b
+    ]
+
+
 def setup(app: Any) -> None:
     app.connect("missing-reference", _resolve_trio_abc_names)
+    app.connect("autodoc-process-bases", _public_bases)
     app.connect("autodoc-process-signature", _factories_as_calls)
     # After sphinx.ext.autodoc.typehints has added the parameters (priority 500).
     app.connect("object-description-transform", _drop_private_constructor_parameters, 900)
