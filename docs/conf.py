@@ -130,6 +130,7 @@ def _resolve_trio_abc_names(app: Any, env: Any, node: Any, contnode: Any) -> Any
 # which autodoc_typehints = "description" would list, are left out too.
 PRIVATE_CONSTRUCTORS = {
     "trionet.Connection",
+    "trionet.ConnectionListener",
     "trionet.Listener",
     "trionet.Server",
     "trionet.WorkerContext",

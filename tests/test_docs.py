@@ -558,6 +558,115 @@ def test_deploy_systemd() -> None:
     assert out.splitlines() == [f"serving on port {port}", "client 203.0.113.7 port 51000"]
 
 
+async def test_howto_ecosystem_listeners(autojump_clock: trio.testing.MockClock) -> None:
+    snippet = load_snippet("howto_ecosystem")
+    net = trionet.NetProcessor()
+    port = free_port()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(snippet.serve_with_trio, net, port)
+        idle = await connect_when_up(port)
+        start = trio.current_time()
+        assert await idle.receive_some() == b""  # the 30 s inactivity timeout
+        assert trio.current_time() - start == pytest.approx(30)
+        await idle.aclose()
+        # echo() was cancelled quietly: trio.serve_listeners still serves.
+        assert await roundtrip(port, b"after the timeout") == b"after the timeout"
+        stats = net.statistics()
+        assert stats.inactivity_timeouts == 1 and stats.total_accepts == 2
+        nursery.cancel_scope.cancel()
+
+
+async def websocket_roundtrip(port: int, messages: list[str | bytes]) -> list[str | bytes]:
+    import trio_websocket
+
+    got: list[str | bytes] = []
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+        for message in messages:
+            await ws.send_message(message)
+            got.append(await ws.get_message())
+    return got
+
+
+async def test_howto_ecosystem_websockets() -> None:
+    import trio_websocket
+
+    snippet = load_snippet("howto_ecosystem")
+    net = trionet.NetProcessor(max_connections=10)
+    port = free_port()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(snippet.serve_websockets, net, port)
+        # No bare TCP probe to see it is up: trio-websocket would hold a
+        # connection that never sends a request for its 60 s connect_timeout.
+        with trio.fail_after(10):
+            while True:
+                try:
+                    got = await websocket_roundtrip(port, ["hi", b"\x00\xff"])
+                    break
+                except trio_websocket.HandshakeError:  # not listening yet
+                    await trio.sleep(0.01)
+        assert got == ["hi", b"\x00\xff"]
+        server = await served(nursery, net, snippet.websocket_handler)
+        assert await websocket_roundtrip(server.ports[0], ["in a handler"]) == ["in a handler"]
+        with trio.fail_after(10):
+            while net.statistics().connections_currently_open:
+                await trio.sleep(0.01)
+        stats = net.statistics()
+        assert stats.total_accepts == 2 and stats.handler_errors == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_howto_ecosystem_http() -> None:
+    import h11
+
+    snippet = load_snippet("howto_ecosystem")
+    net = trionet.NetProcessor(max_idle_connections=1)
+    async with trio.open_nursery() as nursery:
+        server = await served(nursery, net, snippet.http_handler)
+        port = server.ports[0]
+
+        async def request(stream: trio.SocketStream, http: h11.Connection, close: bool) -> bytes:
+            headers = [("host", "localhost")] + ([("connection", "close")] if close else [])
+            await stream.send_all(http.send(h11.Request(method="GET", target="/", headers=headers)))
+            await stream.send_all(http.send(h11.EndOfMessage()))
+            body = b""
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    http.receive_data(await stream.receive_some())
+                elif isinstance(event, h11.Response):
+                    assert event.status_code == 200
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    return body
+
+        # Two requests on one kept-alive connection, then one asking to close.
+        first = await trio.open_tcp_stream("127.0.0.1", port)
+        http = h11.Connection(h11.CLIENT)
+        for close in (False, False, True):
+            assert await request(first, http, close) == b"hello from trionet\n"
+            if not close:
+                http.start_next_cycle()
+        assert await first.receive_some() == b""  # the server closed it, as asked
+        await first.aclose()
+        # Idle between requests, so evictable: a second idle client evicts the first.
+        a = await trio.open_tcp_stream("127.0.0.1", port)
+        http_a = h11.Connection(h11.CLIENT)
+        assert await request(a, http_a, False) == b"hello from trionet\n"
+        b = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await request(b, h11.Connection(h11.CLIENT), False) == b"hello from trionet\n"
+        assert await a.receive_some() == b""  # evicted
+        assert net.statistics().keep_alive_evictions == 1
+        # A malformed request closes the connection without a handler error.
+        bad = await trio.open_tcp_stream("127.0.0.1", port)
+        await bad.send_all(b"NOT HTTP\r\n\r\n")
+        assert await bad.receive_some() == b""
+        for stream in (a, b, bad):
+            await stream.aclose()
+        assert net.statistics().handler_errors == 0
+        server.shutdown(0)
+
+
 SNIPPET_TESTS: dict[str, Callable[..., Any]] = {
     "tutorial_echo": test_tutorial_echo,
     "tutorial_limits": test_tutorial_limits,
@@ -571,4 +680,5 @@ SNIPPET_TESTS: dict[str, Callable[..., Any]] = {
     "howto_proxy": test_howto_proxy,
     "deploy_workers": test_deploy_workers,
     "deploy_systemd": test_deploy_systemd,
+    "howto_ecosystem": test_howto_ecosystem_listeners,
 }

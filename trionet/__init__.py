@@ -32,6 +32,7 @@ from ._core._connection import Connection as Connection
 from ._core._stats import NetStatistics as NetStatistics
 from ._core._stats_page import StatsCollector as StatsCollector
 from ._core._tls import TLSInfo as TLSInfo
+from ._inbound._conn_listener import ConnectionListener as ConnectionListener
 from ._inbound._inherit import InheritedListeners as InheritedListeners
 from ._inbound._inherit import inherited_listeners as inherited_listeners
 from ._inbound._listen import Listener as Listener

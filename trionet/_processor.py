@@ -34,6 +34,7 @@ from ._inbound._accept import (
     AcceptPolicy,
     Handler,
 )
+from ._inbound._conn_listener import ConnectionListener, open_connection_listeners
 from ._inbound._server import Server, serve
 from ._outbound._connect import connect
 
@@ -200,6 +201,51 @@ class NetProcessor:
             of a ``reserve_outbound_slot`` handler needs.
         """
         await serve(self, handler, *listen, task_status=task_status)
+
+    async def open_listeners(
+        self, *listen: int | AcceptOptions, reserve_outbound_slot: bool = False
+    ) -> list[ConnectionListener]:
+        """Listen on every port or :class:`AcceptOptions` in ``listen`` and
+        return a :class:`trio.abc.Listener` of :class:`Connection` for each
+        listening socket, for ``trio.serve_listeners``, trio-websocket's ``WebSocketServer`` and any
+        other server that takes trio listeners::
+
+            listeners = await net.open_listeners(8080)
+            await trio.serve_listeners(handler, listeners)
+
+        Each :class:`ConnectionListener`'s ``accept()`` returns a connection
+        that has been through everything :meth:`serve` does before a handler
+        runs -- this processor's throttle and per-client limit, the PROXY
+        header, the TLS handshake, socket options, statistics, its timeouts
+        armed -- with the steps of different clients run concurrently (see
+        :class:`ConnectionListener`, which also says how its timeouts end a
+        connection outside ``serve()``).
+
+        Args:
+          listen: as :meth:`serve`'s.
+          reserve_outbound_slot: the handler connects out once per client
+            (a proxy): admit a client only with a second slot free and reserve
+            it for ``connect(..., for_connection=conn)``, as :meth:`serve`
+            does for a handler with ``reserve_outbound_slot = True``.
+
+        Returns:
+          One listener per listening socket (a host name or ``None`` may bind
+          several), in listen order.
+
+        Resource handling:
+          The caller owns the listeners (``trio.serve_listeners`` closes them
+          when it ends); if binding fails, nothing stays open.
+
+        Raises:
+          OSError: a listen spec could not be bound.
+          UnsupportedOptionError: an option the platform cannot provide.
+          ValueError: no listen spec; ``max_connections`` below 2 with
+            ``reserve_outbound_slot``.
+          TypeError: a listen spec that is neither a port nor ``AcceptOptions``.
+        """
+        return await open_connection_listeners(
+            self._table, self._accept, listen, reserve_outbound_slot
+        )
 
     async def serve_stats(
         self,

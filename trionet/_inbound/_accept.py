@@ -1,15 +1,23 @@
 """The accept path (ATS ``NetAccept``): one loop per listening socket that
 accepts in batches, classes accept errors, admits or refuses each client
-against the throttle, and starts one task per connection.
+against the throttle, and starts one task per admitted connection.
 
 One accepted socket, step by step::
 
-    Acceptor.run                 (one per listening socket, in the server's accept nursery)
+    Acceptor.run                 (one per listening socket)
     ├── at the limit ("pause")   park until a connection closes (ConnectionTable)
+    ├── its Room full            park until one is taken (ConnectionListener only)
     ├── accept() ... x batch     EAGAIN: wait readable; errors: classed (below)
     └── _admit                   throttle / per-client limit, socket options
-        └── table.open + start   Connection counted; its task in the handler nursery
-            └── _serve_connection: PROXY header, TLS handshake, handler(conn)
+        └── table.open + start   Connection counted, timeouts armed; ``task`` in ``nursery``:
+            ├── serve():         PROXY header, TLS handshake, handler(conn)
+            │                    (trionet._inbound._server.HandlerTasks)
+            └── open_listeners(): PROXY header, TLS handshake, then handed to accept()
+                                 (trionet._inbound._conn_listener.ConnectionListener)
+
+The loop and the admission are written once, here; what follows an admission
+is the ``task`` each user of the loop passes, and both run the same
+pre-handler steps (:func:`trionet._inbound._prepare.prepare_inbound`).
 
 :class:`AcceptPolicy` is what a processor's servers share: the settings
 ``NetProcessor`` was built with and the rate-limited warnings.
@@ -21,7 +29,7 @@ import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
 import trio
 
@@ -33,21 +41,28 @@ from .._core._stats import Counters
 from .._core._table import ConnectionTable
 from .._core._throttle import ThrottleMode
 from ._listen import Listener
-from ._prepare import prepare_inbound
 
 __all__ = [
     "slots_per_connection",
+    "check_slots",
     "DEFAULT_ACCEPT_BATCH",
     "DEFAULT_ACCEPT_ERROR_GRACE",
     "AcceptPolicy",
     "Acceptor",
+    "ConnectionTask",
     "Handler",
+    "Room",
     "on_accept_error",
 ]
 
 logger = logging.getLogger("trionet.server")
 
 Handler = Callable[[Connection], Awaitable[object]]
+
+ConnectionTask = Callable[[Connection, trio.CancelScope], Awaitable[None]]
+"""What runs for each admitted connection, in its own task: given the
+connection and the cancel scope its timeouts cancel (registered with it at
+``table.open``), it runs the pre-handler steps and whatever follows."""
 
 
 def _errnos(*names: str) -> frozenset[int]:
@@ -98,12 +113,6 @@ RESOURCE_LOG_INTERVAL: Final = 10.0
 # shutdown() without arguments gives them.
 DEFAULT_ACCEPT_ERROR_GRACE: Final = 5.0
 
-# Every connection task gets this one name. Left to trio, each task would get
-# its own copy of "module.qualname" built at spawn time: about 100 bytes per
-# idle connection, and the heap fragments around them (the idle benchmark
-# measured 140 bytes of RSS per connection more without it).
-_TASK_NAME: Final = "trionet._inbound._accept.Acceptor._serve_connection"
-
 # Linux copies a listening socket's options (TCP_NODELAY, SO_KEEPALIVE, SO_LINGER,
 # buffer sizes, IP_TOS, SO_MARK, TCP_NOTSENT_LOWAT) to every socket accept()
 # returns, so setting them on the listener applies them to accepted sockets with
@@ -129,6 +138,35 @@ _INHERITS_OPTIONS: Final = hasattr(socket, "AF_NETLINK")
 def slots_per_connection(handler: Handler) -> int:
     """2 for a handler that declares it connects out once per client, else 1."""
     return 2 if getattr(handler, "reserve_outbound_slot", False) is True else 1
+
+
+def check_slots(table: ConnectionTable, need: int, what: str) -> None:
+    """Refuse a limit no session could ever fit in.
+
+    Raises:
+      ValueError: ``max_connections`` is below ``need`` (naming ``what`` needs them).
+    """
+    limit = table.throttle.max_connections
+    if limit is not None and limit < need:
+        raise ValueError(
+            f"max_connections={limit}: a session of {what} needs "
+            f"{need} connections (client and upstream)"
+        )
+
+
+class Room(Protocol):
+    """A bound on admitted connections nobody has taken yet (a
+    ``ConnectionListener``'s ready queue): the loop accepts only while there
+    is room, so a listener nobody calls ``accept()`` on leaves clients in the
+    kernel backlog, as a plain socket does."""
+
+    def full(self) -> bool: ...
+
+    async def wait_for_room(self) -> None: ...
+
+    def admitted(self) -> None:
+        """A connection's task was started (it has not run yet): counted as
+        taking room until it runs, so the next check in this loop sees it."""
 
 
 @final
@@ -199,25 +237,48 @@ async def on_accept_error(
 
 @final
 class Acceptor:
-    """The accept loop of one listening socket: accepts, admits, and starts a
-    task running ``handler`` for each connection in ``nursery``."""
+    """The accept loop of one listening socket: accepts, admits, and starts
+    ``task(conn, scope)`` in ``nursery`` for each admitted connection.
 
-    __slots__ = ("_handler", "_listener", "_need", "_nursery", "_policy", "_table")
+    Args:
+      need: throttle slots per connection (:func:`slots_per_connection`).
+      room: when given, accept only while it is not full.
+    """
+
+    __slots__ = (
+        "_listener",
+        "_need",
+        "_nursery",
+        "_policy",
+        "_room",
+        "_table",
+        "_task",
+        "_task_name",
+    )
 
     def __init__(
         self,
         table: ConnectionTable,
         policy: AcceptPolicy,
         listener: Listener,
-        handler: Handler,
+        need: int,
         nursery: trio.Nursery,
+        task: ConnectionTask,
+        room: Room | None = None,
     ) -> None:
         self._table = table
         self._policy = policy
         self._listener = listener
-        self._handler = handler
+        self._need = need  # 2: a slot held for its upstream
         self._nursery = nursery
-        self._need = slots_per_connection(handler)  # 2: a slot held for its upstream
+        self._task = task
+        # Every connection task of this loop gets this one name. Left to trio,
+        # each task would get its own copy of "module.qualname" built at spawn
+        # time: about 100 bytes per idle connection, and the heap fragments
+        # around them (the idle benchmark measured 140 bytes of RSS per
+        # connection more without it).
+        self._task_name = f"{task.__module__}.{task.__qualname__}"
+        self._room = room
 
     async def run(self) -> None:
         """Accept until cancelled.
@@ -232,11 +293,15 @@ class Acceptor:
         throttle = table.throttle
         batch = self._policy.accept_batch
         need = self._need
+        room = self._room
         in_row = 0
         while True:
             if pause and not exempt and throttle.at_limit(need):
                 # Event-driven: parked until a connection closes (ConnectionTable.release).
                 await table.wait_for_slot()
+                continue
+            if room is not None and room.full():
+                await room.wait_for_room()
                 continue
             try:
                 client, addr = sock.accept()
@@ -302,42 +367,6 @@ class Acceptor:
             scope=scope,
             reserve=self._need > 1,
         )
-        self._nursery.start_soon(self._serve_connection, conn, scope, name=_TASK_NAME)
-
-    async def _serve_connection(self, conn: Connection, scope: trio.CancelScope) -> None:
-        """One connection's task: the steps before the handler, the handler,
-        and the close, whatever happens."""
-        opts = self._listener.options
-        handler = self._handler
-        try:
-            with scope:
-                # Plain TCP pays one test here; PROXY/TLS steps run before the
-                # handler, inside the connection's scope (so its timeouts and a
-                # shutdown apply), and a failure closes it without the handler.
-                if (opts.proxy_protocol or opts.ssl_context is not None) and not (
-                    await prepare_inbound(conn, opts, self._table)
-                ):
-                    return
-                await handler(conn)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            # The peer reset or the connection was closed under the handler:
-            # the connection's ending, not a bug in the handler.
-            logger.debug("connection #%d ended: %r", conn.id, exc)
-        except Exception as exc:
-            self._table.counters.handler_errors += 1
-            if self._policy.propagate_handler_errors:
-                raise
-            logger.error(
-                "handler %r failed on connection #%d from %r",
-                handler,
-                conn.id,
-                conn.remote_address,
-                exc_info=exc,
-            )
-        finally:
-            if opts.ssl_context is not None and not conn.closed:
-                # TLS: send close_notify if that can be done promptly (shielded,
-                # bounded in Connection.aclose).
-                with trio.CancelScope(shield=True):
-                    await conn.aclose()
-            conn.close()
+        self._nursery.start_soon(self._task, conn, scope, name=self._task_name)
+        if self._room is not None:
+            self._room.admitted()

@@ -25,9 +25,15 @@ from .._core._table import ConnectionTable
 from .._core._tls import describe_tls_failure, tls_server_handshake
 from ._proxy_protocol import ProxyHeader, apply_proxy_header, receive_proxy_header
 
-__all__ = ["prepare_inbound"]
+__all__ = ["has_steps", "prepare_inbound"]
 
 logger = logging.getLogger("trionet.server")
+
+
+def has_steps(opts: AcceptOptions) -> bool:
+    """Does a connection accepted with ``opts`` have steps to run before its
+    handler? (Plain TCP pays this test, not a coroutine.)"""
+    return opts.proxy_protocol or opts.ssl_context is not None
 
 
 async def prepare_inbound(conn: Connection, opts: AcceptOptions, table: ConnectionTable) -> bool:

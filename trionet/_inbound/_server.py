@@ -7,7 +7,8 @@ Task layout of one ``serve()`` call::
     └── handler nursery            (cancel scope = shutdown grace deadline)
         ├── accept nursery         (cancel scope = stop accepting)
         │   └── one accept task per listening socket  (trionet._inbound._accept)
-        └── one task per connection: `with conn scope: await handler(conn)`
+        └── one task per connection (HandlerTasks.run):
+            `with conn scope: PROXY header, TLS handshake, await handler(conn)`
 
 The accept nursery sits *inside* the handler nursery's body, so stopping the
 accept tasks (shutdown, or a fatal accept error) leaves the connection tasks
@@ -27,12 +28,14 @@ import trio
 from .._base._checks import check_seconds
 from .._base._errors import AcceptError
 from .._base._options import AcceptOptions
+from .._core._connection import Connection
 from .._core._stats import NetStatistics
 from .._core._table import ConnectionTable
-from ._accept import Acceptor, AcceptPolicy, Handler, slots_per_connection
+from ._accept import Acceptor, AcceptPolicy, Handler, check_slots, slots_per_connection
 from ._listen import Listener, open_listeners
+from ._prepare import has_steps, prepare_inbound
 
-__all__ = ["Handler", "Server", "serve"]
+__all__ = ["Handler", "HandlerTasks", "Server", "bind_all", "serve"]
 
 logger = logging.getLogger("trionet.server")
 
@@ -64,12 +67,20 @@ async def serve(
     if not callable(handler):
         raise TypeError(f"handler={handler!r} is not callable")
     need = slots_per_connection(handler)
-    limit = processor._table.throttle.max_connections
-    if limit is not None and limit < need:
-        raise ValueError(
-            f"max_connections={limit}: a session of {handler!r} needs "
-            f"{need} connections (client and upstream)"
-        )
+    check_slots(processor._table, need, repr(handler))
+    listeners = await bind_all(listen)
+    server = Server(processor, listeners)
+    await server._run(handler, task_status)
+
+
+async def bind_all(listen: tuple[int | AcceptOptions, ...]) -> list[Listener]:
+    """Bind every listen spec (a port or :class:`AcceptOptions`), in order; on
+    failure nothing stays open.
+
+    Raises:
+      TypeError: a spec that is neither a port number nor ``AcceptOptions``.
+      OSError / UnsupportedOptionError: as ``open_listeners``.
+    """
     specs = [AcceptOptions.coerce(spec) for spec in listen]
     listeners: list[Listener] = []
     try:
@@ -79,8 +90,59 @@ async def serve(
         for listener in listeners:
             listener.socket.close()
         raise
-    server = Server(processor, listeners)
-    await server._run(handler, task_status)
+    return listeners
+
+
+@final
+class HandlerTasks:
+    """serve()'s :data:`~trionet._inbound._accept.ConnectionTask`: the
+    pre-handler steps, the handler, and the close, in one task per connection."""
+
+    __slots__ = ("_handler", "_opts", "_policy", "_table")
+
+    def __init__(
+        self, table: ConnectionTable, policy: AcceptPolicy, opts: AcceptOptions, handler: Handler
+    ) -> None:
+        self._table = table
+        self._policy = policy
+        self._opts = opts
+        self._handler = handler
+
+    async def run(self, conn: Connection, scope: trio.CancelScope) -> None:
+        """One connection's task: the steps before the handler, the handler,
+        and the close, whatever happens."""
+        opts = self._opts
+        handler = self._handler
+        try:
+            with scope:
+                # Plain TCP pays one test here; PROXY/TLS steps run before the
+                # handler, inside the connection's scope (so its timeouts and a
+                # shutdown apply), and a failure closes it without the handler.
+                if has_steps(opts) and not await prepare_inbound(conn, opts, self._table):
+                    return
+                await handler(conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The peer reset or the connection was closed under the handler:
+            # the connection's ending, not a bug in the handler.
+            logger.debug("connection #%d ended: %r", conn.id, exc)
+        except Exception as exc:
+            self._table.counters.handler_errors += 1
+            if self._policy.propagate_handler_errors:
+                raise
+            logger.error(
+                "handler %r failed on connection #%d from %r",
+                handler,
+                conn.id,
+                conn.remote_address,
+                exc_info=exc,
+            )
+        finally:
+            if opts.ssl_context is not None and not conn.closed:
+                # TLS: send close_notify if that can be done promptly (shielded,
+                # bounded in Connection.aclose).
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+            conn.close()
 
 
 @final
@@ -142,7 +204,9 @@ class Server:
 
     async def _accept_task(self, listener: Listener, handler: Handler) -> None:
         assert self._nursery is not None
-        acceptor = Acceptor(self._table, self._policy, listener, handler, self._nursery)
+        tasks = HandlerTasks(self._table, self._policy, listener.options, handler)
+        need = slots_per_connection(handler)
+        acceptor = Acceptor(self._table, self._policy, listener, need, self._nursery, tasks.run)
         try:
             await acceptor.run()
         except AcceptError as exc:
