@@ -297,7 +297,9 @@ class TcpProxy:
         if options is not None and not isinstance(options, ConnectOptions):
             raise TypeError(f"{o}.options={options!r}: expected ConnectOptions or None")
         check_int(o, "chunk", chunk, 1, MAX_CHUNK)
-        self.net, self.host, self.port = net, host, int(port)
+        self.net: NetProcessor = net
+        self.host: str = host
+        self.port: int = int(port)
         self.options = options
         self.chunk = chunk
         self.reserve_outbound_slot = True

@@ -104,6 +104,13 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         "timed_out",
     )
 
+    # The TLS I/O below counts plaintext and marks the connection broken in
+    # these fields of the socket end (Wire): declared again for type checkers,
+    # which otherwise take those writes for new, unannotated attributes.
+    bytes_received: int
+    bytes_sent: int
+    broken: bool
+
     def __init__(
         self,
         sock: trio.socket.SocketType,
@@ -130,9 +137,9 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
             handler to connect with (see ``_inbound._accept``'s slot pairing).
         """
         super().__init__(sock, conn_id, owner, client, reservation)
-        self.inbound = inbound
+        self.inbound: bool = inbound
         now = self._last_activity
-        self.opened_at = now
+        self.opened_at: float = now
         # The peer address comes from accept()/connect() (free); our own address
         # costs a syscall and is looked up when first asked for.
         self._peer_address: SockAddr = peer_address

@@ -58,10 +58,10 @@ class ConnectionTable:
         max_idle_connections: int | None = None,
         default_inactivity_timeout: float | None = None,
     ) -> None:
-        self.counters = Counters()
-        self.throttle = Throttle(max_connections, per_client_max, exempt)
-        self.cop = TimeoutCop(self.counters, max_idle_connections)
-        self.default_inactivity_timeout = default_inactivity_timeout
+        self.counters: Counters = Counters()
+        self.throttle: Throttle = Throttle(max_connections, per_client_max, exempt)
+        self.cop: TimeoutCop = TimeoutCop(self.counters, max_idle_connections)
+        self.default_inactivity_timeout: float | None = default_inactivity_timeout
         self._ids = itertools.count(1)
         self._slot_freed = trio.lowlevel.ParkingLot()
 
@@ -154,7 +154,7 @@ class Reservation:
     def __init__(self, table: ConnectionTable) -> None:
         self._table = table
         table.throttle.acquire(None)
-        self.held = True
+        self.held: bool = True
 
     def hand_over(self) -> None:
         """Give the slot up for the Connection about to be created, whose own

@@ -44,11 +44,11 @@ class Throttle:
         per_client_max: int | None = None,
         exempt: Iterable[Network] = (),
     ) -> None:
-        self.max_connections = max_connections
-        self.per_client_max = per_client_max
+        self.max_connections: int | None = max_connections
+        self.per_client_max: int | None = per_client_max
         self._exempt = normalize_networks(exempt)
         self._exempt_cache: dict[str, bool] = {}
-        self.open = 0
+        self.open: int = 0
         self.per_client: dict[str, int] = {}
 
     def at_limit(self, need: int = 1) -> bool:

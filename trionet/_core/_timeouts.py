@@ -106,8 +106,8 @@ class TimeoutCop:
         self._sleep: trio.CancelScope | None = None
         self._idle: dict[Timed, None] = {}
         # For tests and bench/: how often the cop woke and pushed a deadline.
-        self.wakeups = 0
-        self.pushes = 0
+        self.wakeups: int = 0
+        self.pushes: int = 0
 
     # ------------------------------------------------------------ arming
     def rearm(self, conn: Timed) -> None:

@@ -136,10 +136,10 @@ class CachingResolver:
         if not is_int(max_entries) or max_entries < 1:
             raise ValueError(f"CachingResolver.max_entries={max_entries!r}: must be an int >= 1")
         self.resolver: Resolver = resolver if resolver is not None else GetaddrinfoResolver()
-        self.ttl = float(ttl)
+        self.ttl: float = float(ttl)
         self.max_entries = max_entries
-        self.hits = 0
-        self.misses = 0
+        self.hits: int = 0
+        self.misses: int = 0
         self._entries: OrderedDict[tuple[str, int, int], tuple[float, list[AddrInfo]]] = (
             OrderedDict()
         )

@@ -171,7 +171,7 @@ class Continuation:
     ) -> None:
         if mutex is not None and not isinstance(mutex, ProxyMutex):
             raise TypeError(f"mutex={mutex!r}: must be a ProxyMutex or None")
-        self.mutex = mutex if mutex is not None else ProxyMutex()
+        self.mutex: ProxyMutex = mutex if mutex is not None else ProxyMutex()
         self.handler: EventHandler | None = None
         if handler is not None:
             self.set_handler(handler)
@@ -219,9 +219,9 @@ class Action:
     def __init__(self, continuation: Continuation) -> None:
         if not isinstance(continuation, Continuation):
             raise TypeError(f"continuation={continuation!r}: must be a Continuation")
-        self.continuation = continuation
-        self.mutex = continuation.mutex
-        self.cancelled = False
+        self.continuation: Continuation = continuation
+        self.mutex: ProxyMutex = continuation.mutex
+        self.cancelled: bool = False
 
     def cancel(self) -> None:
         """Stop the operation; no callback reaches the continuation afterwards."""

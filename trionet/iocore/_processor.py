@@ -161,7 +161,7 @@ class UnixNetProcessor:
         default_inactivity_timeout: float = DEFAULT_INACTIVITY_TIMEOUT,
     ) -> None:
         self.net = net
-        self.event_processor = EventProcessor(nursery)
+        self.event_processor: EventProcessor = EventProcessor(nursery)
         self.default_inactivity_timeout = default_inactivity_timeout
         self._nursery = nursery
         self._counters = table_of(net).counters  # the native processor's statistics

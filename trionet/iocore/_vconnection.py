@@ -96,15 +96,15 @@ class NetVConnection:
 
     def __init__(self, conn: Connection, unp: VCProcessor) -> None:
         self.connection = conn
-        self.id = conn.id
-        self.mutex = ProxyMutex()
-        self.lerrno = 0
-        self.closed = False
+        self.id: int = conn.id
+        self.mutex: ProxyMutex = ProxyMutex()
+        self.lerrno: int = 0
+        self.closed: bool = False
         self._unp = unp
         self._r = Side(VIO(self))
         self._w = Side(VIO(self))
-        self.read_vio = self._r.vio
-        self.write_vio = self._w.vio
+        self.read_vio: VIO = self._r.vio
+        self.write_vio: VIO = self._w.vio
         self._reader = ReadMachine(self, self._r)
         self._writer = WriteMachine(self, self._w)
         self._timeout_gen = 0  # bumped by set_/cancel_*_timeout (ATS re-arm check)

@@ -58,7 +58,7 @@ class WorkerContext:
         self.restarts = restarts
         self.listen: tuple[AcceptOptions, ...] = tuple(listen)
         self.grace = grace
-        self.shutdown_requested = trio.Event()
+        self.shutdown_requested: trio.Event = trio.Event()
         self._control = control
         self._serving = False
 

@@ -120,21 +120,21 @@ class WorkerSupervisor:
         max_restart_delay: float = 10.0,
     ) -> None:
         self._main_ref = locate_main(main)
-        self.specs = [AcceptOptions.coerce(spec) for spec in listen]
+        self.specs: list[AcceptOptions] = [AcceptOptions.coerce(spec) for spec in listen]
         if not self.specs:
             raise ValueError("run_workers() needs at least one port or AcceptOptions")
-        self.workers = workers if workers is not None else usable_cpus()
+        self.workers: int = workers if workers is not None else usable_cpus()
         check_int("run_workers", "workers", self.workers, 1)
         check_seconds("run_workers", "grace", grace)
         check_seconds("run_workers", "restart_delay", restart_delay, allow_zero=False)
         check_seconds("run_workers", "max_restart_delay", max_restart_delay, allow_zero=False)
         if sharing not in _SHARING:
             raise ValueError(f"run_workers: sharing={sharing!r}: must be one of {_SHARING}")
-        self.grace = float(grace)
+        self.grace: float = float(grace)
         self.sharing: Sharing = sharing
-        self.restart_delay = float(restart_delay)
-        self.max_restart_delay = max(float(max_restart_delay), self.restart_delay)
-        self.restarts = 0
+        self.restart_delay: float = float(restart_delay)
+        self.max_restart_delay: float = max(float(max_restart_delay), self.restart_delay)
+        self.restarts: int = 0
         self.listen: tuple[AcceptOptions, ...] = ()
         self._procs: dict[int, trio.Process] = {}
         self._ready: set[int] = set()
