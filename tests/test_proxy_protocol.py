@@ -489,6 +489,38 @@ async def test_header_timeout(autojump_clock: trio.abc.Clock) -> None:
     assert rec.seen == []
 
 
+async def test_header_bytes_are_activity_and_wire_bytes_not_payload(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The header is read through the connection's wire primitive: its bytes
+    # count in read_bytes and as activity for the inactivity timeout, not in
+    # the connection's payload count. A header that trickles in over 1.5 s on a
+    # port with a 1 s inactivity timeout is still being received: not idle.
+    payloads: list[tuple[int, float | None]] = []
+
+    async def handler(conn: Connection) -> None:
+        data = await conn.receive_some()
+        payloads.append((conn.bytes_received, conn.timed_out))
+        await conn.send_all(data)
+
+    header = b"PROXY TCP4 198.51.100.7 192.0.2.1 5000 80\r\n"
+    async with trio.open_nursery() as nursery:
+        net, server, port = await _start(nursery, handler, inactivity_timeout=1.0)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(header[:10])
+            await trio.sleep(0.75)
+            await stream.send_all(header[10:20])
+            await trio.sleep(0.75)
+            await stream.send_all(header[20:] + b"hello")
+            assert await stream.receive_some() == b"hello"
+        server.shutdown(0)
+    assert payloads == [(5, None)]  # payload only; not timed out mid-header
+    stats = net.statistics()
+    assert stats.read_bytes == len(header) + 5
+    assert stats.inactivity_timeouts == 0
+
+
 async def test_per_client_limit_applies_to_the_relayed_client() -> None:
     # Behind a balancer every socket comes from the balancer's address; the
     # per-client limit must count the clients the headers name instead.

@@ -65,15 +65,7 @@ class ReadMachine:
 
     def can_read(self) -> bool:
         r = self._side
-        vio = r.vio
-        return (
-            not self._vc.closed
-            and r.enabled
-            and not r.shutdown
-            and vio.op == VIO.READ
-            and not r.disabled
-            and vio.buffer is not None
-        )
+        return not self._vc.closed and r.open_for(VIO.READ) and r.vio.buffer is not None
 
     async def run(self) -> None:
         r = self._side

@@ -39,6 +39,11 @@ class Side:
             and vio.ntodo() > 0
         )
 
+    def open_for(self, op: int) -> bool:
+        """Enabled, neither shut down nor disabled, and its VIO doing ``op``:
+        the checks both machines make before any I/O."""
+        return self.enabled and not self.shutdown and not self.disabled and self.vio.op == op
+
     def wake(self) -> None:
         self.lot.unpark_all()
 

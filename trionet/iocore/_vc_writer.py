@@ -64,10 +64,7 @@ class WriteMachine:
         vio = w.vio
         return (
             not self._vc.closed
-            and w.enabled
-            and not w.shutdown
-            and vio.op == VIO.WRITE
-            and not w.disabled
+            and w.open_for(VIO.WRITE)
             and vio.reader is not None
             and vio.cont is not None  # ATS net_write_io: nobody to call back, no I/O
         )
