@@ -22,8 +22,8 @@ from typing import cast, final
 
 import trio
 
-from .._base._addr import Network
-from ._connection import Connection, SockAddr
+from .._base._addr import Network, SocketAddress
+from ._connection import Connection
 from ._stats import Counters, NetStatistics
 from ._throttle import Throttle
 from ._timeouts import TimeoutCop
@@ -76,7 +76,7 @@ class ConnectionTable:
         *,
         inbound: bool,
         client: str | None,
-        peer_address: SockAddr = None,
+        peer_address: SocketAddress,
         inactivity_timeout: float | None = None,
         active_timeout: float | None = None,
         scope: trio.CancelScope | None = None,

@@ -10,13 +10,14 @@ admitted. The accept loop decides what to do with a "no" (wait or close).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, Literal
+from typing import Final, Literal, TypeAlias
 
 from .._base._addr import Network, client_key, normalize_networks, parse_address
 
 __all__ = ["ThrottleMode", "Throttle"]
 
-ThrottleMode = Literal["pause", "close"]
+ThrottleMode: TypeAlias = Literal["pause", "close"]
+# Exported and described as trionet.ThrottleMode.
 THROTTLE_MODES: Final = ("pause", "close")
 
 

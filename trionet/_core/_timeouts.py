@@ -50,7 +50,7 @@ import heapq
 import itertools
 import logging
 import math
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import trio
 
@@ -61,7 +61,8 @@ __all__ = ["TimedOut", "Timed", "TimeoutCop"]
 
 logger = logging.getLogger("trionet.timeouts")
 
-TimedOut = Literal["inactivity", "active", "evicted"]
+TimedOut: TypeAlias = Literal["inactivity", "active", "evicted"]
+# Exported and described as trionet.TimedOut.
 
 
 class Timed(Protocol):

@@ -23,7 +23,7 @@ from typing import final
 
 import trio
 
-from .._base._addr import AddrInfo, host_port, host_problem
+from .._base._addr import AddrInfo, as_socket_address, host_port, host_problem
 from .._base._checks import is_int
 from .._base._errors import ResolveError, named_error
 from .._base._options import Resolver
@@ -53,19 +53,15 @@ def check_addresses(resolver: object, host: str, result: object) -> list[AddrInf
         raise TypeError(f"resolver {resolver!r} returned {result!r} for {host!r}: expected a list")
     out: list[AddrInfo] = []
     for item in result:
-        ok = (
-            isinstance(item, tuple)
-            and len(item) == 2
-            and item[0] in _FAMILIES
-            and isinstance(item[1], tuple)
-            and len(item[1]) >= 2
-        )
-        if not ok:
+        address = None
+        if isinstance(item, tuple) and len(item) == 2 and item[0] in _FAMILIES:
+            address = as_socket_address(item[0], item[1])
+        if address is None:
             raise TypeError(
                 f"resolver {resolver!r} returned {item!r} for {host!r}: "
-                "expected (AF_INET or AF_INET6, sockaddr tuple)"
+                "expected (AF_INET, (host, port)) or (AF_INET6, (host, port, flowinfo, scope_id))"
             )
-        out.append((int(item[0]), item[1]))
+        out.append((int(item[0]), address))
     return out
 
 
@@ -98,8 +94,9 @@ class GetaddrinfoResolver:
             ) from exc
         seen: dict[AddrInfo, None] = {}
         for fam, _, _, _, sockaddr in infos:
-            if fam in _FAMILIES:
-                seen.setdefault((int(fam), sockaddr), None)
+            address = as_socket_address(fam, sockaddr)
+            if address is not None:
+                seen.setdefault((int(fam), address), None)
         return list(seen)
 
 

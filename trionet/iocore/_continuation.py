@@ -18,7 +18,7 @@ import enum
 import logging
 import threading
 from collections.abc import Callable
-from typing import Final, Literal, final
+from typing import Final, Literal, TypeAlias, final
 
 import trio
 
@@ -40,7 +40,8 @@ __all__ = [
 
 logger = logging.getLogger("trionet.iocore")
 
-EventHandler = Callable[[int, object], int]
+EventHandler: TypeAlias = Callable[[int, object], int]
+# Exported and described as trionet.iocore.EventHandler.
 
 # ATS net_retry_delay: 10 ms between attempts to take a contended mutex.
 NET_RETRY_DELAY: Final = 0.01

@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol, final
 
 import trio
 
+from .._base._addr import SocketAddress
 from .._base._checks import check_seconds, is_int
 from .._core._connection import Connection, TimedOut
 from .._core._stats import Counters
@@ -123,11 +124,12 @@ class NetVConnection:
         return f"<NetVConnection #{self.id} {self.get_remote_addr()!r} {state}>"
 
     # ---------------------------------------------------------- addresses
-    def get_remote_addr(self) -> object:
+    def get_remote_addr(self) -> SocketAddress:
         """The peer's address (after PROXY protocol, if any)."""
         return self.connection.remote_address
 
-    def get_local_addr(self) -> object:
+    def get_local_addr(self) -> SocketAddress:
+        """Our address as the peer sees it (after PROXY protocol, if any)."""
         return self.connection.local_address
 
     # ------------------------------------------------------------- do_io
