@@ -79,6 +79,25 @@ async def test_reset_by_peer_is_broken_resource() -> None:
     assert net.statistics().connections_currently_open == 0
 
 
+@pytest.mark.parametrize(
+    ("family", "unknown"),
+    [(socket.AF_INET, ("0.0.0.0", 0)), (socket.AF_INET6, ("::", 0, 0, 0))],
+)
+async def test_addresses_of_a_closed_connection(family: int, unknown: tuple[object, ...]) -> None:
+    """The peer's address is kept from the accept/connect; our own is asked
+    for lazily, so a socket closed before anyone asked reports the all-zero
+    address of its family (ATS's get_local_addr), never None."""
+    net = trionet.NetProcessor()
+    a, b = await connection_pair(net, family=family)
+    asked = a.local_address  # asked while open: kept
+    peer = b.remote_address
+    a.close()
+    b.close()
+    assert a.local_address == a.sock_address == asked == peer
+    assert b.peer_address == b.remote_address == peer
+    assert b.local_address == b.sock_address == unknown
+
+
 async def test_ipv6_pair() -> None:
     net = trionet.NetProcessor()
     a, b = await connection_pair(net, family=socket.AF_INET6)

@@ -69,6 +69,17 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
     assert "trionet" in index
     reference = (tmp_path / "reference.html").read_text()
     assert 'id="trionet.NetProcessor.serve"' in reference
+    # Connection's stream methods are plain functions returning a coroutine (one
+    # frame per call); the reference shows them as the async methods they are.
+    for method in ("receive_some", "send_all", "send_eof", "wait_send_all_might_not_block"):
+        signature = re.search(
+            rf'<dt class="sig sig-object py" id="trionet\.Connection\.{method}">(.*?)</dt>',
+            reference,
+            re.S,
+        )
+        assert signature is not None, method
+        assert ">await<" in signature[1], (method, signature[1])
+    assert "Coroutine" not in reference
 
 
 def public_names(module: ModuleType) -> set[str]:
