@@ -10,12 +10,12 @@ here too: the stats page is a small server of its own processor.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from typing import final
 
 import trio
 
-from ._base._addr import Network
 from ._base._checks import check_bool, check_int, check_opt_int, check_seconds, to_networks
 from ._base._options import AcceptOptions, ConnectOptions
 from ._core._connection import Connection
@@ -89,7 +89,9 @@ class NetProcessor:
         max_connections: int | None = None,
         throttle: ThrottleMode = "pause",
         per_client_max_connections: int | None = None,
-        per_client_exempt: Iterable[str | Network] | None = (),
+        per_client_exempt: (
+            Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network] | None
+        ) = (),
         accept_batch: int = DEFAULT_ACCEPT_BATCH,
         accept_error_pause: float = 0.05,
         accept_error_grace: float = DEFAULT_ACCEPT_ERROR_GRACE,
@@ -282,7 +284,12 @@ class NetProcessor:
           ConnectError: every attempt failed (``errno`` kept, ``__cause__`` the
             ``OSError``); the message ends with ``: host:port``.
           UnsupportedOptionError: a socket option the platform cannot provide.
-          TypeError / ValueError: bad ``host``, ``port`` or ``options``.
+          TypeError: ``host`` is not a non-empty str, ``port`` not an int,
+            ``options`` not a :class:`ConnectOptions`, or ``for_connection``
+            not a :class:`Connection`.
+          ValueError: ``port`` is outside 1..65535, or ``host`` (an IP
+            literal) or ``options.family`` is not of the family
+            ``options.local_address`` asks for.
         """
         return await connect(self._table, host, port, options, for_connection=for_connection)
 

@@ -117,7 +117,8 @@ def parse_proxy_header(
     Raises:
       ProxyProtocolError: ``data`` cannot start a valid header; the message
         says which field was wrong.
-      TypeError / ValueError: ``max_length`` is not an int >= 16.
+      TypeError: ``max_length`` is not an int.
+      ValueError: ``max_length`` is below 16.
     """
     if not is_int(max_length):
         raise TypeError(f"max_length={max_length!r}: must be an int")

@@ -76,7 +76,7 @@ class GetaddrinfoResolver:
     Raises:
       ResolveError: the lookup failed; chained to the ``socket.gaierror``,
         whose ``errno`` (an ``EAI_*`` code) it keeps. Also, before any lookup,
-        a name :func:`host_problem` refuses (control characters, over-long
+        a name that is no valid host name (control characters, over-long
         names or labels, IDNA failures).
     """
 
@@ -112,7 +112,7 @@ class CachingResolver:
       max_entries: entries kept, >= 1; the least recently used one is dropped
         when a new one would exceed it.
 
-    A name :func:`host_problem` refuses raises :class:`ResolveError` before the
+    A name that is no valid host name raises :class:`ResolveError` before the
     cache or the inner resolver sees it.
     Failures are not cached: the next connect asks again (a negative cache
     would make a transient DNS outage outlive its cause).

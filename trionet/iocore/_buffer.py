@@ -49,7 +49,8 @@ class MIOBuffer:
       water_mark: ``high_water()`` threshold in bytes (ATS ``water_mark``).
 
     Raises:
-      ValueError / TypeError: ``size`` or ``water_mark`` out of range.
+      TypeError: ``size`` or ``water_mark`` is not an int.
+      ValueError: ``size`` is below 1 or ``water_mark`` below 0.
     """
 
     __slots__ = ("_base", "_data", "_readers", "size", "water_mark")

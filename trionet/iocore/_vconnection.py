@@ -144,7 +144,8 @@ class NetVConnection:
           The read VIO, or ``None`` if the VC is closed (logged, as ATS does).
 
         Raises:
-          TypeError / ValueError: bad ``cont``, ``nbytes`` or ``buf``.
+          TypeError: ``cont``, ``nbytes`` or ``buf`` of the wrong type.
+          ValueError: ``nbytes`` is negative.
         """
         _check_nbytes(nbytes)
         if buf is not None and not isinstance(buf, MIOBuffer):
@@ -171,7 +172,8 @@ class NetVConnection:
           The write VIO, or ``None`` if the VC is closed (logged).
 
         Raises:
-          TypeError / ValueError: bad ``cont``, ``nbytes`` or ``reader``.
+          TypeError: ``cont``, ``nbytes`` or ``reader`` of the wrong type.
+          ValueError: ``nbytes`` is negative.
         """
         _check_nbytes(nbytes)
         if reader is not None and not isinstance(reader, IOBufferReader):

@@ -438,16 +438,21 @@ def run_workers(
       sharing: ``"reuseport"`` (each worker binds with SO_REUSEPORT),
         ``"inherit"`` (one socket opened here, inherited by every worker) or
         ``"auto"`` (reuseport where the platform has it).
-      restart_delay / max_restart_delay: a dead worker is restarted after
-        ``restart_delay`` seconds, doubling while it keeps dying within
-        ``STABLE_AFTER`` seconds, up to ``max_restart_delay``.
+      restart_delay: seconds before a dead worker is restarted, doubling
+        while it keeps dying within ``STABLE_AFTER`` seconds...
+      max_restart_delay: ...up to this many seconds.
 
     Returns:
       An exit status: 0 if every worker exited cleanly after the shutdown.
 
     Raises:
       OSError: a port could not be bound (before any worker starts).
-      ValueError / TypeError: bad arguments, named.
+      TypeError: an argument of the wrong type (``main`` not a module-level
+        coroutine function, a listen spec neither a port nor an
+        :class:`AcceptOptions`...); the message names it.
+      ValueError: an argument out of range (no listen spec, ``workers``
+        below 1, a delay of 0 or less, an unknown ``sharing``...); the
+        message names it and its value.
       WorkerStartupError: a worker failed at start-up ``STARTUP_ATTEMPTS``
         times in a row (its error in one line); every worker was stopped.
     """
