@@ -232,7 +232,12 @@ class Wire:
         self._receiving = True
         try:
             try:
-                data = await self.socket.recv(max_bytes, flags)
+                # No flags argument unless asked: it would travel through
+                # trio's wrappers on every call of the hot path.
+                if flags:
+                    data = await self.socket.recv(max_bytes, flags)
+                else:
+                    data = await self.socket.recv(max_bytes)
             except OSError as exc:
                 raise self._translate(exc) from exc
         finally:

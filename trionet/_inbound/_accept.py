@@ -100,6 +100,12 @@ RESOURCE_LOG_INTERVAL: Final = 10.0
 # shutdown() without arguments gives them.
 DEFAULT_ACCEPT_ERROR_GRACE: Final = 5.0
 
+# Every connection task gets this one name. Left to trio, each task would get
+# its own copy of "module.qualname" built at spawn time: about 100 bytes per
+# idle connection, and the heap fragments around them (the idle benchmark
+# measured 140 bytes of RSS per connection more without it).
+_TASK_NAME: Final = "trionet._inbound._accept.Acceptor._serve_connection"
+
 # Linux copies a listening socket's options (TCP_NODELAY, SO_KEEPALIVE, SO_LINGER,
 # buffer sizes, IP_TOS, SO_MARK, TCP_NOTSENT_LOWAT) to every socket accept()
 # returns, so setting them on the listener applies them to accepted sockets with
@@ -298,7 +304,7 @@ class Acceptor:
             scope=scope,
             reserve=self._need > 1,
         )
-        self._nursery.start_soon(self._serve_connection, conn, scope)
+        self._nursery.start_soon(self._serve_connection, conn, scope, name=_TASK_NAME)
 
     async def _serve_connection(self, conn: Connection, scope: trio.CancelScope) -> None:
         """One connection's task: the steps before the handler, the handler,
