@@ -59,13 +59,13 @@ class _AwaitedAs(Protocol):
     """What ``Connection``'s plain-def stream methods are to their callers:
     ``async def`` methods (``await conn.receive_some()`` gives ``bytes``).
 
-    Each method carries its declaration here as ``__wrapped__``, with its
-    annotations, so that what reads a signature at run time -- ``help()``,
-    ``inspect.signature``, Sphinx, and sphinxcontrib-trio, which writes
-    ``await`` before a coroutine function -- sees ``async def ... -> bytes``
-    rather than a plain function returning ``Coroutine[Any, Any, bytes]``.
-    Type checkers read the methods' own annotations, which say the same (a
-    coroutine of ``bytes``). Nothing changes on the call path.
+    Each method carries its declaration here as ``__wrapped__``, which
+    ``inspect.signature`` and ``help()`` follow, and so does
+    sphinxcontrib-trio's method documenter: it writes ``await`` before a
+    coroutine function, and ``docs/reference.rst`` has it render these four
+    (``automethod``; Sphinx's own class documenter does not follow
+    ``__wrapped__``). Type checkers read the methods' own annotations, which
+    say the same: a coroutine of ``bytes``. Nothing changes on the call path.
     """
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
@@ -88,7 +88,6 @@ def _awaited_as(
 
     def mark(method: _Method) -> _Method:
         method.__wrapped__ = declaration  # type: ignore[attr-defined]
-        method.__annotations__ = dict(declaration.__annotations__)
         return method
 
     return mark
