@@ -16,10 +16,10 @@ the server it reports on.
 
 Supervisors of worker processes have their own policy, in which a repeated
 SIGTERM is not an escalation (``trionet._apps._workers._signals``): a process
-group's SIGTERM reaches them twice. A single process gets one per sender;
-the exception is coreutils' ``timeout`` without ``--foreground``, which
-signals its child and then the child's process group, so that a server run
-under it may see one ``timeout`` as two signals.
+group's SIGTERM reaches them twice. A single process gets one per kill; two
+sent back to back (coreutils' ``timeout`` signals its child, then the child's
+process group) arrive as one unless the first was taken in between: Python
+and trio keep one pending signal of each kind (seen: one, under ``timeout``).
 """
 
 from __future__ import annotations
@@ -58,10 +58,6 @@ async def stop_on_signals(
         async with trio.open_nursery() as nursery:
             server = await net.start_server(nursery, handler, 8080)
             await trionet.stop_on_signals(server, grace=10)
-
-    Every signal counts, whoever sends it: coreutils' ``timeout`` signals its
-    child and then the child's process group, which is two signals to a
-    server it started, unless run with ``--foreground``.
 
     Args:
       servers: one or more :class:`Server` (a server and its stats page...).
