@@ -13,6 +13,14 @@
  *       read the whole echo back (and check it), send the next. Counts round trips
  *       completed during the D-second window that follows W seconds of warm-up.
  *
+ *   loadgen pingpong --port P --rounds R [--conns N] [--size S] [--stall T]
+ *       A fixed amount of work instead of a time window: each of the N
+ *       connections does exactly R round trips (R may be 0), then half-closes
+ *       (shutdown SHUT_WR) and reads until the server closes its end. So when
+ *       it exits, every server handler has seen EOF and closed. Gives up
+ *       (exit 2) after T seconds (300) without progress. For bench/callgrind.py,
+ *       which counts the server's instructions instead of timing it.
+ *
  *   loadgen connrate --port P [--conns N] [--size S] [--warmup W] [--duration D] [--pids A,B]
  *       N concurrent clients, each looping: nonblocking connect, send S bytes,
  *       read the echo, close. Counts completed cycles during the window.
@@ -66,6 +74,8 @@ static double opt_duration = 2.0;
 static double opt_settle = 1.0;
 static double opt_window = 10.0;
 static int opt_concurrency = 256;
+static int opt_rounds = -1; /* pingpong: >= 0 = fixed round trips per connection, no window */
+static double opt_stall = 300.0; /* --rounds: seconds without progress before giving up */
 static int npids = 0;
 static int pids[MAX_PIDS];
 
@@ -289,6 +299,8 @@ typedef struct {
     int fd;
     int sent, rcvd;
     int want_out; /* EPOLLOUT registered */
+    int rounds;   /* --rounds: round trips completed */
+    int draining; /* --rounds: half-closed, reading until the server's EOF */
 } pp_conn_t;
 
 static void pp_kill(pp_conn_t *c, int kind, int err)
@@ -401,6 +413,109 @@ static int run_pingpong(void)
            opt_conns, opt_size, alive, ops, (double)ops / wall);
     print_window(&w);
     printf(", ");
+    print_errors();
+    printf("}\n");
+    free(cs);
+    return 0;
+}
+
+/* ------------------------------------------------------------ ping-pong, fixed round trips */
+/* No more requests on this connection: half-close, then wait for the server's EOF. */
+static void rt_finish(pp_conn_t *c)
+{
+    if (shutdown(c->fd, SHUT_WR) < 0) {
+        pp_kill(c, err_kind(errno), errno);
+        return;
+    }
+    c->draining = 1;
+}
+
+/*
+ * One event on a --rounds connection. Returns 1 when it made progress (echo
+ * bytes arrived, or the server's EOF after our half-close closed it), 0
+ * otherwise; an error closes the connection (fd = -1) after counting it.
+ */
+static int rt_event(pp_conn_t *c, uint32_t idx, uint32_t events)
+{
+    if ((events & EPOLLOUT) && !c->draining)
+        pp_send(c, idx);
+    if (c->fd < 0 || !(events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+        return 0;
+    size_t want = c->draining ? MAX_SIZE : (size_t)(c->sent - c->rcvd > 0 ? c->sent - c->rcvd : 1);
+    ssize_t r = read(c->fd, rbuf, want);
+    if (r < 0) {
+        if (errno != EAGAIN)
+            pp_kill(c, err_kind(errno), errno);
+        return 0;
+    }
+    if (r == 0) {
+        if (!c->draining) {
+            pp_kill(c, E_EOF, 0);
+            return 0;
+        }
+        close(c->fd); /* the server closed after our half-close: this connection is done */
+        c->fd = -1;
+        return 1;
+    }
+    if (c->draining || c->rcvd + r > c->sent || memcmp(rbuf, msg + c->rcvd, (size_t)r) != 0) {
+        pp_kill(c, E_MISMATCH, 0); /* bytes after the last echo count as a mismatch too */
+        return 0;
+    }
+    c->rcvd += (int)r;
+    if (c->rcvd < opt_size)
+        return 1;
+    c->rounds++;
+    c->sent = c->rcvd = 0;
+    if (c->rounds < opt_rounds)
+        pp_send(c, idx);
+    else
+        rt_finish(c);
+    return c->fd >= 0; /* 0 if the send or the half-close failed (counted as an error) */
+}
+
+static int run_rounds(void)
+{
+    pp_conn_t *cs = calloc((size_t)opt_conns, sizeof *cs);
+    struct epoll_event evs[MAX_EVENTS];
+    double t0 = now(), c0 = self_cpu();
+    for (int i = 0; i < opt_conns; i++) {
+        cs[i].fd = connect_blocking();
+        ep_set(cs[i].fd, EPOLLIN, (uint32_t)i, EPOLL_CTL_ADD);
+    }
+    int open = opt_conns, eofs = 0;
+    for (int i = 0; i < opt_conns; i++) {
+        if (opt_rounds > 0)
+            pp_send(&cs[i], (uint32_t)i);
+        else
+            rt_finish(&cs[i]);
+        open -= cs[i].fd < 0;
+    }
+    double last = now();
+    while (open > 0) {
+        int n = wait_events(evs, last + opt_stall, -1);
+        if (n == 0 && now() >= last + opt_stall)
+            die("rounds: no progress for %g s (%d of %d connections still open)", opt_stall,
+                open, opt_conns);
+        for (int k = 0; k < n; k++) {
+            uint32_t idx = evs[k].data.u32;
+            pp_conn_t *c = &cs[idx];
+            if (c->fd < 0)
+                continue;
+            int progress = rt_event(c, idx, evs[k].events);
+            if (progress)
+                last = now();
+            if (c->fd < 0) {
+                open--;
+                eofs += progress; /* closed by the server's EOF, not by an error */
+            }
+        }
+    }
+    long long ops = 0;
+    for (int i = 0; i < opt_conns; i++)
+        ops += cs[i].rounds;
+    printf("{\"mode\": \"pingpong\", \"conns\": %d, \"size\": %d, \"rounds\": %d, \"ops\": %lld, "
+           "\"closed_by_server\": %d, \"wall_s\": %.3f, \"client_cpu_s\": %.4f, ",
+           opt_conns, opt_size, opt_rounds, ops, eofs, now() - t0, self_cpu() - c0);
     print_errors();
     printf("}\n");
     free(cs);
@@ -660,7 +775,7 @@ static void usage(void)
 {
     fputs("usage: loadgen pingpong|connrate|idle --port P [--host H] [--conns N] [--size S]\n"
           "       [--warmup W] [--duration D] [--settle S] [--window W] [--concurrency K]\n"
-          "       [--pids PID,PID...]\n",
+          "       [--pids PID,PID...] [--rounds R] [--stall T]\n",
           stderr);
     exit(2);
 }
@@ -673,6 +788,7 @@ int main(int argc, char **argv)
         {"warmup", required_argument, 0, 'w'},   {"duration", required_argument, 0, 'd'},
         {"settle", required_argument, 0, 'S'},   {"window", required_argument, 0, 'W'},
         {"pids", required_argument, 0, 'P'},     {"concurrency", required_argument, 0, 'k'},
+        {"rounds", required_argument, 0, 'r'},   {"stall", required_argument, 0, 't'},
         {0, 0, 0, 0},
     };
     if (argc < 2)
@@ -692,12 +808,20 @@ int main(int argc, char **argv)
         case 'W': opt_window = atof(optarg); break;
         case 'P': parse_pids(optarg); break;
         case 'k': opt_concurrency = atoi(optarg); break;
+        case 'r':
+            opt_rounds = atoi(optarg);
+            if (opt_rounds < 0)
+                die("--rounds must be >= 0, got %s", optarg);
+            break;
+        case 't': opt_stall = atof(optarg); break;
         default: usage();
         }
     }
     if (opt_port <= 0 || opt_port > 65535 || opt_conns < 1 || opt_size < 1 ||
-        opt_size > MAX_SIZE || opt_concurrency < 1)
+        opt_size > MAX_SIZE || opt_concurrency < 1 || opt_stall <= 0)
         usage();
+    if (opt_rounds >= 0 && strcmp(mode, "pingpong") != 0)
+        die("--rounds applies to pingpong only, not %s", mode);
     memset(&server_addr, 0, sizeof server_addr);
     server_addr.sin_family = AF_INET;
     server_addr.sin_port = htons((uint16_t)opt_port);
@@ -712,7 +836,7 @@ int main(int argc, char **argv)
         die("epoll_create1: %s", strerror(errno));
     raise_nofile();
     if (strcmp(mode, "pingpong") == 0)
-        return run_pingpong();
+        return opt_rounds >= 0 ? run_rounds() : run_pingpong();
     if (strcmp(mode, "connrate") == 0)
         return run_connrate();
     if (strcmp(mode, "idle") == 0)

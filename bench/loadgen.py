@@ -64,7 +64,8 @@ def command(mode: str, port: int, pids: list[int], **options: float | int | str)
     """The load generator's argv for ``mode`` against ``port``, measuring ``pids``.
 
     Keyword options map to ``--name value`` (``conns``, ``size``, ``warmup``,
-    ``duration``, ``settle``, ``window``, ``concurrency``, ``host``).
+    ``duration``, ``settle``, ``window``, ``concurrency``, ``host``, and for a
+    fixed number of round trips instead of a window ``rounds`` and ``stall``).
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: must be one of {MODES}")

@@ -1,12 +1,14 @@
-"""The documentation: it builds with warnings as errors, every public name is
-in the API reference, every snippet it includes is a file under
-docs/snippets/ or examples/ that exists, and the snippets do what the pages
-say (run here against real loopback sockets)."""
+"""The documentation: it builds with warnings as errors and every reference
+resolved (nitpicky), every public name is in the API reference, every snippet
+it includes is a file under docs/snippets/ or trionet/examples/ that exists,
+and the snippets do what the pages say (run here against real loopback
+sockets)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import importlib.util
 import os
 import re
@@ -34,11 +36,14 @@ from .running import (
     echo_roundtrip,
     env,
     free_port,
+    needs_source_tree,
     wait_until_listening,
 )
 
 DOCS = ROOT / "docs"
 SNIPPETS = DOCS / "snippets"
+EXAMPLES = ROOT / "trionet" / "examples"
+SPHINX = [sys.executable, "-m", "sphinx", "-W", "-n", "--keep-going", "-q", "-b", "html"]
 
 
 def load_snippet(name: str) -> ModuleType:
@@ -55,9 +60,13 @@ def pages() -> list[Path]:
 
 # ------------------------------------------------------------------ building
 @pytest.mark.slow
+@needs_source_tree
 def test_docs_build_without_warnings(tmp_path: Path) -> None:
+    """-W -n: a warning, or a reference that resolves nowhere, fails the build.
+    Python and trio names link to their documentation (local inventories,
+    docs/_inv/: no network at build time)."""
     build = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", DOCS, tmp_path],
+        [*SPHINX, DOCS, tmp_path],
         env=env(),
         capture_output=True,
         text=True,
@@ -69,6 +78,21 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
     assert "trionet" in index
     reference = (tmp_path / "reference.html").read_text()
     assert 'id="trionet.NetProcessor.serve"' in reference
+    # Read the Docs' theme, its content column widened for 100-column code.
+    assert "sphinx_rtd_theme" in index or "wy-nav-content" in index
+    assert (tmp_path / "_static" / "styles.css").is_file()
+    # intersphinx: trio's and Python's names are links to their pages.
+    trio_docs = "https://trio.readthedocs.io/en/stable/"
+    assert f'href="{trio_docs}reference-io.html#trio.abc.HalfCloseableStream"' in reference
+    assert 'href="https://docs.python.org/3.11/library/ssl.html#ssl.SSLContext"' in reference
+    # A class users are given, not one they build: no constructor parameters.
+    connection = reference.split('id="trionet.Connection"', 1)[1].split('id="trionet.TLSInfo"')[0]
+    assert "conn_id" not in connection and "_Owner" not in connection
+    # The pages the README links to, and the changelog from CHANGELOG.md.
+    for page in ("install", "examples", "changelog"):
+        assert (tmp_path / f"{page}.html").is_file(), page
+    changelog = (tmp_path / "changelog.html").read_text()
+    assert "Unreleased" in changelog and "0.1.0" in changelog
     # Connection's stream methods are plain functions returning a coroutine (one
     # frame per call); the reference shows them as the async methods they are.
     for method in ("receive_some", "send_all", "send_eof", "wait_send_all_might_not_block"):
@@ -92,19 +116,20 @@ def public_names(module: ModuleType) -> set[str]:
 def test_every_public_name_is_in_the_reference(module: ModuleType, page: str) -> None:
     text = (DOCS / page).read_text()
     documented = set(re.findall(r"^\.\. auto(?:class|function|exception|data):: (\w+)", text, re.M))
-    missing = public_names(module) - documented - {"iocore"}
+    missing = public_names(module) - documented - {"iocore", "examples"}
     assert not missing, f"add to docs/{page}: {sorted(missing)}"
 
 
+@needs_source_tree
 def test_included_files_exist_and_are_tested() -> None:
     """literalinclude only from files this suite runs: docs/snippets/ (run
-    below) or examples/ (run by tests/test_examples.py and friends)."""
+    below) or trionet/examples/ (run by tests/test_examples.py and friends)."""
     included = []
     for page in pages():
         for target in re.findall(r"\.\. literalinclude:: (\S+)", page.read_text()):
             path = (page.parent / target).resolve()
             assert path.is_file(), f"{page.name}: {target} does not exist"
-            assert path.parent in (SNIPPETS, ROOT / "examples"), f"{page.name}: {target}"
+            assert path.parent in (SNIPPETS, EXAMPLES), f"{page.name}: {target}"
             included.append(path)
     assert included
     for snippet in SNIPPETS.glob("*.py"):
@@ -345,6 +370,22 @@ def test_command_lines_in_the_docs_parse() -> None:
     assert len(lines) >= 2
     for line in lines:
         build_parser().parse_args(shlex.split(line)[1:])
+
+
+def test_example_command_lines_in_the_docs_parse() -> None:
+    """Every ``python -m trionet.examples.NAME ...`` command line the docs
+    show names an example that exists, with arguments it accepts."""
+    lines = [
+        line.strip().removeprefix("$ ").removeprefix("python -m ")
+        for page in pages()
+        for line in page.read_text().splitlines()
+        if line.strip().removeprefix("$ ").startswith("python -m trionet.examples.")
+    ]
+    assert len(lines) >= 5
+    for line in lines:
+        module, *args = shlex.split(line.removesuffix("&"))
+        example = importlib.import_module(module)
+        example.parse_args(args)
 
 
 async def test_tutorial_client(capsys: pytest.CaptureFixture[str]) -> None:

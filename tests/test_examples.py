@@ -1,8 +1,9 @@
-"""Every example under examples/ runs: started as a subprocess on a free port,
-bytes exchanged, stopped with SIGINT, clean exit checked; and every server
-example given a port that is taken says so in one line and exits 1. (The
-echo_client.py and ats_echo_server.py runs are tested by their authors' test
-files.)"""
+"""Every example in trionet.examples runs (``python -m trionet.examples.NAME``,
+from the package this suite imports: the checkout or an installed wheel):
+started as a subprocess on a free port, bytes exchanged, stopped with SIGINT,
+clean exit checked; and every server example given a port that is taken says
+so in one line and exits 1. (The echo_client and ats_echo_server runs are
+tested by their authors' test files.)"""
 
 from __future__ import annotations
 
@@ -10,18 +11,30 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from .running import ROOT, Running, echo_roundtrip, env, running_upstream
+import trionet.examples
 
-EXAMPLES = ROOT / "examples"
+from .running import Running, echo_roundtrip, env, running_upstream
+
+EXAMPLES = Path(trionet.examples.__file__).parent
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if p.stem != "__init__")
+ECHO_SERVER = ("-m", "trionet.examples.echo_server")
+TCP_PROXY = ("-m", "trionet.examples.tcp_proxy")
+ATS_TUNNEL = ("-m", "trionet.examples.ats_tunnel")
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_the_examples_are_all_there() -> None:
+    """The package ships the five programs the docs tell readers to run."""
+    assert NAMES == ["ats_echo_server", "ats_tunnel", "echo_client", "echo_server", "tcp_proxy"]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_every_example_has_help(name: str) -> None:
     out = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), "--help"],
+        [sys.executable, "-m", f"trionet.examples.{name}", "--help"],
         env=env(),
         capture_output=True,
         text=True,
@@ -33,16 +46,16 @@ def test_every_example_has_help(name: str) -> None:
 
 
 SERVERS = {
-    "echo_server.py": [],
-    "tcp_proxy.py": ["--upstream", "127.0.0.1:9"],
-    "ats_echo_server.py": [],
-    "ats_tunnel.py": ["--upstream", "127.0.0.1:9"],
+    "echo_server": [],
+    "tcp_proxy": ["--upstream", "127.0.0.1:9"],
+    "ats_echo_server": [],
+    "ats_tunnel": ["--upstream", "127.0.0.1:9"],
 }
 
 
 def test_every_server_example_is_checked_with_its_port_taken() -> None:
-    clients = {"echo_client.py"}
-    assert set(SERVERS) | clients == {p.name for p in EXAMPLES.glob("*.py")}
+    clients = {"echo_client"}
+    assert set(SERVERS) | clients == set(NAMES)
 
 
 @pytest.mark.parametrize("name", sorted(SERVERS))
@@ -52,7 +65,7 @@ def test_port_taken_is_one_line_and_status_1(name: str) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, str(EXAMPLES / name), "--port", str(port), *SERVERS[name]],
+            [sys.executable, "-m", f"trionet.examples.{name}", "--port", str(port), *SERVERS[name]],
             env=env(),
             capture_output=True,
             text=True,
@@ -61,12 +74,12 @@ def test_port_taken_is_one_line_and_status_1(name: str) -> None:
     assert done.returncode == 1, done
     assert done.stdout == ""
     [line] = done.stderr.splitlines()  # one line: no traceback, no second report
-    assert line.startswith(name.removesuffix(".py") + ": "), line
+    assert line.startswith(f"{name}: "), line
     assert f"127.0.0.1:{port}" in line and "Address already in use" in line, line
 
 
 def test_echo_server() -> None:
-    args = ["examples/echo_server.py", "--port", "0", "--max-connections", "10"]
+    args = [*ECHO_SERVER, "--port", "0", "--max-connections", "10"]
     with Running(*args, "--inactivity-timeout", "30") as run:
         port = int(run.expect(r"echo server listening on 127\.0\.0\.1 port (\d+)")[1])
         assert echo_roundtrip(port, b"abc" * 1000) == b"abc" * 1000
@@ -80,7 +93,7 @@ def test_echo_server() -> None:
 def test_tcp_proxy() -> None:
     with running_upstream() as upstream:
         up_port = upstream.server_address[1]
-        args = ["examples/tcp_proxy.py", "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
+        args = [*TCP_PROXY, "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
         with Running(*args, "--max-connections", "10", "--inactivity-timeout", "30") as run:
             port = int(run.expect(r"tcp proxy listening on 127\.0\.0\.1 port (\d+), upstream")[1])
             assert echo_roundtrip(port, b"q" * 100_000) == b"got 100000 bytes"
@@ -97,7 +110,7 @@ def test_tcp_proxy_upstream_down() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    args = ["examples/tcp_proxy.py", "--port", "0", "--upstream", f"127.0.0.1:{dead}"]
+    args = [*TCP_PROXY, "--port", "0", "--upstream", f"127.0.0.1:{dead}"]
     with Running(*args) as run:
         port = int(run.expect(r"listening on 127\.0\.0\.1 port (\d+)")[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
@@ -111,7 +124,7 @@ def test_ats_tunnel() -> None:
     """The same proxy on the iocore shim: same bytes, same half-close."""
     with running_upstream() as upstream:
         up_port = upstream.server_address[1]
-        args = ["examples/ats_tunnel.py", "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
+        args = [*ATS_TUNNEL, "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
         with Running(*args, "--inactivity-timeout", "30", "--max-connections", "10") as run:
             port = int(run.expect(r"ats tunnel listening on 127\.0\.0\.1 port (\d+), upstream")[1])
             assert echo_roundtrip(port, b"t" * 300_000) == b"got 300000 bytes"
@@ -126,7 +139,7 @@ def test_ats_tunnel_upstream_down() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    args = ["examples/ats_tunnel.py", "--port", "0", "--upstream", f"127.0.0.1:{dead}"]
+    args = [*ATS_TUNNEL, "--port", "0", "--upstream", f"127.0.0.1:{dead}"]
     with Running(*args) as run:
         port = int(run.expect(r"listening on 127\.0\.0\.1 port (\d+)")[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
@@ -142,7 +155,7 @@ def test_ats_tunnel_inactivity_timeout() -> None:
     must not reach the upstream as a complete one."""
     with running_upstream() as upstream:
         up_port = upstream.server_address[1]
-        args = ["examples/ats_tunnel.py", "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
+        args = [*ATS_TUNNEL, "--port", "0", "--upstream", f"127.0.0.1:{up_port}"]
         with Running(*args, "--inactivity-timeout", "0.5") as run:
             port = int(run.expect(r"listening on 127\.0\.0\.1 port (\d+)")[1])
             with socket.create_connection(("127.0.0.1", port), timeout=10) as client:

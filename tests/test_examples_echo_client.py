@@ -1,4 +1,4 @@
-"""examples/echo_client.py against examples/echo_server.py, both as real
+"""trionet.examples.echo_client against trionet.examples.echo_server, both as real
 processes on loopback (port 0: the server prints the port it got)."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = ROOT / "examples" / "echo_server.py"
-CLIENT = ROOT / "examples" / "echo_client.py"
+SERVER = ["-m", "trionet.examples.echo_server"]
+CLIENT = ["-m", "trionet.examples.echo_client"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 TIMEOUT = 20.0
 
@@ -37,7 +37,7 @@ def read_line(proc: subprocess.Popen[str], deadline: float) -> str:
 @pytest.fixture(scope="module")
 def server_port() -> Iterator[int]:
     proc = subprocess.Popen(
-        [sys.executable, str(SERVER), "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, *SERVER, "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -59,7 +59,7 @@ def server_port() -> Iterator[int]:
 
 def run_client(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(CLIENT), *args],
+        [sys.executable, *CLIENT, *args],
         capture_output=True,
         text=True,
         env=ENV,

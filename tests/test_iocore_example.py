@@ -1,4 +1,4 @@
-"""examples/ats_echo_server.py as a subprocess: it listens, echoes (small and
+"""trionet.examples.ats_echo_server as a subprocess: it listens, echoes (small and
 larger than its 32 KiB buffer, so backpressure is exercised), and exits
 cleanly on SIGINT."""
 
@@ -13,7 +13,7 @@ from .running import ROOT, Running, echo_roundtrip, env
 
 def test_help() -> None:
     out = subprocess.run(
-        [sys.executable, "examples/ats_echo_server.py", "--help"],
+        [sys.executable, "-m", "trionet.examples.ats_echo_server", "--help"],
         cwd=ROOT,
         env=env(),
         capture_output=True,
@@ -25,7 +25,7 @@ def test_help() -> None:
 
 
 def test_ats_echo_server_roundtrip_and_sigint() -> None:
-    with Running("examples/ats_echo_server.py", "--port", "0") as proc:
+    with Running("-m", "trionet.examples.ats_echo_server", "--port", "0") as proc:
         m = proc.expect(r"listening on 127\.0\.0\.1 port (\d+)")
         port = int(m.group(1))
         assert echo_roundtrip(port, b"hello ats") == b"hello ats"

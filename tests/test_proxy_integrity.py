@@ -19,6 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -33,7 +34,7 @@ from trionet import AcceptOptions, Connection, ConnectOptions, NetProcessor, Tcp
 from trionet._processor import table_of
 
 from .conftest import connection_pair, recv_exactly, wait_for
-from .running import ROOT, Running
+from .running import Running
 
 Handler = Callable[[Connection], Awaitable[object]]
 LINGER_RST = struct.pack("ii", 1, 0)
@@ -589,9 +590,9 @@ async def test_tunnel_timeout_activity_on_either_side_keeps_both(
         await client.aclose()
 
 
-# ====================================== examples/ats_tunnel.py (iocore shim)
+# ============================== trionet.examples.ats_tunnel (iocore shim)
 def load_ats_tunnel() -> ModuleType:
-    path = ROOT / "examples" / "ats_tunnel.py"
+    path = Path(trionet.__file__).parent / "examples" / "ats_tunnel.py"
     spec = importlib.util.spec_from_file_location("ats_tunnel_example", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -720,7 +721,7 @@ def test_ats_tunnel_shutdown_grace_cut_aborts_both_sides() -> None:
     thread.start()
     up = f"127.0.0.1:{listener.getsockname()[1]}"
     with Running(
-        "examples/ats_tunnel.py", "--port", "0", "--upstream", up, "--grace", "0.5"
+        "-m", "trionet.examples.ats_tunnel", "--port", "0", "--upstream", up, "--grace", "0.5"
     ) as run:
         port = int(run.expect(r"listening on 127\.0\.0\.1 port (\d+)")[1])
         with socket.create_connection(("127.0.0.1", port), timeout=20) as client:

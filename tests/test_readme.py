@@ -1,15 +1,18 @@
 """The README keeps its promises: the quick start's commands are the ones CI
 runs, the 15-line example runs and proxies bytes with the limits it shows, the
-command lines it shows parse, and the links point at files that exist."""
+command lines it shows parse, and its links -- absolute, as the PyPI page needs
+-- point at documentation pages and repository files that exist."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,14 +20,14 @@ import trio
 import trionet
 from trionet._apps._cli_args import build_parser
 
-from .running import ROOT, connect_when_up, free_port
+from .running import ROOT, connect_when_up, free_port, needs_source_tree
 
 README = (ROOT / "README.md").read_text()
 CI = (ROOT / ".ci" / "run").read_text()
 
 ECHO_COMMAND = (
     "python3 -m venv .venv && .venv/bin/pip install -q -e . && "
-    ".venv/bin/python examples/echo_server.py"
+    ".venv/bin/python -m trionet.examples.echo_server"
 )
 TEST_COMMAND = (
     "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest"
@@ -45,8 +48,8 @@ def test_quick_start_is_two_commands_and_ci_runs_the_second() -> None:
     assert [commands(b) for b in blocks] == [[ECHO_COMMAND], [TEST_COMMAND]]
     ci_commands = [line.strip() for line in CI.splitlines() if not line.startswith("#")]
     assert ci_commands[-1] == TEST_COMMAND
-    # The first command's program exists (tests/test_examples.py runs it).
-    assert (ROOT / "examples" / "echo_server.py").is_file()
+    # The first command's program is in the package (tests/test_examples.py runs it).
+    assert importlib.util.find_spec("trionet.examples.echo_server") is not None
 
 
 def example() -> str:
@@ -103,14 +106,49 @@ def test_command_lines_parse() -> None:
         build_parser().parse_args(shlex.split(line)[1:])
 
 
-def test_links_point_at_files() -> None:
-    targets = re.findall(r"\]\(((?:docs|examples)/[^)]*)\)", README)
-    assert len(targets) >= 10
+DOCS_URL = "https://trionet.readthedocs.io/en/latest/"
+REPO_URL = "https://github.com/trionet/trionet"
+# Where the files under trionet/ are: the checkout, or site-packages when the
+# suite runs against an installed wheel (.ci/run).
+PACKAGE_PARENT = Path(trionet.__file__).resolve().parent.parent
+
+
+def test_install_comes_first_and_names_the_package() -> None:
+    """PyPI readers install from PyPI; the clone is the quick start's business."""
+    install = README.split("## Installation", 1)[1].split("\n## ", 1)[0]
+    assert README.index("## Installation") < README.index("## Quick start")
+    assert [commands(b) for b in re.findall(r"```sh\n(.*?)```", install, re.S)] == [
+        ["pip install trionet"]
+    ]
+
+
+def test_links_are_absolute_and_resolve() -> None:
+    """Every link works off GitHub (on PyPI): documentation pages map back to a
+    docs/ source that exists, repository links to a file or folder that exists."""
+    targets = re.findall(r"\]\(([^)]*)\)", README)
+    assert len(targets) >= 15
+    docs = repo = 0
     for target in targets:
-        assert (ROOT / target).exists(), target
+        if target.startswith(DOCS_URL):
+            page = target.removeprefix(DOCS_URL).split("#", 1)[0]
+            if page:  # the site's root is docs/index.rst
+                assert page.endswith(".html"), target
+                assert (ROOT / "docs" / page).with_suffix(".rst").is_file(), target
+            docs += 1
+        elif target.startswith(f"{REPO_URL}/blob/main/") or target.startswith(
+            f"{REPO_URL}/tree/main/"
+        ):
+            path = target.split("/main/", 1)[1]
+            base = PACKAGE_PARENT if path.startswith("trionet/") else ROOT
+            assert (base / path).exists(), target
+            repo += 1
+        else:
+            assert target in (REPO_URL, "https://trio.readthedocs.io"), target
+    assert docs >= 14 and repo >= 3
 
 
 @pytest.mark.slow
+@needs_source_tree
 def test_lint_and_types_as_the_quick_start_says() -> None:
     """The quick start says the test command includes lint and types."""
     for args in (["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy"]):

@@ -1,9 +1,9 @@
-"""examples/tcp_proxy.py written the way ATS code is written, on trionet.iocore:
+"""``trionet.examples.tcp_proxy`` written the way ATS code is written, on trionet.iocore:
 an accept continuation, ``connect_re`` to the upstream, then two VIO pairs
 (client read -> upstream write, upstream read -> client write) driven by a
 state machine, as ATS's tunnels are.
 
-    python examples/ats_tunnel.py --port 8081 --upstream 127.0.0.1:7007
+    python -m trionet.examples.ats_tunnel --port 8081 --upstream 127.0.0.1:7007
 
 Per client: ``NET_EVENT_ACCEPT`` starts a :class:`TunnelSM`, which calls
 ``connect_re``; ``NET_EVENT_OPEN`` sets up the four VIOs. ``READ_READY`` on one
@@ -19,8 +19,8 @@ reports as ``EOS``; ``vc.connection.broken`` tells it from a clean EOF), an
 error, a timeout, or the end of the shutdown grace aborts both sides -- an RST,
 never a half-close that would make a truncated stream look complete.
 
-Compare it with examples/tcp_proxy.py, which does the same in a few lines of
-the native API.
+Compare it with ``trionet.examples.tcp_proxy``, which does the same in a few
+lines of the native API.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """An echo server on trionet's native API.
 
-    python examples/echo_server.py --port 7007 --max-connections 1000 --inactivity-timeout 30
+    python -m trionet.examples.echo_server --port 7007 --max-connections 1000 \\
+        --inactivity-timeout 30
 
 Prints where it listens; Ctrl-C (or SIGTERM) stops it gracefully: the port
 closes at once, connections get ``--grace`` seconds to finish, and a second

@@ -2,7 +2,7 @@
 an accept continuation and a per-connection state machine that switches
 handlers with ``set_handler`` (ATS ``SET_HANDLER``), on trionet.iocore.
 
-    python examples/ats_echo_server.py --port 7008
+    python -m trionet.examples.ats_echo_server --port 7008
 
 Each connection reads into a MIOBuffer and writes the same buffer back
 through a reader of it; reading pauses while the buffer is full

@@ -1,8 +1,8 @@
 """An echo client on trionet's native API: a port of Netty's EchoClient.
 
-    python examples/echo_server.py --port 7007 &
-    python examples/echo_client.py --port 7007 --count 1000
-    python examples/echo_client.py --port 7007 --duration 5 --size 4096
+    python -m trionet.examples.echo_server --port 7007 &
+    python -m trionet.examples.echo_client --port 7007 --count 1000
+    python -m trionet.examples.echo_client --port 7007 --duration 5 --size 4096
 
 Netty's ``EchoClientHandler`` sends one ``SIZE``-byte message when the channel
 becomes active (``channelActive``) and writes back whatever it reads

@@ -1,6 +1,6 @@
 """A TCP proxy on trionet's native API -- the job ATS's Net module exists for.
 
-    python examples/tcp_proxy.py --port 8080 --upstream 127.0.0.1:7007 \\
+    python -m trionet.examples.tcp_proxy --port 8080 --upstream 127.0.0.1:7007 \\
         --max-connections 1000 --inactivity-timeout 30 --connect-timeout 5
 
 For each client connection it connects to the upstream server
@@ -15,7 +15,7 @@ a second one stops at once, cutting the sessions still open (exit status 0
 either way).
 
 ``trionet proxy`` is the same proxy (both use ``trionet.TcpProxy``);
-``examples/ats_tunnel.py`` is this program written against the iocore shim.
+``trionet.examples.ats_tunnel`` is this program written against the iocore shim.
 """
 
 from __future__ import annotations
