@@ -51,10 +51,10 @@ async def connection_pair(
         listener.listen(1)
         client = trio.socket.socket(family)
         await client.connect(listener.getsockname())
-        server, _ = await listener.accept()
+        server, peer = await listener.accept()
     table = table_of(net)
-    a = table.open(client, inbound=False, client=None)
-    b = table.open(server, inbound=True, client=host)
+    a = table.open(client, inbound=False, client=None, peer_address=client.getpeername())
+    b = table.open(server, inbound=True, client=host, peer_address=peer)
     return a, b
 
 

@@ -231,6 +231,40 @@ async def test_resolver_returning_garbage_is_a_type_error() -> None:
     assert table_of(net).throttle.open == 0
 
 
+@pytest.mark.parametrize(
+    "item",
+    [
+        (socket.AF_INET, ("127.0.0.1", "80")),  # a str port
+        (socket.AF_INET, ("127.0.0.1", 80, 0, 0)),  # an IPv6 shape for IPv4
+        (socket.AF_INET6, ("::1", 80, 0, 0, 0)),  # too long
+        (socket.AF_INET6, (b"::1", 80)),  # bytes host
+        (socket.AF_UNIX, ("/tmp/x", 0)),
+    ],
+)
+async def test_resolver_answers_must_be_socket_addresses(item: tuple[int, Any]) -> None:
+    net = trionet.NetProcessor()
+    opts = trionet.ConnectOptions(resolver=RecordingResolver({"bad.test": [item]}))
+    with pytest.raises(TypeError, match=r"returned .* for 'bad\.test': expected \(AF_INET"):
+        await net.connect("bad.test", 80, opts)
+    assert table_of(net).throttle.open == 0
+
+
+async def test_a_short_ipv6_answer_is_completed() -> None:
+    """A resolver may leave flowinfo and scope out of an IPv6 address;
+    remote_address then still has getpeername()'s four fields."""
+    net = trionet.NetProcessor()
+    async with trio.open_nursery() as nursery:
+        server = await net.start_server(
+            nursery, lambda conn: trio.lowlevel.checkpoint(), trionet.AcceptOptions(host="::1")
+        )
+        port = server.ports[0]
+        resolver = RecordingResolver({"six.test": [(socket.AF_INET6, ("::1", port))]})
+        conn = await net.connect("six.test", port, trionet.ConnectOptions(resolver=resolver))
+        assert conn.remote_address == ("::1", port, 0, 0)
+        await conn.aclose()
+        server.shutdown(0)
+
+
 # ---------------------------------------------------------- connect timeout
 async def test_connect_timeout_message_and_exact_time(autojump_clock: trio.abc.Clock) -> None:
     net = trionet.NetProcessor()

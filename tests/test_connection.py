@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
 from functools import partial
 
@@ -10,6 +11,7 @@ import trio
 import trio.testing
 
 import trionet
+from trionet._core._wire import Wire
 
 from .conftest import connection_pair
 
@@ -77,6 +79,46 @@ async def test_reset_by_peer_is_broken_resource() -> None:
         await b.receive_some()
     await b.aclose()
     assert net.statistics().connections_currently_open == 0
+
+
+@pytest.mark.parametrize(
+    ("family", "unknown"),
+    [(socket.AF_INET, ("0.0.0.0", 0)), (socket.AF_INET6, ("::", 0, 0, 0))],
+)
+async def test_addresses_of_a_closed_connection(family: int, unknown: tuple[object, ...]) -> None:
+    """The peer's address is kept from the accept/connect; our own is asked
+    for lazily, so a socket closed before anyone asked reports the all-zero
+    address of its family (ATS's get_local_addr), never None."""
+    net = trionet.NetProcessor()
+    a, b = await connection_pair(net, family=family)
+    asked = a.local_address  # asked while open: kept
+    peer = b.remote_address
+    a.close()
+    b.close()
+    assert a.local_address == a.sock_address == asked == peer
+    assert b.peer_address == b.remote_address == peer
+    assert b.local_address == b.sock_address == unknown
+
+
+async def test_stream_methods_read_as_async_but_run_one_frame() -> None:
+    """receive_some/send_all... are plain functions handing back the wire
+    primitive's own coroutine (no second frame per call); what reads their
+    signature (help(), the docs) sees the async methods they behave as."""
+    net = trionet.NetProcessor()
+    a, b = await connection_pair(net)
+    coro = a.receive_some()
+    assert coro.cr_code is Wire._wire_receive.__code__
+    coro.close()
+    coro = a.send_all(b"x")
+    assert coro.cr_code is Wire._wire_send.__code__
+    coro.close()
+    for name in ("receive_some", "send_all", "send_eof", "wait_send_all_might_not_block"):
+        method = getattr(trionet.Connection, name)
+        assert not inspect.iscoroutinefunction(method)
+        assert inspect.iscoroutinefunction(inspect.unwrap(method))
+    assert inspect.signature(trionet.Connection.receive_some).return_annotation == "bytes"
+    a.close()
+    b.close()
 
 
 async def test_ipv6_pair() -> None:

@@ -93,6 +93,17 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
         assert (tmp_path / f"{page}.html").is_file(), page
     changelog = (tmp_path / "changelog.html").read_text()
     assert "Unreleased" in changelog and "0.1.0" in changelog
+    # Connection's stream methods are plain functions returning a coroutine (one
+    # frame per call); the reference shows them as the async methods they are.
+    for method in ("receive_some", "send_all", "send_eof", "wait_send_all_might_not_block"):
+        signature = re.search(
+            rf'<dt class="sig sig-object py" id="trionet\.Connection\.{method}">(.*?)</dt>',
+            reference,
+            re.S,
+        )
+        assert signature is not None, method
+        assert ">await<" in signature[1], (method, signature[1])
+    assert "Coroutine" not in reference
 
 
 def public_names(module: ModuleType) -> set[str]:

@@ -86,7 +86,7 @@ def test_echo_server() -> None:
         assert echo_roundtrip(port, b"second") == b"second"
         status, out, err = run.stop(signal.SIGINT)
     assert status == 0, err
-    assert "SIGINT: shutting down (grace 5.0 s)" in out
+    assert "SIGINT: shutting down (grace 5 s)" in out
     assert "stopped after 2 connections" in out
 
 

@@ -69,8 +69,12 @@ async def test_steady_slow_reader_survives_long_send(
     for sock in (left, right):
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 16384)
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 16384)
-    sender = table_of(net).open(left, inbound=True, client=None, inactivity_timeout=1.0)
-    reader = table_of(net).open(right, inbound=False, client=None)
+    table = table_of(net)
+    nowhere = ("0.0.0.0", 0)  # a socketpair's peer has no IP address
+    sender = table.open(
+        left, inbound=True, client=None, peer_address=nowhere, inactivity_timeout=1.0
+    )
+    reader = table.open(right, inbound=False, client=None, peer_address=nowhere)
     payload = bytes(range(256)) * 4096  # 1 MiB
     got = bytearray()
 

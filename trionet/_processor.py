@@ -10,8 +10,9 @@ here too: the stats page is a small server of its own processor.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
-from typing import Any, final
+from typing import final
 
 import trio
 
@@ -89,7 +90,9 @@ class NetProcessor:
         max_connections: int | None = None,
         throttle: ThrottleMode = "pause",
         per_client_max_connections: int | None = None,
-        per_client_exempt: Iterable[Any] | None = (),
+        per_client_exempt: (
+            Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network] | None
+        ) = (),
         accept_batch: int = DEFAULT_ACCEPT_BATCH,
         accept_error_pause: float = 0.05,
         accept_error_grace: float = DEFAULT_ACCEPT_ERROR_GRACE,
@@ -173,8 +176,8 @@ class NetProcessor:
         and one task per connection running ``await handler(conn)``; reports the
         :class:`Server` through ``task_status.started`` (so
         ``server = await nursery.start(net.serve, handler, 0)`` gives the bound
-        ports). Returns after :meth:`Server.shutdown` once every connection is
-        closed.
+        ports; :meth:`start_server` does the same, typed). Returns after
+        :meth:`Server.shutdown` once every connection is closed.
 
         Resource handling:
           Each connection is closed when its handler returns, raises, is
@@ -247,6 +250,28 @@ class NetProcessor:
             self._table, self._accept, listen, reserve_outbound_slot
         )
 
+    async def start_server(
+        self, nursery: trio.Nursery, handler: Handler, *listen: int | AcceptOptions
+    ) -> Server:
+        """Run :meth:`serve` in ``nursery``; return its :class:`Server` once every
+        listen spec is bound.
+
+        ``server = await net.start_server(nursery, handler, 8080)`` is
+        ``await nursery.start(net.serve, handler, 8080)`` with the result typed
+        (``nursery.start`` returns ``Any`` to a type checker). The server runs
+        in ``nursery`` until it is shut down or the nursery is cancelled.
+
+        Raises:
+          OSError: a listen spec could not be bound (a port taken...).
+          UnsupportedOptionError: an option the platform cannot provide.
+          ValueError: no listen spec, or ``max_connections`` below what a
+            session of ``handler`` needs (see :meth:`serve`).
+          TypeError: ``handler`` is not callable, or a listen spec is neither
+            a port nor an :class:`AcceptOptions`.
+        """
+        server: Server = await nursery.start(self.serve, handler, *listen)
+        return server
+
     async def serve_stats(
         self,
         port: int | AcceptOptions = 0,
@@ -305,7 +330,12 @@ class NetProcessor:
           ConnectError: every attempt failed (``errno`` kept, ``__cause__`` the
             ``OSError``); the message ends with ``: host:port``.
           UnsupportedOptionError: a socket option the platform cannot provide.
-          TypeError / ValueError: bad ``host``, ``port`` or ``options``.
+          TypeError: ``host`` is not a non-empty str, ``port`` not an int,
+            ``options`` not a :class:`ConnectOptions`, or ``for_connection``
+            not a :class:`Connection`.
+          ValueError: ``port`` is outside 1..65535, or ``host`` (an IP
+            literal) or ``options.family`` is not of the family
+            ``options.local_address`` asks for.
         """
         return await connect(self._table, host, port, options, for_connection=for_connection)
 

@@ -1,7 +1,5 @@
 """How-to: systemd socket activation (and PROXY protocol behind a load balancer)."""
 
-import signal
-
 import trio
 
 import trionet
@@ -26,12 +24,10 @@ async def main() -> None:
         raise SystemExit("no sockets passed: run me from a .socket unit")
     net = trionet.NetProcessor(max_connections=10_000)
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(net.serve, echo, *listeners)
+        server = await net.start_server(nursery, echo, *listeners)
         print(f"serving on port {server.ports[0]}", flush=True)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:  # systemctl stop sends SIGTERM
-                break
-        server.shutdown(10)
+        # systemctl stop sends SIGTERM: 10 s for open connections to finish.
+        await trionet.stop_on_signals(server, grace=10)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """Tutorial, step 4: graceful shutdown on Ctrl-C or SIGTERM."""
 
-import signal
-
 import trio
 
 import trionet
@@ -16,15 +14,12 @@ async def main(port: int = 7007, grace: float = 5.0) -> None:
     net = trionet.NetProcessor()
     options = trionet.AcceptOptions(host="127.0.0.1", port=port)
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(net.serve, echo, options)
+        server = await net.start_server(nursery, echo, options)
         print(f"listening on port {server.ports[0]}")
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                break
-        # Close the listening socket now; let open connections finish for up
-        # to `grace` seconds, then cancel them. serve() returns when all are closed.
-        server.shutdown(grace)
-        await server.wait_closed()
+        # The first Ctrl-C or SIGTERM closes the listening socket and gives open
+        # connections `grace` seconds to finish; a second one cancels them.
+        # Returns once every connection is closed.
+        await trionet.stop_on_signals(server, grace=grace)
     print(f"stopped after {net.statistics().total_accepts} connections")
 
 

@@ -33,6 +33,7 @@ from .._base._options import DEFAULT_PROXY_PROTOCOL_TRUSTED, AcceptOptions, Conn
 from .._core._connection import Connection
 from .._core._stats_page import STATS_INACTIVITY_TIMEOUT
 from .._inbound._server import Handler, Server
+from .._inbound._signals import stop_on_signals
 from .._processor import NetProcessor
 from ._cli_args import PROG, bind_host, build_parser
 from ._tcp_proxy import TcpProxy
@@ -188,29 +189,14 @@ async def _serve_stats(plan: _Command, nursery: trio.Nursery, offset: int = 0) -
 
 
 # ------------------------------------------------------------- one process
-async def _stop_on_signal(plan: _Command, servers: list[Server], cancel: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if any(s.stopping for s in servers):
-                _say(plan, f"{signal.Signals(signum).name} again: stopping now")
-                cancel.cancel()
-                return
-            _say(plan, f"{signal.Signals(signum).name}: shutting down (grace {plan.grace:g} s)")
-            for server in servers:
-                server.shutdown(plan.grace)
-
-
 async def _run(plan: _Command) -> int:
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(plan.processor.serve, plan.handler, plan.listen)
+        server = await plan.processor.start_server(nursery, plan.handler, plan.listen)
         for listener in server.listeners:
             _say(plan, f"listening on {_address(listener.address)}{plan.suffix}")
         page = await _serve_stats(plan, nursery)
         servers = [server] if page is None else [server, page]
-        nursery.start_soon(_stop_on_signal, plan, servers, nursery.cancel_scope)
-        for s in servers:
-            await s.wait_closed()
-        nursery.cancel_scope.cancel()
+        await stop_on_signals(*servers, grace=plan.grace, announce=partial(_say, plan))
     _say(plan, _summary(plan))
     return 0
 

@@ -261,10 +261,12 @@ class TcpProxy:
       chunk: the most bytes held in memory per direction, 1..16 MiB.
 
     Raises:
-      TypeError / ValueError: a bad argument, naming it and its value: checked
-        here, so that a bad upstream fails at start-up rather than in every
-        session (``host`` as ``connect()`` checks it: no control characters,
-        valid IDNA; ``port`` 1..65535).
+      TypeError: an argument of the wrong type (``net`` not a
+        :class:`NetProcessor`, ``host`` not a str...), named with its value.
+      ValueError: a value :meth:`NetProcessor.connect` would refuse, named
+        with its value: checked here, so that a bad upstream fails at
+        start-up rather than in every session (``host`` as ``connect()``
+        checks it: no control characters, valid IDNA; ``port`` 1..65535).
 
     Error handling:
       An upstream that cannot be reached (``ConnectError``: refused,
@@ -297,7 +299,9 @@ class TcpProxy:
         if options is not None and not isinstance(options, ConnectOptions):
             raise TypeError(f"{o}.options={options!r}: expected ConnectOptions or None")
         check_int(o, "chunk", chunk, 1, MAX_CHUNK)
-        self.net, self.host, self.port = net, host, int(port)
+        self.net: NetProcessor = net
+        self.host: str = host
+        self.port: int = int(port)
         self.options = options
         self.chunk = chunk
         self.reserve_outbound_slot = True

@@ -30,13 +30,15 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final, TypeAlias
 
 import idna
 
 __all__ = [
     "AddrInfo",
     "Network",
+    "SocketAddress",
+    "as_socket_address",
     "client_key",
     "host_port",
     "host_problem",
@@ -46,10 +48,15 @@ __all__ = [
     "parse_address",
     "resolve_literal",
     "strip_brackets",
+    "unspecified_address",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-AddrInfo = tuple[int, Any]
+
+SocketAddress: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
+# Exported and described as trionet.SocketAddress.
+
+AddrInfo: TypeAlias = tuple[int, SocketAddress]
 """``(family, sockaddr)``: ``(AF_INET, (ip, port))`` or
 ``(AF_INET6, (ip, port, flowinfo, scope_id))``, as a resolver returns them."""
 
@@ -70,6 +77,32 @@ _NUMERIC_LABEL: Final = re.compile(r"(?:[0-9]+|0[xX][0-9a-fA-F]*)")
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def as_socket_address(family: int, sockaddr: object) -> SocketAddress | None:
+    """``sockaddr`` as a :data:`SocketAddress` of ``family``, or ``None`` if it
+    is not one: ``(str, int)`` for ``AF_INET``; for ``AF_INET6`` a ``(str, int)``
+    followed by up to two ints, which the result completes with zeros (the
+    shape ``getpeername()`` has: a resolver may leave flowinfo and scope out)."""
+    if not isinstance(sockaddr, tuple) or len(sockaddr) < 2:
+        return None
+    host, port, *rest = sockaddr
+    if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
+        return None
+    if family == socket.AF_INET:
+        return (host, port) if not rest else None
+    if family != socket.AF_INET6 or len(rest) > 2:
+        return None
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in rest):
+        return None
+    flowinfo, scope_id = (*rest, 0, 0)[:2]
+    return (host, port, flowinfo, scope_id)
+
+
+def unspecified_address(family: int) -> SocketAddress:
+    """The all-zero address of ``family`` (``("0.0.0.0", 0)`` or
+    ``("::", 0, 0, 0)``): what ATS reports for an address it could not read."""
+    return ("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
 
 
 def host_port(host: str, port: object) -> str:
@@ -170,7 +203,8 @@ def resolve_literal(host: str, port: int) -> AddrInfo | None:
     except socket.gaierror:
         return None  # e.g. an unknown interface name after '%': let a resolver decide
     family, _, _, _, sockaddr = infos[0]
-    return int(family), sockaddr
+    address = as_socket_address(family, sockaddr)
+    return None if address is None else (int(family), address)
 
 
 _MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")

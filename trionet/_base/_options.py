@@ -11,13 +11,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import trio
 
-from ._addr import Network, host_problem, resolve_literal
+from ._addr import Network, SocketAddress, host_problem, resolve_literal
 from ._checks import (
     C_INT_MAX,
     U32_MAX,
@@ -39,13 +39,17 @@ class Resolver(Protocol):
     """Resolves a host name to socket addresses.
 
     ``resolve(host, port, family)`` returns a list of ``(family, sockaddr)``
-    pairs, in the order the connection attempts should consider them.
+    pairs (a :data:`~trionet.SocketAddress` of that family: ``(ip, port)`` or
+    ``(ip, port, flowinfo, scope_id)``), in the order the connection attempts
+    should consider them.
     ``family`` is ``socket.AF_INET``, ``socket.AF_INET6`` or ``0`` (either).
     A failed lookup should raise :class:`trionet.ResolveError` (a plain
     ``OSError`` such as ``socket.gaierror`` is wrapped into one by ``connect``).
     """
 
-    async def resolve(self, host: str, port: int, family: int) -> list[tuple[int, Any]]: ...
+    async def resolve(
+        self, host: str, port: int, family: int
+    ) -> list[tuple[int, SocketAddress]]: ...
 
 
 SocketFactory = Callable[[int], trio.socket.SocketType]
@@ -148,7 +152,9 @@ class AcceptOptions:
       tls_handshake_timeout: seconds a client may take to finish its TLS
         handshake (> 0, finite; ``None`` for no limit).
       proxy_protocol: expect a PROXY protocol v1 or v2 header on each connection.
-      proxy_protocol_trusted: networks allowed to send the header; a connection
+      proxy_protocol_trusted: networks allowed to send the header
+        (``"10.0.0.0/8"`` or ``ipaddress`` networks; kept as a tuple of
+        ``ipaddress`` networks); a connection
         from elsewhere is closed and counted in ``proxy_protocol_errors``.
         Default: loopback only (``127.0.0.0/8``, ``::1``); every source only
         when asked, with ``("0.0.0.0/0", "::/0")``.
@@ -175,7 +181,8 @@ class AcceptOptions:
     ssl_context: ssl.SSLContext | None = None
     tls_handshake_timeout: float | None = DEFAULT_TLS_HANDSHAKE_TIMEOUT
     proxy_protocol: bool = False
-    proxy_protocol_trusted: tuple[Network, ...] = DEFAULT_PROXY_PROTOCOL_TRUSTED
+    # Written as strs or networks; __post_init__ stores a tuple of networks.
+    proxy_protocol_trusted: Sequence[str | Network] = DEFAULT_PROXY_PROTOCOL_TRUSTED
     proxy_protocol_timeout: float = DEFAULT_PROXY_PROTOCOL_TIMEOUT
 
     def __post_init__(self) -> None:

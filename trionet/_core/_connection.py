@@ -30,10 +30,11 @@ import math
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final
 
 import trio
 
+from .._base._addr import SocketAddress, unspecified_address
 from .._base._checks import check_seconds
 from ._timeouts import TimedOut
 from ._wire import Owner, Wire
@@ -49,12 +50,47 @@ _INF: Final = math.inf
 _now: Final = trio.current_time
 _NO_TLVS: Final[Mapping[int, bytes]] = MappingProxyType({})
 
-SockAddr = Any  # what getpeername() returns: (host, port) or (host, port, flow, scope)
-
-
 TimeoutHook = Callable[[TimedOut], None]
 """Called instead of closing when a timeout fires (the iocore shim turns it into
 a ``VC_EVENT_*_TIMEOUT`` event); ``"evicted"`` always closes."""
+
+
+class _AwaitedAs(Protocol):
+    """What ``Connection``'s plain-def stream methods are to their callers:
+    ``async def`` methods (``await conn.receive_some()`` gives ``bytes``).
+
+    Each method carries its declaration here as ``__wrapped__``, which
+    ``inspect.signature`` and ``help()`` follow, and so does
+    sphinxcontrib-trio's method documenter: it writes ``await`` before a
+    coroutine function, and ``docs/reference.rst`` has it render these four
+    (``automethod``; Sphinx's own class documenter does not follow
+    ``__wrapped__``). Type checkers read the methods' own annotations, which
+    say the same: a coroutine of ``bytes``. Nothing changes on the call path.
+    """
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def wait_send_all_might_not_block(self) -> None: ...
+
+    async def send_eof(self) -> None: ...
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Coroutine[Any, Any, object]])
+
+
+def _awaited_as(
+    declaration: Callable[..., Coroutine[Any, Any, object]],
+) -> Callable[[_Method], _Method]:
+    """Mark a plain function returning a coroutine as behaving like the
+    coroutine function ``declaration`` (see :class:`_AwaitedAs`)."""
+
+    def mark(method: _Method) -> _Method:
+        method.__wrapped__ = declaration  # type: ignore[attr-defined]
+        return method
+
+    return mark
 
 
 @final
@@ -69,9 +105,10 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
 
     Attributes:
       id: unique per processor, increasing.
-      remote_address / local_address: the peer's and our address. With the
-        PROXY protocol these are the addresses the header carries; the socket's
-        own are then in ``peer_address`` / ``sock_address``.
+      remote_address / local_address: the peer's and our
+        :data:`SocketAddress`. With the PROXY protocol these are the addresses
+        the header carries; the socket's own are then in ``peer_address`` /
+        ``sock_address``.
       opened_at: ``trio.current_time()`` when the connection was set up.
       bytes_received / bytes_sent: payload bytes (after TLS decryption).
       timed_out: ``None``, or why the connection was ended by the processor:
@@ -104,6 +141,13 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         "timed_out",
     )
 
+    # The TLS I/O below counts plaintext and marks the connection broken in
+    # these fields of the socket end (Wire): declared again for type checkers,
+    # which otherwise take those writes for new, unannotated attributes.
+    bytes_received: int
+    bytes_sent: int
+    broken: bool
+
     def __init__(
         self,
         sock: trio.socket.SocketType,
@@ -111,7 +155,7 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         conn_id: int,
         owner: Owner,
         inbound: bool,
-        peer_address: SockAddr = None,
+        peer_address: SocketAddress,
         client: str | None = None,
         inactivity_timeout: float | None = None,
         active_timeout: float | None = None,
@@ -122,6 +166,8 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         counted it; users get connections from ``serve`` and ``connect``).
 
         Args:
+          peer_address: the socket's peer, as ``accept()`` or the connect
+            attempt knew it (free; ``getpeername()`` would be a syscall).
           client: the per-client key the table counted it under, or None.
           inactivity_timeout / active_timeout: seconds, or None; armed now.
           scope: the cancel scope the handler task runs in (cancelled with the
@@ -130,16 +176,16 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
             handler to connect with (see ``_inbound._accept``'s slot pairing).
         """
         super().__init__(sock, conn_id, owner, client, reservation)
-        self.inbound = inbound
+        self.inbound: bool = inbound
         now = self._last_activity
-        self.opened_at = now
+        self.opened_at: float = now
         # The peer address comes from accept()/connect() (free); our own address
-        # costs a syscall and is looked up when first asked for.
-        self._peer_address: SockAddr = peer_address
-        self._remote_address: SockAddr = None
-        # Our own address costs a getsockname() syscall: asked for lazily.
-        self._sock_address: SockAddr = None
-        self._local_address: SockAddr = None
+        # costs a getsockname() syscall and is looked up when first asked for.
+        # None in the other three: not relayed by a PROXY header / not asked yet.
+        self._peer_address = peer_address
+        self._remote_address: SocketAddress | None = None
+        self._sock_address: SocketAddress | None = None
+        self._local_address: SocketAddress | None = None
         # Shared empty mapping: most connections never carry PROXY TLVs, and an
         # empty dict per connection would cost 64 bytes each.
         self._proxy_tlvs: Mapping[int, bytes] = _NO_TLVS
@@ -169,22 +215,78 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
     # exactly one coroutine frame, as trio's own SocketStream does: an async
     # wrapper that awaited the implementation would keep a second frame (~250
     # bytes) alive in every idle connection and cost a frame per call.
+    # Each carries the ``async def`` it behaves as (see _AwaitedAs, below).
+    @_awaited_as(_AwaitedAs.receive_some)
     def receive_some(self, max_bytes: int | None = None) -> Coroutine[Any, Any, bytes]:
+        """Wait until data arrives and return some of it
+        (:meth:`trio.abc.ReceiveStream.receive_some`).
+
+        Args:
+          max_bytes: the most bytes to return, >= 1 (default: 65536 on plain
+            TCP; TLS picks its own).
+
+        Returns:
+          bytes: what arrived; ``b""`` once the peer has ended its side (EOF).
+
+        Raises:
+          trio.BusyResourceError: another task is already receiving.
+          trio.BrokenResourceError: the connection is broken (reset by the
+            peer; for TLS also a close without ``close_notify``):
+            :attr:`broken` is then True.
+          trio.ClosedResourceError: the connection was closed (by this side,
+            a timeout or a shutdown).
+          TypeError: ``max_bytes`` is not an int.
+          ValueError: ``max_bytes`` is below 1.
+        """
         if self._ssl is not None:
             return self._tls_receive_some(max_bytes)
         return self._wire_receive(max_bytes)
 
+    @_awaited_as(_AwaitedAs.send_all)
     def send_all(self, data: bytes | bytearray | memoryview) -> Coroutine[Any, Any, None]:
+        """Send every byte of ``data``, waiting while the socket's send buffer
+        is full (:meth:`trio.abc.SendStream.send_all`). It returns once the
+        kernel holds them all, which is not delivery.
+
+        Raises:
+          trio.BusyResourceError: another task is already sending (or in
+            :meth:`send_eof` / :meth:`wait_send_all_might_not_block`).
+          trio.BrokenResourceError: the connection is broken (as for
+            :meth:`receive_some`).
+          trio.ClosedResourceError: the connection was closed, or
+            :meth:`send_eof` was called.
+        """
         if self._ssl is not None:
             return self._tls_send_all(data)
         return self._wire_send(data)
 
+    @_awaited_as(_AwaitedAs.wait_send_all_might_not_block)
     def wait_send_all_might_not_block(self) -> Coroutine[Any, Any, None]:
+        """Wait until :meth:`send_all` could make progress at once: the socket
+        is writable (:meth:`trio.abc.SendStream.wait_send_all_might_not_block`).
+
+        Raises:
+          trio.BusyResourceError: another task is already sending.
+          trio.BrokenResourceError: the connection is broken.
+          trio.ClosedResourceError: the connection was closed.
+        """
         if self._ssl is not None:
             return self._ssl.wait_send_all_might_not_block()
         return self._wait_wire_writable()
 
+    @_awaited_as(_AwaitedAs.send_eof)
     def send_eof(self) -> Coroutine[Any, Any, None]:
+        """Half-close: tell the peer nothing more will be sent (a FIN), while
+        receiving goes on (:meth:`trio.abc.HalfCloseableStream.send_eof`).
+        Calling it again does nothing.
+
+        Raises:
+          trio.BrokenResourceError: on a TLS connection, which cannot
+            half-close (TLS's ``close_notify`` ends both directions); or the
+            connection is broken.
+          trio.BusyResourceError: another task is sending.
+          trio.ClosedResourceError: the connection was closed.
+        """
         if self._ssl is not None:
             return self._tls_send_eof()
         return self._wire_send_eof()
@@ -250,7 +352,12 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         """The handshake completed: ``conn.tls`` reports ``info``."""
         self._tls = info
 
-    def _relay(self, source: SockAddr, destination: SockAddr, tlvs: Mapping[int, bytes]) -> None:
+    def _relay(
+        self,
+        source: SocketAddress | None,
+        destination: SocketAddress | None,
+        tlvs: Mapping[int, bytes],
+    ) -> None:
         """What a PROXY protocol header carries: the relayed client's and
         server's addresses (``None``: keep the socket's own) and its TLVs."""
         if source is not None:
@@ -266,46 +373,46 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         self._timeout_hook = hook
 
     @property
-    def peer_address(self) -> SockAddr:
-        """The socket's own peer address (``getpeername()``, cached; None if
-        the socket was already closed or reset when first asked)."""
-        if self._peer_address is None:
-            self._peer_address = _peername(self.socket)
+    def peer_address(self) -> SocketAddress:
+        """The socket's own peer address (as ``accept()`` or the connect
+        attempt gave it)."""
         return self._peer_address
 
     @property
-    def remote_address(self) -> SockAddr:
-        """The client's address: the socket's peer, or the source a PROXY
-        protocol header carries."""
+    def remote_address(self) -> SocketAddress:
+        """The client's address, which is the socket's peer or the source a
+        PROXY protocol header carries."""
         if self._remote_address is None:
-            return self.peer_address
+            return self._peer_address
         return self._remote_address
 
     @remote_address.setter
-    def remote_address(self, value: SockAddr) -> None:
+    def remote_address(self, value: SocketAddress) -> None:
         self._remote_address = value
 
     @property
-    def sock_address(self) -> SockAddr:
-        """The socket's own local address (``getsockname()``; None if the socket
-        was closed before anyone asked)."""
+    def sock_address(self) -> SocketAddress:
+        """The socket's own local address (``getsockname()``, asked once, when
+        first needed). A socket closed before anyone asked can no longer
+        tell: the all-zero address of its family then (``("0.0.0.0", 0)`` or
+        ``("::", 0, 0, 0)``), as ATS's ``get_local_addr`` reports it."""
         if self._sock_address is None:
             try:
                 self._sock_address = self.socket.getsockname()
             except OSError:
-                return None
+                return unspecified_address(self.socket.family)
         return self._sock_address
 
     @property
-    def local_address(self) -> SockAddr:
-        """Our address as the client sees it: the socket's, or the destination
-        a PROXY protocol header carries."""
+    def local_address(self) -> SocketAddress:
+        """Our address as the client sees it, which is the socket's or the
+        destination a PROXY protocol header carries."""
         if self._local_address is None:
             return self.sock_address
         return self._local_address
 
     @local_address.setter
-    def local_address(self, value: SockAddr) -> None:
+    def local_address(self, value: SocketAddress) -> None:
         self._local_address = value
 
     # ---------------------------------------------------------------- timeouts
@@ -438,12 +545,3 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         if value != self._idle and not self._closed:
             self._idle = value
             self._owner.cop.set_idle(self, value)
-
-
-def _peername(sock: trio.socket.SocketType) -> SockAddr:
-    if sock.fileno() == -1:
-        return None
-    try:
-        return sock.getpeername()
-    except OSError:
-        return None

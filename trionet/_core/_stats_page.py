@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Final, final
+from typing import Final, TypeAlias, final
 from urllib.parse import urlsplit
 
 import h11
@@ -48,7 +48,8 @@ __all__ = [
 
 logger = logging.getLogger("trionet.stats_page")
 
-StatisticsSource = Callable[[], NetStatistics]
+StatisticsSource: TypeAlias = Callable[[], NetStatistics]
+# Exported and described as trionet.StatisticsSource.
 
 # One line of HELP per statistic (Prometheus shows it; ATS documents the same
 # records in records.yaml).

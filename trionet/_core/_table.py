@@ -22,8 +22,8 @@ from typing import cast, final
 
 import trio
 
-from .._base._addr import Network
-from ._connection import Connection, SockAddr
+from .._base._addr import Network, SocketAddress
+from ._connection import Connection
 from ._stats import Counters, NetStatistics
 from ._throttle import Throttle
 from ._timeouts import TimeoutCop
@@ -58,10 +58,10 @@ class ConnectionTable:
         max_idle_connections: int | None = None,
         default_inactivity_timeout: float | None = None,
     ) -> None:
-        self.counters = Counters()
-        self.throttle = Throttle(max_connections, per_client_max, exempt)
-        self.cop = TimeoutCop(self.counters, max_idle_connections)
-        self.default_inactivity_timeout = default_inactivity_timeout
+        self.counters: Counters = Counters()
+        self.throttle: Throttle = Throttle(max_connections, per_client_max, exempt)
+        self.cop: TimeoutCop = TimeoutCop(self.counters, max_idle_connections)
+        self.default_inactivity_timeout: float | None = default_inactivity_timeout
         self._ids = itertools.count(1)
         self._slot_freed = trio.lowlevel.ParkingLot()
 
@@ -76,7 +76,7 @@ class ConnectionTable:
         *,
         inbound: bool,
         client: str | None,
-        peer_address: SockAddr = None,
+        peer_address: SocketAddress,
         inactivity_timeout: float | None = None,
         active_timeout: float | None = None,
         scope: trio.CancelScope | None = None,
@@ -154,7 +154,7 @@ class Reservation:
     def __init__(self, table: ConnectionTable) -> None:
         self._table = table
         table.throttle.acquire(None)
-        self.held = True
+        self.held: bool = True
 
     def hand_over(self) -> None:
         """Give the slot up for the Connection about to be created, whose own

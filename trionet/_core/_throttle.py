@@ -10,13 +10,14 @@ admitted. The accept loop decides what to do with a "no" (wait or close).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, Literal
+from typing import Final, Literal, TypeAlias
 
 from .._base._addr import Network, client_key, normalize_networks, parse_address
 
 __all__ = ["ThrottleMode", "Throttle"]
 
-ThrottleMode = Literal["pause", "close"]
+ThrottleMode: TypeAlias = Literal["pause", "close"]
+# Exported and described as trionet.ThrottleMode.
 THROTTLE_MODES: Final = ("pause", "close")
 
 
@@ -44,11 +45,11 @@ class Throttle:
         per_client_max: int | None = None,
         exempt: Iterable[Network] = (),
     ) -> None:
-        self.max_connections = max_connections
-        self.per_client_max = per_client_max
+        self.max_connections: int | None = max_connections
+        self.per_client_max: int | None = per_client_max
         self._exempt = normalize_networks(exempt)
         self._exempt_cache: dict[str, bool] = {}
-        self.open = 0
+        self.open: int = 0
         self.per_client: dict[str, int] = {}
 
     def at_limit(self, need: int = 1) -> bool:

@@ -50,7 +50,7 @@ import heapq
 import itertools
 import logging
 import math
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import trio
 
@@ -61,7 +61,8 @@ __all__ = ["TimedOut", "Timed", "TimeoutCop"]
 
 logger = logging.getLogger("trionet.timeouts")
 
-TimedOut = Literal["inactivity", "active", "evicted"]
+TimedOut: TypeAlias = Literal["inactivity", "active", "evicted"]
+# Exported and described as trionet.TimedOut.
 
 
 class Timed(Protocol):
@@ -106,8 +107,8 @@ class TimeoutCop:
         self._sleep: trio.CancelScope | None = None
         self._idle: dict[Timed, None] = {}
         # For tests and bench/: how often the cop woke and pushed a deadline.
-        self.wakeups = 0
-        self.pushes = 0
+        self.wakeups: int = 0
+        self.pushes: int = 0
 
     # ------------------------------------------------------------ arming
     def rearm(self, conn: Timed) -> None:

@@ -84,6 +84,14 @@ class Wire:
         "socket",
     )
 
+    # Declared here (the slots above hold them) so that type checkers see the
+    # public fields' types, also where ``Connection`` writes them.
+    socket: trio.socket.SocketType
+    id: int
+    bytes_received: int
+    bytes_sent: int
+    broken: bool
+
     def __init__(
         self,
         sock: trio.socket.SocketType,

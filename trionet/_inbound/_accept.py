@@ -29,10 +29,11 @@ import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol, final
+from typing import Final, Protocol, TypeAlias, final
 
 import trio
 
+from .._base._addr import SocketAddress
 from .._base._errors import AcceptError
 from .._base._ratelog import RateLimitedLog
 from .._base._sockopt import apply_socket_options
@@ -57,7 +58,8 @@ __all__ = [
 
 logger = logging.getLogger("trionet.server")
 
-Handler = Callable[[Connection], Awaitable[object]]
+Handler: TypeAlias = Callable[[Connection], Awaitable[object]]
+# Exported and described as trionet.Handler.
 
 ConnectionTask = Callable[[Connection, trio.CancelScope], Awaitable[None]]
 """What runs for each admitted connection, in its own task: given the
@@ -321,13 +323,13 @@ class Acceptor:
                 in_row = 0
                 await trio.lowlevel.checkpoint()
 
-    def _admit(self, client: socket.socket, addr: Any) -> None:
+    def _admit(self, client: socket.socket, addr: SocketAddress) -> None:
         """Decide about one accepted socket; start its task or close it."""
         opts = self._listener.options
         table = self._table
         throttle = table.throttle
         counters = table.counters
-        host: str | None = addr[0] if isinstance(addr, tuple) else None
+        host: str | None = addr[0]  # a TCP listener's peer: (host, port[, flow, scope])
         if not opts.backdoor:
             if throttle.at_limit(self._need):  # only reachable in "close" mode
                 client.close()

@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import errno
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, final
+from typing import final
 
 import trio
 
-from .._base._addr import host_port
+from .._base._addr import AddrInfo, SocketAddress, as_socket_address, host_port
 from .._base._options import AcceptOptions
 from .._base._sockopt import apply_listen_options, apply_socket_options
 
@@ -39,12 +40,12 @@ class Listener:
     Attributes:
       socket: the non-blocking ``socket.socket`` (owned by the server).
       options: the :class:`AcceptOptions` it was opened from.
-      address: the bound address, as ``getsockname()`` returns it.
+      address: the bound :data:`SocketAddress`, as ``getsockname()`` returns it.
     """
 
     socket: socket.socket
     options: AcceptOptions
-    address: Any
+    address: SocketAddress
 
     @property
     def port(self) -> int:
@@ -88,23 +89,28 @@ async def open_listeners(opts: AcceptOptions) -> list[Listener]:
     return listeners
 
 
-async def bind_addresses(opts: AcceptOptions) -> list[tuple[int, Any]]:
+async def bind_addresses(opts: AcceptOptions) -> list[AddrInfo]:
     if opts.localhost_only:
-        candidates = [(socket.AF_INET, ("127.0.0.1", 0)), (socket.AF_INET6, ("::1", 0, 0, 0))]
+        candidates: list[AddrInfo] = [
+            (socket.AF_INET, ("127.0.0.1", 0)),
+            (socket.AF_INET6, ("::1", 0, 0, 0)),
+        ]
         return [c for c in candidates if opts.family in (None, c[0])]
     infos = await _resolve_bind_host(opts)
-    seen: list[tuple[int, Any]] = []
+    seen: list[AddrInfo] = []
     for family, _, _, _, sockaddr in infos:
-        key = (int(family), sockaddr)
-        if key not in seen:
-            seen.append(key)
+        address = as_socket_address(family, sockaddr)
+        if address is not None and (int(family), address) not in seen:
+            seen.append((int(family), address))
     # IPv6 first: with IPV6_V6ONLY both sockets coexist, and a wildcard v6 bind
     # is the one most likely to be refused (no IPv6 on the host), which we skip.
     seen.sort(key=lambda item: item[0] != socket.AF_INET6)
     return seen
 
 
-async def _resolve_bind_host(opts: AcceptOptions) -> list[Any]:
+async def _resolve_bind_host(
+    opts: AcceptOptions,
+) -> Sequence[tuple[int, int, int, str, object]]:
     """``getaddrinfo`` for a passive socket, with errors that name the host.
 
     Raises:
@@ -133,7 +139,7 @@ async def _resolve_bind_host(opts: AcceptOptions) -> list[Any]:
         raise socket.gaierror(socket.EAI_NONAME, f"{where}: not a valid host name ({exc})") from exc
 
 
-def _open_one(family: int, sockaddr: Any, opts: AcceptOptions) -> Listener | None:
+def _open_one(family: int, sockaddr: SocketAddress, opts: AcceptOptions) -> Listener | None:
     sock = bind_socket(family, sockaddr, opts)
     if sock is None:
         return None
@@ -147,7 +153,7 @@ def _open_one(family: int, sockaddr: Any, opts: AcceptOptions) -> Listener | Non
         raise
 
 
-def bind_socket(family: int, sockaddr: Any, opts: AcceptOptions) -> socket.socket | None:
+def bind_socket(family: int, sockaddr: SocketAddress, opts: AcceptOptions) -> socket.socket | None:
     """A TCP socket bound to ``sockaddr`` with ``opts``' listening options, not
     yet listening (the worker supervisor reserves ports this way).
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import cast
 
 import trio
 
-from .._base._addr import in_networks
+from .._base._addr import Network, SocketAddress, in_networks
 from .._base._errors import ProxyProtocolError
 from .._base._options import AcceptOptions
 from .._core._connection import Connection
@@ -57,7 +57,9 @@ async def prepare_inbound(conn: Connection, opts: AcceptOptions, table: Connecti
 async def _read_proxy_header(
     conn: Connection, opts: AcceptOptions, counters: Counters
 ) -> ProxyHeader | None:
-    if not _trusted(conn.peer_address, opts.proxy_protocol_trusted):
+    # AcceptOptions keeps the networks it was given as a tuple of ipaddress networks.
+    trusted = cast(tuple[Network, ...], opts.proxy_protocol_trusted)
+    if not _trusted(conn.peer_address, trusted):
         counters.proxy_protocol_errors += 1
         logger.debug("connection #%d: PROXY header from untrusted %r", conn.id, conn.peer_address)
         return None
@@ -118,9 +120,8 @@ async def _tls_handshake(conn: Connection, opts: AcceptOptions, counters: Counte
     return False
 
 
-def _trusted(address: Any, networks: tuple[Any, ...]) -> bool:
+def _trusted(address: SocketAddress, networks: tuple[Network, ...]) -> bool:
     """Is the socket peer allowed to send a PROXY header? Only if its address
     is in ``networks`` (an IPv4 peer on a dual-stack socket matches either
     spelling of its network, :mod:`trionet._base._addr`)."""
-    host = address[0] if isinstance(address, tuple) and address else None
-    return isinstance(host, str) and in_networks(host, networks)
+    return in_networks(address[0], networks)

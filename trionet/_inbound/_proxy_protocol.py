@@ -45,8 +45,9 @@ import socket
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol, final
+from typing import Final, Literal, Protocol, final
 
+from .._base._addr import SocketAddress
 from .._base._checks import is_int
 from .._base._errors import ProxyProtocolError
 
@@ -84,8 +85,9 @@ class ProxyHeader:
         own connection, e.g. a health check).
       family: ``"TCP4"``, ``"TCP6"``, or ``"UNKNOWN"`` for every case whose
         addresses are not used (v1 UNKNOWN, v2 LOCAL / UNSPEC / UDP / AF_UNIX).
-      source / destination: ``(host, port)`` for TCP4, ``(host, port, 0, 0)``
-        for TCP6 (the shape ``getpeername()`` has for each family), else None.
+      source / destination: a :data:`SocketAddress`, ``(host, port)`` for
+        TCP4 and ``(host, port, 0, 0)`` for TCP6 (the shape ``getpeername()``
+        has for each family); else None.
       tlvs: v2 type-length-value fields by type (NOOP entries dropped).
       length: how many bytes the header took on the wire.
     """
@@ -93,8 +95,8 @@ class ProxyHeader:
     version: Literal[1, 2]
     command: Command
     family: Family
-    source: Any
-    destination: Any
+    source: SocketAddress | None
+    destination: SocketAddress | None
     length: int
     tlvs: dict[int, bytes] = field(default_factory=dict)
 
@@ -115,7 +117,8 @@ def parse_proxy_header(
     Raises:
       ProxyProtocolError: ``data`` cannot start a valid header; the message
         says which field was wrong.
-      TypeError / ValueError: ``max_length`` is not an int >= 16.
+      TypeError: ``max_length`` is not an int.
+      ValueError: ``max_length`` is below 16.
     """
     if not is_int(max_length):
         raise TypeError(f"max_length={max_length!r}: must be an int")
@@ -206,7 +209,7 @@ _V1_PROTOCOLS: Final[dict[bytes, tuple[Family, int, str]]] = {
 }
 
 
-def _addr(family: int, host: str, port: int) -> Any:
+def _addr(family: int, host: str, port: int) -> SocketAddress:
     """The address in the shape getpeername() has for the family."""
     if family == socket.AF_INET:
         return (host, port)
@@ -362,7 +365,12 @@ class HeaderSource(Protocol):
         self, max_bytes: int | None = None, flags: int = 0, payload: bool = True
     ) -> bytes: ...
 
-    def _relay(self, source: Any, destination: Any, tlvs: Mapping[int, bytes]) -> None:
+    def _relay(
+        self,
+        source: SocketAddress | None,
+        destination: SocketAddress | None,
+        tlvs: Mapping[int, bytes],
+    ) -> None:
         """Report ``source``/``destination`` (unless None) and ``tlvs``."""
         ...
 

@@ -149,8 +149,10 @@ class HandlerTasks:
 class Server:
     """A running ``serve()`` call: its listeners, statistics and shutdown.
 
-    Obtained from ``task_status.started``:
-    ``server = await nursery.start(net.serve, handler, 8080)``.
+    Obtained from :meth:`NetProcessor.start_server`
+    (``server = await net.start_server(nursery, handler, 8080)``), or from
+    ``task_status.started``: ``server = await nursery.start(net.serve, handler, 8080)``.
+    :func:`stop_on_signals` shuts it down on SIGINT/SIGTERM.
     """
 
     def __init__(self, processor: Processor, listeners: list[Listener]) -> None:

@@ -23,7 +23,7 @@ from typing import final
 
 import trio
 
-from .._base._addr import AddrInfo, host_port, host_problem
+from .._base._addr import AddrInfo, as_socket_address, host_port, host_problem
 from .._base._checks import is_int
 from .._base._errors import ResolveError, named_error
 from .._base._options import Resolver
@@ -53,19 +53,15 @@ def check_addresses(resolver: object, host: str, result: object) -> list[AddrInf
         raise TypeError(f"resolver {resolver!r} returned {result!r} for {host!r}: expected a list")
     out: list[AddrInfo] = []
     for item in result:
-        ok = (
-            isinstance(item, tuple)
-            and len(item) == 2
-            and item[0] in _FAMILIES
-            and isinstance(item[1], tuple)
-            and len(item[1]) >= 2
-        )
-        if not ok:
+        address = None
+        if isinstance(item, tuple) and len(item) == 2 and item[0] in _FAMILIES:
+            address = as_socket_address(item[0], item[1])
+        if address is None:
             raise TypeError(
                 f"resolver {resolver!r} returned {item!r} for {host!r}: "
-                "expected (AF_INET or AF_INET6, sockaddr tuple)"
+                "expected (AF_INET, (host, port)) or (AF_INET6, (host, port, flowinfo, scope_id))"
             )
-        out.append((int(item[0]), item[1]))
+        out.append((int(item[0]), address))
     return out
 
 
@@ -80,7 +76,7 @@ class GetaddrinfoResolver:
     Raises:
       ResolveError: the lookup failed; chained to the ``socket.gaierror``,
         whose ``errno`` (an ``EAI_*`` code) it keeps. Also, before any lookup,
-        a name :func:`host_problem` refuses (control characters, over-long
+        a name that is no valid host name (control characters, over-long
         names or labels, IDNA failures).
     """
 
@@ -98,8 +94,9 @@ class GetaddrinfoResolver:
             ) from exc
         seen: dict[AddrInfo, None] = {}
         for fam, _, _, _, sockaddr in infos:
-            if fam in _FAMILIES:
-                seen.setdefault((int(fam), sockaddr), None)
+            address = as_socket_address(fam, sockaddr)
+            if address is not None:
+                seen.setdefault((int(fam), address), None)
         return list(seen)
 
 
@@ -115,7 +112,7 @@ class CachingResolver:
       max_entries: entries kept, >= 1; the least recently used one is dropped
         when a new one would exceed it.
 
-    A name :func:`host_problem` refuses raises :class:`ResolveError` before the
+    A name that is no valid host name raises :class:`ResolveError` before the
     cache or the inner resolver sees it.
     Failures are not cached: the next connect asks again (a negative cache
     would make a transient DNS outage outlive its cause).
@@ -136,10 +133,10 @@ class CachingResolver:
         if not is_int(max_entries) or max_entries < 1:
             raise ValueError(f"CachingResolver.max_entries={max_entries!r}: must be an int >= 1")
         self.resolver: Resolver = resolver if resolver is not None else GetaddrinfoResolver()
-        self.ttl = float(ttl)
+        self.ttl: float = float(ttl)
         self.max_entries = max_entries
-        self.hits = 0
-        self.misses = 0
+        self.hits: int = 0
+        self.misses: int = 0
         self._entries: OrderedDict[tuple[str, int, int], tuple[float, list[AddrInfo]]] = (
             OrderedDict()
         )

@@ -30,7 +30,9 @@ from trionet.iocore import (
     VC_EVENT_READ_COMPLETE,
     VC_EVENT_READ_READY,
     VC_EVENT_WRITE_READY,
+    VIO,
     Continuation,
+    IOBufferReader,
     MIOBuffer,
     NetVConnection,
 )
@@ -42,13 +44,13 @@ class EchoSM(Continuation):
 
     def __init__(self, vc: NetVConnection, inactivity_timeout: float) -> None:
         super().__init__()
-        self.vc = vc
-        self.buf = MIOBuffer()
-        self.out = self.buf.alloc_reader()
+        self.vc: NetVConnection = vc
+        self.buf: MIOBuffer = MIOBuffer()
+        self.out: IOBufferReader = self.buf.alloc_reader()
         vc.set_inactivity_timeout(inactivity_timeout)
         self.set_handler(self.state_echo)
-        self.read_vio = vc.do_io_read(self, INT64_MAX, self.buf)
-        self.write_vio = vc.do_io_write(self, INT64_MAX, self.out)
+        self.read_vio: VIO | None = vc.do_io_read(self, INT64_MAX, self.buf)
+        self.write_vio: VIO | None = vc.do_io_write(self, INT64_MAX, self.out)
 
     def state_echo(self, event: int, data: object) -> int:
         if event == VC_EVENT_READ_READY:
@@ -84,7 +86,7 @@ class EchoAccept(Continuation):
     def __init__(self, inactivity_timeout: float) -> None:
         super().__init__()
         self.inactivity_timeout = inactivity_timeout
-        self.accepted = 0
+        self.accepted: int = 0
         self.set_handler(self.main_event)
 
     def main_event(self, event: int, data: object) -> int:
@@ -129,10 +131,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Run from the command line: exit with the program's status, or with one
+    line naming a bad option value (no traceback)."""
     # The processor reports failures on the "trionet" loggers: one line each.
     logging.basicConfig(format="ats_echo_server: %(message)s")
     try:
         sys.exit(trio.run(main, parse_args()))
     except ValueError as exc:  # bad option values name themselves
         sys.exit(f"ats_echo_server: {exc}")
+
+
+if __name__ == "__main__":
+    run()

@@ -94,7 +94,7 @@ class TunnelSM(Continuation):
         super().__init__()
         self.client = client
         self.server: NetVConnection | None = None
-        self.timeout = args.inactivity_timeout
+        self.timeout: float | None = args.inactivity_timeout
         self.tally = tally
         self.dirs: list[Direction] = []
         tally.sessions += 1
@@ -212,8 +212,9 @@ class TunnelAccept(Continuation):
 
     def __init__(self, unp: iocore.UnixNetProcessor, args: argparse.Namespace) -> None:
         super().__init__()
-        self.unp, self.args = unp, args
-        self.tally = Tally()
+        self.unp: iocore.UnixNetProcessor = unp
+        self.args: argparse.Namespace = args
+        self.tally: Tally = Tally()
         self.set_handler(self.main_event)
 
     def main_event(self, event: int, data: object) -> int:
@@ -278,10 +279,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Run from the command line: exit with the program's status, or with one
+    line naming a bad option value (no traceback)."""
     # The processor reports failures on the "trionet" loggers: one line each.
     logging.basicConfig(format="ats_tunnel: %(message)s")
     try:
         sys.exit(trio.run(main, parse_args()))
     except ValueError as exc:  # bad option values name themselves
         sys.exit(f"ats_tunnel: {exc}")
+
+
+if __name__ == "__main__":
+    run()

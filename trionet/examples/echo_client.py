@@ -125,10 +125,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Run from the command line: exit with the program's status, or with one
+    line naming a bad option value (no traceback)."""
     try:
         sys.exit(trio.run(main, parse_args()))
     except ValueError as exc:  # bad option values name themselves
         sys.exit(f"echo_client: {exc}")
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

@@ -5,14 +5,14 @@
 
 Prints where it listens; Ctrl-C (or SIGTERM) stops it gracefully: the port
 closes at once, connections get ``--grace`` seconds to finish, and a second
-Ctrl-C stops at once.
+Ctrl-C stops at once (``trionet.stop_on_signals``). Exits 0 either way.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
+from functools import partial
 
 import trio
 
@@ -24,16 +24,6 @@ async def echo(conn: trionet.Connection) -> None:
         await conn.send_all(data)
 
 
-async def stop_on_signal(server: trionet.Server, grace: float, cancel: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if server.stopping:
-                cancel.cancel()  # second signal: stop now
-                return
-            print(f"{signal.Signals(signum).name}: shutting down (grace {grace} s)", flush=True)
-            server.shutdown(grace)
-
-
 async def main(args: argparse.Namespace) -> int:
     net = trionet.NetProcessor(max_connections=args.max_connections)
     opts = trionet.AcceptOptions(
@@ -41,7 +31,7 @@ async def main(args: argparse.Namespace) -> int:
     )
     async with trio.open_nursery() as nursery:
         try:
-            server: trionet.Server = await nursery.start(net.serve, echo, opts)
+            server = await net.start_server(nursery, echo, opts)
         except OSError as exc:  # the port is taken, the address is not ours...
             print(f"echo_server: {exc}", file=sys.stderr, flush=True)
             return 1
@@ -49,9 +39,7 @@ async def main(args: argparse.Namespace) -> int:
             print(
                 f"echo server listening on {listener.address[0]} port {listener.port}", flush=True
             )
-        nursery.start_soon(stop_on_signal, server, args.grace, nursery.cancel_scope)
-        await server.wait_closed()
-        nursery.cancel_scope.cancel()
+        await trionet.stop_on_signals(server, grace=args.grace, announce=partial(print, flush=True))
     stats = net.statistics()
     print(f"stopped after {stats.total_accepts} connections", flush=True)
     return 0
@@ -69,8 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Run from the command line: exit with the program's status, or with one
+    line naming a bad option value (no traceback)."""
     try:
         sys.exit(trio.run(main, parse_args()))
     except ValueError as exc:  # bad option values name themselves
         sys.exit(f"echo_server: {exc}")
+
+
+if __name__ == "__main__":
+    run()

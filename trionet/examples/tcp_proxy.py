@@ -10,7 +10,9 @@ half-close: an EOF from one side is forwarded with ``send_eof`` while the other
 direction keeps flowing). Client and upstream connections share one processor,
 so ``--max-connections`` counts both and the throttle applies to the pair;
 ``--inactivity-timeout`` applies on both sides, and either side timing out ends
-the session. Ctrl-C stops gracefully and prints the statistics.
+the session. Ctrl-C (or SIGTERM) stops gracefully and prints the statistics;
+a second one stops at once, cutting the sessions still open (exit status 0
+either way).
 
 ``trionet proxy`` is the same proxy (both use ``trionet.TcpProxy``);
 ``trionet.examples.ats_tunnel`` is this program written against the iocore shim.
@@ -19,8 +21,8 @@ the session. Ctrl-C stops gracefully and prints the statistics.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
+from functools import partial
 
 import trio
 
@@ -34,16 +36,6 @@ def make_proxy(args: argparse.Namespace) -> tuple[trionet.NetProcessor, trionet.
         connect_timeout=args.connect_timeout, inactivity_timeout=args.inactivity_timeout
     )
     return net, trionet.TcpProxy(net, host, port, upstream)
-
-
-async def stop_on_signal(server: trionet.Server, grace: float, cancel: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if server.stopping:
-                cancel.cancel()  # second signal: stop now
-                return
-            print(f"{signal.Signals(signum).name}: shutting down (grace {grace} s)", flush=True)
-            server.shutdown(grace)
 
 
 def print_statistics(net: trionet.NetProcessor, proxy: trionet.TcpProxy) -> None:
@@ -68,7 +60,7 @@ async def main(args: argparse.Namespace) -> int:
     )
     async with trio.open_nursery() as nursery:
         try:
-            server: trionet.Server = await nursery.start(net.serve, proxy, listen)
+            server = await net.start_server(nursery, proxy, listen)
         except OSError as exc:  # the port is taken, the address is not ours...
             print(f"tcp_proxy: {exc}", file=sys.stderr, flush=True)
             return 1
@@ -76,9 +68,7 @@ async def main(args: argparse.Namespace) -> int:
             where = f"{listener.address[0]} port {listener.port}"
             print(f"tcp proxy listening on {where}, upstream {proxy.host} port {proxy.port}")
         sys.stdout.flush()
-        nursery.start_soon(stop_on_signal, server, args.grace, nursery.cancel_scope)
-        await server.wait_closed()
-        nursery.cancel_scope.cancel()
+        await trionet.stop_on_signals(server, grace=args.grace, announce=partial(print, flush=True))
     print_statistics(net, proxy)
     return 0
 
@@ -103,8 +93,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Run from the command line: exit with the program's status, or with one
+    line naming a bad option value (no traceback)."""
     try:
         sys.exit(trio.run(main, parse_args()))
     except ValueError as exc:  # bad option values name themselves
         sys.exit(f"tcp_proxy: {exc}")
+
+
+if __name__ == "__main__":
+    run()

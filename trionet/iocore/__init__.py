@@ -31,6 +31,8 @@ Mapping from ATS (the seed walk-through) to trionet, call for call::
     net_read_io, write_to_net                 NetVConnection's reader and writer tasks
 """
 
+import typing as _typing
+
 from ._buffer import DEFAULT_BUFFER_SIZE as DEFAULT_BUFFER_SIZE
 from ._buffer import IOBufferReader as IOBufferReader
 from ._buffer import MIOBuffer as MIOBuffer
@@ -65,6 +67,7 @@ from ._codes import event_name as event_name
 from ._continuation import Action as Action
 from ._continuation import Continuation as Continuation
 from ._continuation import ContinuationError as ContinuationError
+from ._continuation import EventHandler as _EventHandler
 from ._continuation import ProxyMutex as ProxyMutex
 from ._event import Event as Event
 from ._event import EventProcessor as EventProcessor
@@ -76,3 +79,8 @@ from ._vconnection import DEFAULT_INACTIVITY_TIMEOUT as DEFAULT_INACTIVITY_TIMEO
 from ._vconnection import NetVConnection as NetVConnection
 from ._vio import INT64_MAX as INT64_MAX
 from ._vio import VIO as VIO
+
+# Assigned here with its description (see trionet/__init__.py's type aliases).
+EventHandler: _typing.TypeAlias = _EventHandler
+"""A continuation's handler, ATS's ``int handler(int event, void *data)``.
+``handler(event, data)`` returns ``EVENT_DONE`` or ``EVENT_CONT``."""

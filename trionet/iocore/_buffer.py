@@ -49,7 +49,8 @@ class MIOBuffer:
       water_mark: ``high_water()`` threshold in bytes (ATS ``water_mark``).
 
     Raises:
-      ValueError / TypeError: ``size`` or ``water_mark`` out of range.
+      TypeError: ``size`` or ``water_mark`` is not an int.
+      ValueError: ``size`` is below 1 or ``water_mark`` below 0.
     """
 
     __slots__ = ("_base", "_data", "_readers", "size", "water_mark")
@@ -57,8 +58,8 @@ class MIOBuffer:
     def __init__(self, size: int = DEFAULT_BUFFER_SIZE, water_mark: int = 0) -> None:
         if _check_count("size", size) < 1:
             raise ValueError(f"size={size!r}: must be >= 1")
-        self.size = size
-        self.water_mark = _check_count("water_mark", water_mark)
+        self.size: int = size
+        self.water_mark: int = _check_count("water_mark", water_mark)
         self._data = bytearray()
         self._base = 0  # absolute offset of _data[0]
         self._readers: list[IOBufferReader] = []

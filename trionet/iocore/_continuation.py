@@ -18,7 +18,7 @@ import enum
 import logging
 import threading
 from collections.abc import Callable
-from typing import Final, Literal, final
+from typing import Final, Literal, TypeAlias, final
 
 import trio
 
@@ -40,7 +40,8 @@ __all__ = [
 
 logger = logging.getLogger("trionet.iocore")
 
-EventHandler = Callable[[int, object], int]
+EventHandler: TypeAlias = Callable[[int, object], int]
+# Exported and described as trionet.iocore.EventHandler.
 
 # ATS net_retry_delay: 10 ms between attempts to take a contended mutex.
 NET_RETRY_DELAY: Final = 0.01
@@ -171,7 +172,7 @@ class Continuation:
     ) -> None:
         if mutex is not None and not isinstance(mutex, ProxyMutex):
             raise TypeError(f"mutex={mutex!r}: must be a ProxyMutex or None")
-        self.mutex = mutex if mutex is not None else ProxyMutex()
+        self.mutex: ProxyMutex = mutex if mutex is not None else ProxyMutex()
         self.handler: EventHandler | None = None
         if handler is not None:
             self.set_handler(handler)
@@ -219,9 +220,9 @@ class Action:
     def __init__(self, continuation: Continuation) -> None:
         if not isinstance(continuation, Continuation):
             raise TypeError(f"continuation={continuation!r}: must be a Continuation")
-        self.continuation = continuation
-        self.mutex = continuation.mutex
-        self.cancelled = False
+        self.continuation: Continuation = continuation
+        self.mutex: ProxyMutex = continuation.mutex
+        self.cancelled: bool = False
 
     def cancel(self) -> None:
         """Stop the operation; no callback reaches the continuation afterwards."""

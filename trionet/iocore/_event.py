@@ -75,10 +75,10 @@ class Event(Action):
     ) -> None:
         super().__init__(cont)
         self._proc = proc
-        self.callback_event = callback_event
-        self.cookie = cookie
-        self.timeout_at = -math.inf
-        self.period = 0.0
+        self.callback_event: int = callback_event
+        self.cookie: object = cookie
+        self.timeout_at: float = -math.inf
+        self.period: float = 0.0
         self._running = False  # a task is delivering this event
         self._sleep: trio.CancelScope | None = None
         self._touched = False  # re-scheduled since the last delivery

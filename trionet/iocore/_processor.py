@@ -161,7 +161,7 @@ class UnixNetProcessor:
         default_inactivity_timeout: float = DEFAULT_INACTIVITY_TIMEOUT,
     ) -> None:
         self.net = net
-        self.event_processor = EventProcessor(nursery)
+        self.event_processor: EventProcessor = EventProcessor(nursery)
         self.default_inactivity_timeout = default_inactivity_timeout
         self._nursery = nursery
         self._counters = table_of(net).counters  # the native processor's statistics
@@ -181,7 +181,9 @@ class UnixNetProcessor:
         traffic_manager's fd; here also systemd's). The fd is taken over.
 
         Raises:
-          TypeError / ValueError: bad ``cont``, ``fd`` or ``opts``.
+          TypeError: ``cont`` is not a :class:`Continuation`, or ``opts`` not
+            an :class:`~trionet.AcceptOptions`.
+          ValueError: ``fd`` is not an int in 0..2**31-1.
         """
         check_int("UnixNetProcessor.main_accept", "fd", fd, 0, C_INT_MAX)
         base = opts if opts is not None else AcceptOptions()
@@ -271,7 +273,7 @@ class UnixNetProcessor:
         options: ConnectOptions | None = None,
     ) -> ConnectAction:
         """Connect to ``addr`` (ATS ``connect_re``) through
-        :meth:`NetProcessor.connect`; later deliver ``NET_EVENT_OPEN`` with the
+        :meth:`~trionet.NetProcessor.connect`; later deliver ``NET_EVENT_OPEN`` with the
         :class:`NetVConnection` (after the TCP -- and TLS -- handshake) or
         ``NET_EVENT_OPEN_FAILED`` with ``-errno``: ``-ECONNREFUSED`` etc.,
         ``-ENET_CONNECT_TIMEOUT``, ``-ENET_THROTTLING``, or
@@ -300,7 +302,8 @@ class UnixNetProcessor:
         and ``-ENET_CONNECT_FAILED`` for any other failure.
 
         Raises:
-          TypeError / ValueError: bad ``addr`` or ``timeout``.
+          TypeError: ``addr`` is not ``(host, port)`` or ``cont`` not a Continuation.
+          ValueError: ``timeout`` is zero, negative or infinite.
         """
         host, port = _split_addr(addr)
         opts = dataclasses.replace(options or ConnectOptions(), connect_timeout=timeout)
@@ -366,7 +369,8 @@ async def open_net_processor(
       listening sockets and connections are closed.
 
     Raises:
-      TypeError / ValueError: bad arguments.
+      TypeError: ``net`` is not a :class:`~trionet.NetProcessor`.
+      ValueError: ``default_inactivity_timeout`` is not a number of seconds.
     """
     if net is None:
         net = NetProcessor()

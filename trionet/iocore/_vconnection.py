@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol, final
 
 import trio
 
+from .._base._addr import SocketAddress
 from .._base._checks import check_seconds, is_int
 from .._core._connection import Connection, TimedOut
 from .._core._stats import Counters
@@ -96,15 +97,15 @@ class NetVConnection:
 
     def __init__(self, conn: Connection, unp: VCProcessor) -> None:
         self.connection = conn
-        self.id = conn.id
-        self.mutex = ProxyMutex()
-        self.lerrno = 0
-        self.closed = False
+        self.id: int = conn.id
+        self.mutex: ProxyMutex = ProxyMutex()
+        self.lerrno: int = 0
+        self.closed: bool = False
         self._unp = unp
         self._r = Side(VIO(self))
         self._w = Side(VIO(self))
-        self.read_vio = self._r.vio
-        self.write_vio = self._w.vio
+        self.read_vio: VIO = self._r.vio
+        self.write_vio: VIO = self._w.vio
         self._reader = ReadMachine(self, self._r)
         self._writer = WriteMachine(self, self._w)
         self._timeout_gen = 0  # bumped by set_/cancel_*_timeout (ATS re-arm check)
@@ -123,11 +124,12 @@ class NetVConnection:
         return f"<NetVConnection #{self.id} {self.get_remote_addr()!r} {state}>"
 
     # ---------------------------------------------------------- addresses
-    def get_remote_addr(self) -> object:
+    def get_remote_addr(self) -> SocketAddress:
         """The peer's address (after PROXY protocol, if any)."""
         return self.connection.remote_address
 
-    def get_local_addr(self) -> object:
+    def get_local_addr(self) -> SocketAddress:
+        """Our address as the peer sees it (after PROXY protocol, if any)."""
         return self.connection.local_address
 
     # ------------------------------------------------------------- do_io
@@ -142,7 +144,8 @@ class NetVConnection:
           The read VIO, or ``None`` if the VC is closed (logged, as ATS does).
 
         Raises:
-          TypeError / ValueError: bad ``cont``, ``nbytes`` or ``buf``.
+          TypeError: ``cont``, ``nbytes`` or ``buf`` of the wrong type.
+          ValueError: ``nbytes`` is negative.
         """
         _check_nbytes(nbytes)
         if buf is not None and not isinstance(buf, MIOBuffer):
@@ -169,7 +172,8 @@ class NetVConnection:
           The write VIO, or ``None`` if the VC is closed (logged).
 
         Raises:
-          TypeError / ValueError: bad ``cont``, ``nbytes`` or ``reader``.
+          TypeError: ``cont``, ``nbytes`` or ``reader`` of the wrong type.
+          ValueError: ``nbytes`` is negative.
         """
         _check_nbytes(nbytes)
         if reader is not None and not isinstance(reader, IOBufferReader):

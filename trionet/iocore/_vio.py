@@ -56,14 +56,14 @@ class VIO:
     __slots__ = ("buffer", "cont", "mutex", "nbytes", "ndone", "op", "reader", "vc_server")
 
     def __init__(self, vc_server: VConnection) -> None:
-        self.op = VIO.NONE
+        self.op: int = VIO.NONE
         self.cont: Continuation | None = None
         self.mutex: ProxyMutex | None = None
-        self.nbytes = 0
-        self.ndone = 0
+        self.nbytes: int = 0
+        self.ndone: int = 0
         self.buffer: MIOBuffer | None = None
         self.reader: IOBufferReader | None = None
-        self.vc_server = vc_server
+        self.vc_server: VConnection = vc_server
 
     def __repr__(self) -> str:
         op = {VIO.NONE: "NONE", VIO.READ: "READ", VIO.WRITE: "WRITE"}[self.op]

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ..._base._options import AcceptOptions
 
@@ -44,7 +44,8 @@ __all__ = [
     "resolve_main",
 ]
 
-WorkerMain = Callable[["WorkerContext"], Awaitable[object]]
+WorkerMain: TypeAlias = Callable[["WorkerContext"], Awaitable[object]]
+# Exported and described as trionet.WorkerMain.
 
 PAYLOAD_ENV: Final = "TRIONET_WORKER"
 PATH_ENV: Final = "TRIONET_WORKER_PATH"

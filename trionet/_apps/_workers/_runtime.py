@@ -58,7 +58,7 @@ class WorkerContext:
         self.restarts = restarts
         self.listen: tuple[AcceptOptions, ...] = tuple(listen)
         self.grace = grace
-        self.shutdown_requested = trio.Event()
+        self.shutdown_requested: trio.Event = trio.Event()
         self._control = control
         self._serving = False
 
@@ -105,7 +105,9 @@ class WorkerContext:
         seconds. Returns the (closed) :class:`Server` when every connection is done.
 
         Raises:
-          OSError / UnsupportedOptionError / AcceptError: as ``NetProcessor.serve``.
+          OSError: a listen spec could not be bound (as :meth:`NetProcessor.serve`).
+          UnsupportedOptionError: an option the platform cannot provide.
+          AcceptError: a fatal accept error, once the connections have ended.
         """
         specs = self.listen if listen is None else tuple(listen)
         async with trio.open_nursery() as nursery:

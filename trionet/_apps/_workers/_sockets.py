@@ -10,7 +10,7 @@ import errno
 import os
 import socket
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from ..._base._options import AcceptOptions
 from ..._inbound._listen import adopt_listener, bind_addresses, bind_socket, open_listeners
@@ -24,7 +24,8 @@ __all__ = [
     "usable_cpus",
 ]
 
-Sharing = Literal["auto", "reuseport", "inherit"]
+Sharing: TypeAlias = Literal["auto", "reuseport", "inherit"]
+# Exported and described as trionet.Sharing.
 
 
 @dataclasses.dataclass

@@ -120,21 +120,21 @@ class WorkerSupervisor:
         max_restart_delay: float = 10.0,
     ) -> None:
         self._main_ref = locate_main(main)
-        self.specs = [AcceptOptions.coerce(spec) for spec in listen]
+        self.specs: list[AcceptOptions] = [AcceptOptions.coerce(spec) for spec in listen]
         if not self.specs:
             raise ValueError("run_workers() needs at least one port or AcceptOptions")
-        self.workers = workers if workers is not None else usable_cpus()
+        self.workers: int = workers if workers is not None else usable_cpus()
         check_int("run_workers", "workers", self.workers, 1)
         check_seconds("run_workers", "grace", grace)
         check_seconds("run_workers", "restart_delay", restart_delay, allow_zero=False)
         check_seconds("run_workers", "max_restart_delay", max_restart_delay, allow_zero=False)
         if sharing not in _SHARING:
             raise ValueError(f"run_workers: sharing={sharing!r}: must be one of {_SHARING}")
-        self.grace = float(grace)
+        self.grace: float = float(grace)
         self.sharing: Sharing = sharing
-        self.restart_delay = float(restart_delay)
-        self.max_restart_delay = max(float(max_restart_delay), self.restart_delay)
-        self.restarts = 0
+        self.restart_delay: float = float(restart_delay)
+        self.max_restart_delay: float = max(float(max_restart_delay), self.restart_delay)
+        self.restarts: int = 0
         self.listen: tuple[AcceptOptions, ...] = ()
         self._procs: dict[int, trio.Process] = {}
         self._ready: set[int] = set()
@@ -438,16 +438,21 @@ def run_workers(
       sharing: ``"reuseport"`` (each worker binds with SO_REUSEPORT),
         ``"inherit"`` (one socket opened here, inherited by every worker) or
         ``"auto"`` (reuseport where the platform has it).
-      restart_delay / max_restart_delay: a dead worker is restarted after
-        ``restart_delay`` seconds, doubling while it keeps dying within
-        ``STABLE_AFTER`` seconds, up to ``max_restart_delay``.
+      restart_delay: seconds before a dead worker is restarted, doubling
+        while it keeps dying within ``STABLE_AFTER`` seconds...
+      max_restart_delay: ...up to this many seconds.
 
     Returns:
       An exit status: 0 if every worker exited cleanly after the shutdown.
 
     Raises:
       OSError: a port could not be bound (before any worker starts).
-      ValueError / TypeError: bad arguments, named.
+      TypeError: an argument of the wrong type (``main`` not a module-level
+        coroutine function, a listen spec neither a port nor an
+        :class:`AcceptOptions`...); the message names it.
+      ValueError: an argument out of range (no listen spec, ``workers``
+        below 1, a delay of 0 or less, an unknown ``sharing``...); the
+        message names it and its value.
       WorkerStartupError: a worker failed at start-up ``STARTUP_ATTEMPTS``
         times in a row (its error in one line); every worker was stopped.
     """
