@@ -196,12 +196,12 @@ class AcceptPolicy:
         propagate_handler_errors: bool,
     ) -> None:
         self.throttle_mode: ThrottleMode = throttle_mode
-        self.accept_batch = accept_batch
-        self.accept_error_pause = accept_error_pause
-        self.accept_error_grace = accept_error_grace
-        self.propagate_handler_errors = propagate_handler_errors
-        self.throttle_log = RateLimitedLog(THROTTLE_LOG_INTERVAL, logger)
-        self.resource_log = RateLimitedLog(RESOURCE_LOG_INTERVAL, logger)
+        self.accept_batch: int = accept_batch
+        self.accept_error_pause: float = accept_error_pause
+        self.accept_error_grace: float = accept_error_grace
+        self.propagate_handler_errors: bool = propagate_handler_errors
+        self.throttle_log: RateLimitedLog = RateLimitedLog(THROTTLE_LOG_INTERVAL, logger)
+        self.resource_log: RateLimitedLog = RateLimitedLog(RESOURCE_LOG_INTERVAL, logger)
 
 
 async def on_accept_error(
