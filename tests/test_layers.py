@@ -22,9 +22,13 @@ import ast
 import collections
 from pathlib import Path
 
+import trionet
+
 from .running import ROOT
 
-PACKAGE = ROOT / "trionet"
+# The package as imported: the checkout's, or the installed wheel's when .ci/run
+# tests the wheel (its copy of the tests has no trionet/ beside it).
+PACKAGE = Path(trionet.__file__).resolve().parent
 
 RANK: dict[str, int] = {
     "_base": 0,
