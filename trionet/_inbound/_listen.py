@@ -18,7 +18,7 @@ from typing import final
 
 import trio
 
-from .._base._addr import AddrInfo, SocketAddress, as_socket_address, host_port
+from .._base._addr import AddrInfo, SocketAddress, as_socket_address, host_port, host_problem
 from .._base._options import AcceptOptions
 from .._base._sockopt import apply_listen_options, apply_socket_options
 
@@ -114,16 +114,18 @@ async def _resolve_bind_host(
     """``getaddrinfo`` for a passive socket, with errors that name the host.
 
     Raises:
-      socket.gaierror: the host cannot be resolved, contains a NUL or another
-        control character (the C resolver would silently cut the name at a NUL
-        and bind what comes before it), or is not a valid IDNA name; the message
-        names the host and the port, which getaddrinfo's own
+      socket.gaierror: the host cannot be resolved, or is not a name trionet
+        resolves (:func:`host_problem`: a NUL, which the C resolver would cut
+        the name at, other control characters, a bad IDNA name...); the
+        message names the host and the port, which getaddrinfo's own
         (``[Errno -2] Name or service not known``) does not.
     """
     host = opts.host
     where = f"cannot listen on host {host!r} port {opts.port}"
-    if host is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in host):
-        raise socket.gaierror(socket.EAI_NONAME, f"{where}: control character in the host name")
+    # AcceptOptions already refused such a host; the same rule, applied again
+    # here, keeps a bypassed check from reaching the C resolver.
+    if host is not None and (why := host_problem(host)) is not None:
+        raise socket.gaierror(socket.EAI_NONAME, f"{where}: {why}")
     try:
         return await trio.socket.getaddrinfo(
             host,
