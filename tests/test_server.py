@@ -14,6 +14,7 @@ import trionet
 import trionet._inbound._listen
 import trionet._inbound._server
 from trionet import AcceptOptions, NetProcessor
+from trionet._apps._workers._sockets import plan_listeners
 from trionet._inbound._accept import on_accept_error
 from trionet._processor import accept_policy_of, table_of
 
@@ -41,6 +42,68 @@ async def test_serve_ephemeral_port_both_families(nursery: trio.Nursery) -> None
     stats = net.statistics()
     assert stats.total_accepts == 2
     assert stats.read_bytes == stats.write_bytes == 2 * 5 + len("127.0.0.1") + len("::1")
+
+
+@pytest.mark.parametrize("entry", ["open_listeners", "worker_plan"])
+async def test_ephemeral_port_taken_on_the_second_address_is_bound_again(
+    monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
+    # Port 0 on 127.0.0.1 and ::1: the port the IPv4 socket got may be held on
+    # ::1 by another program (a CI run failed on exactly that). Force the
+    # collision for real: before the first ::1 bind, another socket takes
+    # [::1]:P. open_listeners must close its IPv4 socket and start over on a
+    # fresh port, not fail, and leave no socket of the failed attempt open.
+    real_bind = trionet._inbound._listen.bind_socket
+    blockers: list[socket.socket] = []
+    opened: list[socket.socket] = []
+
+    def bind_with_collision(
+        family: int, sockaddr: trionet.SocketAddress, opts: AcceptOptions
+    ) -> socket.socket | None:
+        if family == socket.AF_INET6 and not blockers:
+            blocker = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            blocker.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            blocker.bind(("::1", sockaddr[1]))
+            blocker.listen(1)
+            blockers.append(blocker)
+        sock = real_bind(family, sockaddr, opts)
+        if sock is not None:
+            opened.append(sock)
+        return sock
+
+    monkeypatch.setattr(trionet._inbound._listen, "bind_socket", bind_with_collision)
+    opts = AcceptOptions(localhost_only=True)
+    sockets: list[socket.socket]
+    if entry == "open_listeners":
+        sockets = [lst.socket for lst in await trionet._inbound._listen.open_listeners(opts)]
+    else:  # the worker supervisor's reserved SO_REUSEPORT sockets
+        plan = await plan_listeners([opts], "reuseport")
+        sockets = list(plan.held)
+        assert len({spec.port for spec in plan.listen}) == 1
+    try:
+        assert sorted(sock.family for sock in sockets) == [socket.AF_INET, socket.AF_INET6]
+        ports = {sock.getsockname()[1] for sock in sockets}
+        assert len(ports) == 1
+        assert ports != {blockers[0].getsockname()[1]}
+        assert opened[0].fileno() == -1  # the IPv4 socket of the failed try is closed
+    finally:
+        for sock in sockets:
+            sock.close()
+        for blocker in blockers:
+            blocker.close()
+
+
+async def test_explicit_port_taken_on_the_second_address_is_not_retried() -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as blocker:
+        blocker.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        blocker.bind(("::1", 0))
+        blocker.listen(1)
+        port = blocker.getsockname()[1]
+        with pytest.raises(OSError, match=rf"cannot listen on \[::1\]:{port}") as info:
+            await trionet._inbound._listen.open_listeners(
+                AcceptOptions(localhost_only=True, port=port)
+            )
+        assert info.value.errno == errno.EADDRINUSE
 
 
 async def test_several_listen_specs_one_accept_task_each(nursery: trio.Nursery) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "adopt_listener",
     "bind_addresses",
     "bind_socket",
+    "bind_sockets",
     "check_listening_fd",
     "open_listeners",
 ]
@@ -69,23 +70,18 @@ async def open_listeners(opts: AcceptOptions) -> list[Listener]:
     """
     if opts.fd is not None:
         return [adopt_listener(opts.fd, opts)]
-    addresses = await bind_addresses(opts)
+    bound = bind_sockets(await bind_addresses(opts), opts)
     listeners: list[Listener] = []
     try:
-        port = opts.port
-        for family, sockaddr in addresses:
-            # Port 0 on several addresses: every socket gets the port the first got.
-            listener = _open_one(family, (sockaddr[0], port, *sockaddr[2:]), opts)
-            if listener is None:
-                continue
-            listeners.append(listener)
-            port = listener.port
+        while bound:
+            _, sock = bound.pop(0)
+            listeners.append(_listen_on(sock, opts))
     except BaseException:
+        for _, sock in bound:
+            sock.close()
         for listener in listeners:
             listener.socket.close()
         raise
-    if not listeners:
-        raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {opts!r}")
     return listeners
 
 
@@ -141,10 +137,71 @@ async def _resolve_bind_host(
         raise socket.gaierror(socket.EAI_NONAME, f"{where}: not a valid host name ({exc})") from exc
 
 
-def _open_one(family: int, sockaddr: SocketAddress, opts: AcceptOptions) -> Listener | None:
-    sock = bind_socket(family, sockaddr, opts)
-    if sock is None:
-        return None
+def bind_sockets(
+    addresses: Sequence[AddrInfo], opts: AcceptOptions
+) -> list[tuple[AddrInfo, socket.socket]]:
+    """Bind one socket per address, all on one port, not yet listening.
+
+    Port 0 on several addresses: every socket gets the port the first one got,
+    so a server has one port whatever the family. That port is free on the
+    first address only; another program may hold it on the next (seen in CI:
+    127.0.0.1:P was ours, [::1]:P someone else's). Then the whole set is closed
+    and bound again on a fresh ephemeral port, a bounded number of times; an
+    explicit port is never retried (EADDRINUSE there is the answer). Addresses
+    without IPv6 on the host are skipped (see :func:`bind_socket`).
+
+    Raises:
+      OSError: no address could be bound (EADDRNOTAVAIL) or binding failed,
+        with the address in the message. Nothing stays open.
+    """
+    attempts = _EPHEMERAL_ATTEMPTS if opts.port == 0 and len(addresses) > 1 else 1
+    for attempt in range(attempts):
+        try:
+            return _bind_once(addresses, opts)
+        except _SharedPortTaken:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# How many fresh ephemeral ports bind_sockets tries for a port-0 server on
+# several addresses before it gives up (each collision needs another program to
+# hold exactly that port on a later address: a handful is plenty).
+_EPHEMERAL_ATTEMPTS = 8
+
+
+class _SharedPortTaken(OSError):
+    """The port the first socket got is taken on a later address (EADDRINUSE)."""
+
+
+def _bind_once(
+    addresses: Sequence[AddrInfo], opts: AcceptOptions
+) -> list[tuple[AddrInfo, socket.socket]]:
+    bound: list[tuple[AddrInfo, socket.socket]] = []
+    try:
+        port = opts.port
+        for family, sockaddr in addresses:
+            address: SocketAddress = (sockaddr[0], port, *sockaddr[2:])
+            try:
+                sock = bind_socket(family, address, opts)
+            except OSError as exc:
+                if bound and opts.port == 0 and exc.errno == errno.EADDRINUSE:
+                    raise _SharedPortTaken(exc.errno, str(exc)) from exc
+                raise
+            if sock is None:
+                continue
+            port = sock.getsockname()[1]
+            bound.append(((family, sock.getsockname()), sock))
+    except BaseException:
+        for _, sock in bound:
+            sock.close()
+        raise
+    if not bound:
+        raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {opts!r}")
+    return bound
+
+
+def _listen_on(sock: socket.socket, opts: AcceptOptions) -> Listener:
     try:
         apply_socket_options(sock, opts.socket)
         sock.listen(opts.backlog)

@@ -6,14 +6,13 @@ to every worker; an ``fd=`` socket is always passed as it is)."""
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import socket
 from collections.abc import Sequence
 from typing import Literal, TypeAlias
 
 from ..._base._options import AcceptOptions
-from ..._inbound._listen import adopt_listener, bind_addresses, bind_socket, open_listeners
+from ..._inbound._listen import adopt_listener, bind_addresses, bind_sockets, open_listeners
 
 __all__ = [
     "Sharing",
@@ -102,26 +101,18 @@ async def _plan_inherit(plan: SocketPlan, spec: AcceptOptions) -> None:
 
 async def _plan_reuseport(plan: SocketPlan, spec: AcceptOptions) -> None:
     spec = dataclasses.replace(spec, reuse_port=True)
-    port = spec.port
-    reserved = 0
-    for family, sockaddr in await bind_addresses(spec):
-        # Bound with SO_REUSEPORT but not listening (see the module notes).
-        sock = bind_socket(family, (sockaddr[0], port, *sockaddr[2:]), spec)
-        if sock is None:
-            continue
+    # Bound with SO_REUSEPORT but not listening (see the module notes); one
+    # port for every address, as a single-process server would have.
+    for (family, sockaddr), sock in bind_sockets(await bind_addresses(spec), spec):
         plan.held.append(sock)
-        port = sock.getsockname()[1]
-        reserved += 1
         worker_spec = dataclasses.replace(
             spec,
             host=sockaddr[0],
-            port=port,
+            port=sockaddr[1],
             localhost_only=False,
             family=socket.AddressFamily(family),
         )
         plan.listen.append(worker_spec)
-    if not reserved:
-        raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {spec!r}")
 
 
 def port_of(opts: AcceptOptions, plan: SocketPlan) -> int:
