@@ -286,7 +286,9 @@ def _env() -> dict[str, str]:
 
 
 def _exchange(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    # Generous bounds: a worker interpreter can take seconds to start on a loaded
+    # 2-core machine (a CI run timed out at 5 s); a healthy run returns at once.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
         got = b""
@@ -310,7 +312,7 @@ def reaper() -> Iterator[list[subprocess.Popen[str]]]:
 
 def _stop(proc: subprocess.Popen[str]) -> tuple[dict[str, int], str]:
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=5)
+    out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     return json.loads(out.strip().splitlines()[-1]), err
 
@@ -470,7 +472,7 @@ def test_socket_activated_supervisor_shares_the_socket_with_its_workers(
     pid, _, echoed = _exchange(port, b"x").partition(b"\n")
     assert echoed == b"x" and int(pid) != proc.pid
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=8)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "inherited 1 listening socket(s): fd 3 (web)" in err
     assert f"starting 2 worker(s) on port(s) [{port}] (inherited socket)" in err
