@@ -99,8 +99,14 @@ class Running:
     def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> tuple[int, str, str]:
         """Send ``sig``; wait for the exit. Returns (status, rest of stdout, stderr)."""
         self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 15.0) -> tuple[int, str, str]:
+        """Wait for the exit; every stdout line (also those :meth:`expect` read past
+        its match) ends up in ``lines``. Returns (status, rest of stdout, stderr)."""
         out, err = self.proc.communicate(timeout=timeout)
         rest = (self._buf + out).decode()
+        self._buf = b""
         self.lines.extend(rest.splitlines())
         return self.proc.returncode, rest, err.decode()
 

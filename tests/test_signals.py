@@ -62,9 +62,9 @@ def test_one_sigterm_stops_gracefully() -> None:
         assert client.recv(100) == b"after"
         client.shutdown(socket.SHUT_WR)
         assert client.recv(100) == b""  # the handler finished and closed it
-        out, err = run.proc.communicate(timeout=15)
-    assert run.proc.returncode == 0, err
-    lines = run.lines + out.decode().splitlines()
+        status, _, err = run.wait(timeout=15)
+    assert status == 0, err
+    lines = run.lines
     assert "handler finished" in lines and "handler cancelled" not in lines
     assert lines[-1] == "stopped 0"
 
@@ -79,9 +79,9 @@ def test_a_second_sigterm_stops_at_once() -> None:
         run.expect(r"^SIGTERM again: stopping now$")
         assert client.recv(100) == b""  # closed as the cancelled handler exits
         assert time.monotonic() - start < 10  # not the 30 s grace
-        out, err = run.proc.communicate(timeout=15)
-    assert run.proc.returncode == 0, err
-    lines = run.lines + out.decode().splitlines()
+        status, _, err = run.wait(timeout=15)
+    assert status == 0, err
+    lines = run.lines
     assert "handler cancelled" in lines and "handler finished" not in lines
     assert lines[-1] == "stopped 0"
 
