@@ -36,6 +36,7 @@ from .._inbound._server import Handler, Server
 from .._inbound._signals import stop_on_signals
 from .._processor import NetProcessor
 from ._cli_args import PROG, bind_host, build_parser
+from ._logging import configure_logging
 from ._tcp_proxy import TcpProxy
 from ._workers._runtime import WorkerContext
 from ._workers._signals import forward_signals
@@ -120,6 +121,7 @@ def _plan(args: argparse.Namespace) -> _Command:
         max_connections=args.max_connections,
         throttle=args.throttle,
         per_client_max_connections=args.per_client_max,
+        access_log=args.access_log,
     )
     listen = AcceptOptions(
         host=bind_host(args.host),
@@ -207,6 +209,9 @@ async def _run(plan: _Command) -> int:
 # processor, so every limit applies per worker.
 async def _serve_in_worker(ctx: WorkerContext) -> None:
     args = build_parser().parse_args(json.loads(os.environ[_ARGV_ENV]))
+    # A fresh interpreter: it logs as the supervisor does, each line saying
+    # which worker wrote it.
+    configure_logging(args.log_level, args.log_format, fields={"worker": ctx.worker_id})
     plan = _plan(args)
     plan.who = f"worker {ctx.worker_id}: "
     listen = ctx.listen_options(ssl_context=plan.listen.ssl_context)
@@ -283,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (problem := _unresolvable(args)) is not None:
         print(f"{PROG} {args.command}: {problem}", file=sys.stderr)
         return 1
+    configure_logging(args.log_level, args.log_format)
     status = 1
     try:
         if args.workers > 1:

@@ -16,6 +16,7 @@ from typing import Final, NoReturn, final
 
 from .._base._addr import host_problem
 from .._base._version import __version__
+from ._logging import LOG_FORMATS, LOG_LEVELS
 
 __all__ = ["MAX_WORKERS", "PROG", "bind_host", "build_parser"]
 
@@ -257,6 +258,38 @@ def _common_options() -> _Parser:
         type=_host,
         default="127.0.0.1",
         help="address for the stats page (default 127.0.0.1; '::' for every address)",
+    )
+    logs = p.add_argument_group("logging and configuration")
+    logs.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="log records at this level and above to stderr (default info)",
+    )
+    logs.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="'text': one readable line per record (default); 'json': one JSON object "
+        "per line, with the record's structured fields",
+    )
+    logs.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="do not log a line per closed connection (logger trionet.access, INFO)",
+    )
+    logs.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read settings from this TOML file (keys are the long option names with "
+        "'_' for '-', e.g. max_connections = 1000); options given here override it",
+    )
+    logs.add_argument(
+        "--check",
+        action="store_true",
+        help="check the options and --config file, print every problem (one per line) "
+        "and exit: 0 if there is none, else 1",
     )
     return p
 
