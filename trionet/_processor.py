@@ -172,6 +172,8 @@ class NetProcessor:
 
     @property
     def access_log(self) -> bool:
+        """Whether each closed connection gets a session-log record on
+        ``trionet.access`` (the constructor's ``access_log``)."""
         return self._accept.access_log
 
     @property
