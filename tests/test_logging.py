@@ -63,6 +63,13 @@ def test_text_quotes_what_would_split_a_line() -> None:
     assert TextFormatter().format(record).endswith(r' detail="a \"b\"\nc" key="a=b"')
 
 
+def test_text_keeps_a_record_on_one_line() -> None:
+    record = make_record("bad header %r then %s", (b"x", "two\nINFO fake: line\x1b[2J"))
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\x1b" not in line
+    assert line.endswith(r"bad header b'x' then two\nINFO fake: line\x1b[2J")
+
+
 def test_text_adds_the_traceback_and_fixed_fields() -> None:
     try:
         raise ValueError("boom")
@@ -194,7 +201,7 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-@pytest.mark.parametrize("kind", ["refused", "unresolvable", "timed out", "TLS"])
+@pytest.mark.parametrize("kind", ["refused", "unresolvable", "timed out", "TLS verification"])
 async def test_upstream_failure_is_a_warning_naming_it(
     nursery: trio.Nursery,
     caplog: pytest.LogCaptureFixture,
@@ -207,7 +214,7 @@ async def test_upstream_failure_is_a_warning_naming_it(
     if kind in ("unresolvable", "timed out"):
         host = "upstream.invalid"
         options = ConnectOptions(connect_timeout=5, resolver=Resolver(kind == "timed out"))  # type: ignore[arg-type]
-    elif kind == "TLS":
+    elif kind == "TLS verification":
         # A TLS upstream whose certificate this proxy's context does not trust.
         server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("localhost").configure_cert(server_ctx)

@@ -11,7 +11,9 @@ the message. A record's structured fields -- what the caller passed as
 proxy's ``upstream``/``error`` -- are rendered too, in both formats:
 
 * ``text``: ``2026-11-29T22:51:55.123Z INFO trionet.proxy: message key=value
-  key="a value with spaces"``. Fields the message already shows (a record
+  key="a value with spaces"``, control characters in the message escaped
+  (``\n``), so that a record is one line (its traceback aside). Fields the
+  message already shows (a record
   logged with a mapping as its argument, ``log.info("%(client)s ...", fields)``,
   as the session log does) are not repeated.
 * ``json``: one object per line: ``time``, ``level``, ``logger``,
@@ -75,6 +77,12 @@ def _text_value(value: object) -> str:
     return json.dumps(text)
 
 
+def _escaped(text: str) -> str:
+    # A newline or a control character in a message (an exception's text, a
+    # peer's bytes quoted) must not start a line that looks like a record.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @final
 class TextFormatter(logging.Formatter):
     """``TIME LEVEL LOGGER: MESSAGE key=value...`` (see the module notes).
@@ -88,7 +96,10 @@ class TextFormatter(logging.Formatter):
         self.fields: dict[str, object] = dict(fields or {})
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        message = record.getMessage()
+        if not message.isprintable():  # one record, one line (a traceback aside)
+            message = _escaped(message)
+        line = f"{_timestamp(record)} {record.levelname} {record.name}: {message}"
         shown = record.args if isinstance(record.args, Mapping) else {}
         extra = {**structured_fields(record), **self.fields}
         pairs = [f"{k}={_text_value(v)}" for k, v in extra.items() if k not in shown]

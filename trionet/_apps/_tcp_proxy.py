@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import ssl
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Final, Literal, final
@@ -212,14 +213,16 @@ async def _abort(*streams: trio.abc.AsyncResource) -> None:
 
 def failure_kind(exc: ConnectError) -> str:
     """What went wrong with an upstream connect, in a word or two for the
-    log's ``error`` field: ``timed out``, ``unresolvable``, ``TLS``,
-    ``throttled``, ``refused``, or ``failed`` (the message says more)."""
+    log's ``error`` field: ``timed out``, ``unresolvable``, ``TLS
+    verification`` (the upstream's certificate), ``TLS`` (any other handshake
+    failure), ``throttled``, ``refused``, or ``failed`` (the message says more)."""
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, ResolveError):
         return "unresolvable"
     if isinstance(exc, TLSError):
-        return "TLS"
+        verify = isinstance(exc.__cause__, ssl.SSLCertVerificationError)
+        return "TLS verification" if verify else "TLS"
     if isinstance(exc, ThrottledError):
         return "throttled"
     if exc.errno == errno.ECONNREFUSED:
@@ -296,7 +299,11 @@ class TcpProxy:
       and logged at WARNING on ``trionet.proxy``, naming the upstream and the
       error (fields ``upstream``, ``error``, ``detail``), at most once per
       10 s with a count of the suppressed ones; the client connection is then
-      closed. Resets end the session
+      closed. With the processor's ``access_log`` on, each session's
+      record names the upstream (``upstream``) and ends ``upstream_failed``
+      or ``upstream_timeout`` when the connect failed, ``reset`` when either
+      side reset, and with the upstream side's timeout when that one fired
+      (:meth:`Connection.note_session`). Resets end the session
       quietly (counted), passing the abort on to the other side. Timeouts
       (the session idle on both sides for a side's inactivity timeout, or an
       active timeout) and a shutdown's grace deadline cut the session: both
