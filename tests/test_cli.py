@@ -27,6 +27,9 @@ from trionet._apps._cli_args import _host_port, build_parser
 
 from .running import Running, echo_roundtrip, env, running_upstream
 
+# A log line's timestamp (trionet._apps._logging): ISO 8601, UTC, milliseconds.
+LOG_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
+
 
 def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     with pytest.raises(SystemExit) as info:
@@ -216,7 +219,10 @@ def test_echo_command_runs_and_stops_gracefully(sig: int) -> None:
     assert status == 0, err
     assert f"{signal.Signals(sig).name}: shutting down (grace 5 s)" in out
     assert "stopped: 1 connections accepted, 13 bytes in, 13 bytes out" in out
-    assert err == ""
+    # stderr has the session log (on by default) and nothing else.
+    [line] = err.splitlines()
+    session = rf"INFO trionet\.access: 127\.0\.0\.1:\d+ -> :{port} #1 eof [\d.]+s in=13 out=13"
+    assert re.fullmatch(LOG_TIME + session, line), line
 
 
 def test_limits_and_timeouts_are_applied() -> None:
@@ -348,7 +354,8 @@ def test_worker_stats_port_taken_stops_with_one_line() -> None:
             timeout=90,
         )
     assert done.returncode == 1, done
-    [line] = done.stderr.splitlines()
+    # The supervisor's log lines aside (workers starting, failing), one line.
+    [line] = [line for line in done.stderr.splitlines() if not re.match(LOG_TIME, line)]
     m = re.fullmatch(r"trionet echo: worker (\d) could not start \(3 attempts\): (.*)", line)
     assert m is not None, line
     worker, error = int(m[1]), m[2]

@@ -79,6 +79,18 @@ class NetProcessor:
         this are marked ``conn.idle``, the oldest idle ones are closed.
       propagate_handler_errors: let a handler's exception crash ``serve()``
         (trio ``serve_listeners`` behaviour) instead of logging and counting it.
+      access_log: write one INFO record per closed connection of
+        :meth:`serve` (and per client refused at accept) on logger
+        ``trionet.access`` (HAProxy ``option tcplog``): fields ``client``
+        (the PROXY header's source when there is one), ``listen_port``,
+        ``connection``, ``duration``, ``bytes_in``, ``bytes_out``, ``end``
+        and what the handler added with :meth:`Connection.note_session`
+        (a :class:`TcpProxy` adds ``upstream``), in the record's ``extra``.
+        ``end`` is one of ``eof``, ``reset``, ``inactivity``, ``active``,
+        ``evicted``, ``throttled``, ``handler_error``, ``shutdown``,
+        ``cancelled``, ``handshake_failed`` (PROXY header or TLS handshake),
+        ``upstream_failed``, ``upstream_timeout``. Off by default (the
+        ``trionet`` command turns it on); off, it costs nothing.
 
     Raises:
       ValueError: a bad argument, naming it and its value (an int field given
@@ -99,6 +111,7 @@ class NetProcessor:
         default_inactivity_timeout: float | None = None,
         max_idle_connections: int | None = None,
         propagate_handler_errors: bool = False,
+        access_log: bool = False,
     ) -> None:
         o = "NetProcessor"
         check_opt_int(o, "max_connections", max_connections, 1)
@@ -115,6 +128,7 @@ class NetProcessor:
         check_seconds(o, "default_inactivity_timeout", idle, allow_zero=False, finite=True)
         check_opt_int(o, "max_idle_connections", max_idle_connections, 0)
         check_bool(o, "propagate_handler_errors", propagate_handler_errors)
+        check_bool(o, "access_log", access_log)
         self._table = ConnectionTable(
             max_connections=max_connections,
             per_client_max=per_client_max_connections,
@@ -128,6 +142,7 @@ class NetProcessor:
             float(accept_error_pause),
             float(accept_error_grace),
             propagate_handler_errors,
+            access_log,
         )
 
     @property
@@ -154,6 +169,12 @@ class NetProcessor:
     @property
     def propagate_handler_errors(self) -> bool:
         return self._accept.propagate_handler_errors
+
+    @property
+    def access_log(self) -> bool:
+        """Whether each closed connection gets a session-log record on
+        ``trionet.access`` (the constructor's ``access_log``)."""
+        return self._accept.access_log
 
     @property
     def default_inactivity_timeout(self) -> float | None:

@@ -21,7 +21,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any, Final, Literal, final
 
@@ -35,13 +35,23 @@ from .._core._stats_page import STATS_INACTIVITY_TIMEOUT
 from .._inbound._server import Handler, Server
 from .._inbound._signals import stop_on_signals
 from .._processor import NetProcessor
-from ._cli_args import PROG, bind_host, build_parser
+from ._cli_args import (
+    PROG,
+    ParseProblem,
+    bind_host,
+    build_parser,
+    collect_problems,
+    command_parser,
+    drop_bad_values,
+)
+from ._config import Config, ConfigError, load_config
+from ._logging import configure_logging
 from ._tcp_proxy import TcpProxy
 from ._workers._runtime import WorkerContext
 from ._workers._signals import forward_signals
 from ._workers._supervisor import WorkerStartupError, WorkerSupervisor
 
-__all__ = ["build_parser", "main", "parse"]
+__all__ = ["build_parser", "check", "main", "parse"]
 
 # How worker processes (--workers N) get the command line: they re-parse it.
 _ARGV_ENV: Final = "TRIONET_CLI_ARGV"
@@ -76,24 +86,30 @@ async def _echo(conn: Connection) -> None:
 
 def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Errors that involve more than one option (argparse exits with status 2)."""
+    for problem in _combination_problems(args):
+        parser.error(problem)
+
+
+def _combination_problems(args: argparse.Namespace) -> Iterator[str]:
+    """Each problem of more than one option (``--check`` lists them all)."""
     if (args.tls_cert is None) != (args.tls_key is None):
         given, missing = ("--tls-cert", "--tls-key")
         if args.tls_cert is None:
             given, missing = missing, given
-        parser.error(f"argument {given}: needs {missing} as well")
+        yield f"argument {given}: needs {missing} as well"
     if args.proxy_protocol_trusted and not args.proxy_protocol:
-        parser.error("argument --proxy-protocol-trusted: needs --proxy-protocol")
+        yield "argument --proxy-protocol-trusted: needs --proxy-protocol"
     if args.command == "proxy" and args.max_connections is not None and args.max_connections < 2:
         # A proxy session holds two slots, its client's and its upstream's
         # (TcpProxy reserves them together), so 1 could never serve anyone.
-        parser.error(
+        yield (
             f"argument --max-connections: '{args.max_connections}': a proxy session "
             "needs 2 connections (client and upstream); give at least 2"
         )
     if args.stats_port and args.workers > 1:  # one page per worker, on P..P+N-1
         last = args.stats_port + args.workers - 1
         if last > 65535:
-            parser.error(
+            yield (
                 f"argument --stats-port: '{args.stats_port}': with --workers {args.workers} "
                 f"the pages take ports {args.stats_port}..{last}, past 65535"
             )
@@ -120,6 +136,7 @@ def _plan(args: argparse.Namespace) -> _Command:
         max_connections=args.max_connections,
         throttle=args.throttle,
         per_client_max_connections=args.per_client_max,
+        access_log=args.access_log,
     )
     listen = AcceptOptions(
         host=bind_host(args.host),
@@ -206,8 +223,11 @@ async def _run(plan: _Command) -> int:
 # re-parses the command line from the environment and serves with its own
 # processor, so every limit applies per worker.
 async def _serve_in_worker(ctx: WorkerContext) -> None:
-    args = build_parser().parse_args(json.loads(os.environ[_ARGV_ENV]))
-    plan = _plan(args)
+    # The command line again, and its --config file, read afresh.
+    args, plan = parse(json.loads(os.environ[_ARGV_ENV]))
+    # A fresh interpreter: it logs as the supervisor does, each line saying
+    # which worker wrote it.
+    configure_logging(args.log_level, args.log_format, fields={"worker": ctx.worker_id})
     plan.who = f"worker {ctx.worker_id}: "
     listen = ctx.listen_options(ssl_context=plan.listen.ssl_context)
     async with trio.open_nursery() as nursery:
@@ -251,13 +271,20 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, _Command]:
     """Parse and check the command line, and build what it asks for, without
     binding anything.
 
+    With ``--config FILE``, the file's settings come first and the command
+    line overrides them (see :mod:`trionet._apps._config`).
+
     Raises:
       SystemExit: status 2 after argparse's usage message, whose last line
         names the option and the value (``argument --port: '99999': a port is
-        0..65535``); status 0 after ``--help``/``--version``.
+        0..65535``), or after one line per problem of the ``--config`` file;
+        status 0 after ``--help``/``--version``.
     """
     parser = build_parser()
+    config = _read_config(parser, argv)
     args = parser.parse_args(argv)
+    if config is not None:
+        config.fill_lists(args)
     _check_combinations(parser, args)
     try:
         plan = _plan(args)
@@ -266,6 +293,93 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, _Command]:
         # through; its message names the field and the value.
         parser.error(str(exc))
     return args, plan
+
+
+def _peek(argv: Sequence[str]) -> argparse.Namespace:
+    """The sub-command, ``--config`` and ``--check``, before the real parse
+    (which needs the file's settings first). A malformed command line is
+    left to the real parse to report."""
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    pre.add_argument("command", nargs="?")
+    pre.add_argument("--config")
+    pre.add_argument("--check", action="store_true")
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except argparse.ArgumentError:
+        known = argparse.Namespace(command=None, config=None, check=False)
+    return known
+
+
+def _read_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Config | None:
+    """Load ``--config`` into the sub-command's defaults; exit with status 2
+    and one line per problem if the file has any."""
+    peek = _peek(argv)
+    sub = command_parser(parser, peek.command)
+    if peek.config is None or sub is None:
+        return None
+    try:
+        config = load_config(peek.config, sub, peek.command)
+    except ConfigError as exc:
+        problems = [str(exc)]
+    else:
+        problems = config.problems
+    if problems:
+        sub.print_usage(sys.stderr)
+        sub.exit(2, "".join(f"{sub.prog}: error: {problem}\n" for problem in problems))
+    config.apply(sub)
+    return config
+
+
+def check(argv: Sequence[str]) -> list[str]:
+    """Every problem of the command line and its ``--config`` file, one line
+    each (``trionet ... --check``); an empty list if there is none.
+
+    Nothing is bound, but host names are looked up (``--host`` must name a
+    local address), and certificate files are loaded.
+    """
+    parser = build_parser()
+    peek = _peek(argv)
+    sub = command_parser(parser, peek.command)
+    problems: list[str] = []
+    config = None
+    if peek.config is not None and sub is not None:
+        try:
+            config = load_config(peek.config, sub, peek.command)
+        except ConfigError as exc:
+            problems.append(str(exc))
+        else:
+            problems.extend(config.problems)
+            config.apply(sub)
+    # From here a bad option value is recorded, and parsing goes on.
+    values = collect_problems(parser)
+    try:
+        args = parser.parse_args(argv)
+    except ParseProblem as exc:
+        return [*problems, *values, str(exc)]
+    problems.extend(values)
+    drop_bad_values(sub or parser, args)
+    if config is not None:
+        config.fill_lists(args)
+    problems.extend(_combination_problems(args))
+    if problems:
+        return problems  # building the plan needs good values
+    try:
+        _plan(args)
+    except (_UsageError, ValueError) as exc:
+        problems.append(str(exc))
+    problems.extend(_host_problems(args))
+    return problems
+
+
+def _run_check(argv: Sequence[str], command: str | None) -> int:
+    problems = check(argv)
+    who = f"{PROG} {command}" if command else PROG
+    for problem in problems:
+        print(f"{who}: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{who}: configuration OK")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,10 +393,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       port is taken, a worker kept failing at start-up), 2 for a usage error.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    peek = _peek(argv)
+    if peek.check:
+        return _run_check(argv, peek.command)
     args, plan = parse(argv)
     if (problem := _unresolvable(args)) is not None:
         print(f"{PROG} {args.command}: {problem}", file=sys.stderr)
         return 1
+    configure_logging(args.log_level, args.log_format)
     status = 1
     try:
         if args.workers > 1:
@@ -305,6 +423,11 @@ def _unresolvable(args: argparse.Namespace) -> str | None:
     """The first of ``--host``/``--stats-host`` that names no address, as an
     error line naming the option (binding would only say "Name or service not
     known"). A DNS look-up, so not part of :func:`parse`."""
+    return next(_host_problems(args), None)
+
+
+def _host_problems(args: argparse.Namespace) -> Iterator[str]:
+    """Each of ``--host``/``--stats-host`` that names no address (see above)."""
     hosts = [("--host", args.host)]
     if args.stats_port is not None:
         hosts.append(("--stats-host", args.stats_host))
@@ -317,5 +440,4 @@ def _unresolvable(args: argparse.Namespace) -> str | None:
                 host, None, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE | socket.AI_ADDRCONFIG
             )
         except socket.gaierror as exc:
-            return f"argument {option}: {text!r}: cannot resolve it ({exc.strerror})"
-    return None
+            yield f"argument {option}: {text!r}: cannot resolve it ({exc.strerror})"

@@ -16,8 +16,19 @@ from typing import Final, NoReturn, final
 
 from .._base._addr import host_problem
 from .._base._version import __version__
+from ._logging import LOG_FORMATS, LOG_LEVELS
 
-__all__ = ["MAX_WORKERS", "PROG", "bind_host", "build_parser"]
+__all__ = [
+    "BAD_VALUE",
+    "MAX_WORKERS",
+    "PROG",
+    "ParseProblem",
+    "bind_host",
+    "build_parser",
+    "collect_problems",
+    "command_parser",
+    "drop_bad_values",
+]
 
 PROG: Final = "trionet"
 # More worker processes than this is a typo (or a fork bomb), not a deployment:
@@ -165,8 +176,87 @@ class _Parser(argparse.ArgumentParser):
     write raw control characters to the terminal. They are escaped here.
     """
 
+    # --check: report the error (ParseProblem) instead of exiting, so that
+    # every problem can be listed.
+    raise_errors: bool = False
+
     def error(self, message: str) -> NoReturn:
-        super().error("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        if self.raise_errors:
+            raise ParseProblem(message)
+        super().error(message)
+
+
+class ParseProblem(Exception):
+    """A command-line error, raised (not printed) while ``--check`` collects them."""
+
+
+def command_parser(parser: argparse.ArgumentParser, command: str | None) -> _Parser | None:
+    """The sub-command's parser (``echo``, ``proxy``) in ``parser``, or None."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub: _Parser = action.choices[command]
+            return sub
+    return None
+
+
+def collect_problems(parser: argparse.ArgumentParser) -> list[str]:
+    """Make ``parser`` (and the parser of each sub-command) raise
+    :class:`ParseProblem` instead of exiting, and record a bad option value
+    in the returned list instead of stopping at it (the option's value is
+    then :data:`BAD_VALUE`, see :func:`drop_bad_values`). For ``--check``."""
+    problems: list[str] = []
+    parsers = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parsers.extend(action.choices.values())
+    for each in parsers:
+        if isinstance(each, _Parser):
+            each.raise_errors = True
+        for action in each._actions:
+            if action.option_strings and (action.type is not None or action.choices):
+                action.type = _Collecting(action, problems)
+                action.choices = None
+    return problems
+
+
+BAD_VALUE: Final = object()
+
+
+@final
+class _Collecting:
+    """An option's argument type and choices, reporting a bad value to a list."""
+
+    def __init__(self, action: argparse.Action, problems: list[str]) -> None:
+        self.name = "/".join(action.option_strings)  # as argparse names it
+        self.convert = action.type
+        self.choices = action.choices
+        self.problems = problems
+
+    def __call__(self, text: str) -> object:
+        try:
+            value = self.convert(text) if callable(self.convert) else text
+        except argparse.ArgumentTypeError as exc:
+            self.problems.append(f"argument {self.name}: {exc}")
+            return BAD_VALUE
+        if self.choices is not None and value not in self.choices:
+            choices = ", ".join(map(repr, self.choices))
+            self.problems.append(
+                f"argument {self.name}: invalid choice: {text!r} (choose from {choices})"
+            )
+            return BAD_VALUE
+        return value
+
+
+def drop_bad_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Give every option :func:`collect_problems` found bad its default back
+    (its problem is recorded), so that the checks after parsing can run."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if value is BAD_VALUE:
+            setattr(args, action.dest, action.default)
+        elif isinstance(value, list) and BAD_VALUE in value:
+            setattr(args, action.dest, [v for v in value if v is not BAD_VALUE])
 
 
 def _common_options() -> _Parser:
@@ -257,6 +347,38 @@ def _common_options() -> _Parser:
         type=_host,
         default="127.0.0.1",
         help="address for the stats page (default 127.0.0.1; '::' for every address)",
+    )
+    logs = p.add_argument_group("logging and configuration")
+    logs.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="log records at this level and above to stderr (default info)",
+    )
+    logs.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="'text': one readable line per record (default); 'json': one JSON object "
+        "per line, with the record's structured fields",
+    )
+    logs.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="do not log a line per closed connection (logger trionet.access, INFO)",
+    )
+    logs.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read settings from this TOML file (keys are the long option names with "
+        "'_' for '-', e.g. max_connections = 1000); options given here override it",
+    )
+    logs.add_argument(
+        "--check",
+        action="store_true",
+        help="check the options and --config file, print every problem (one per line) "
+        "and exit: 0 if there is none, else 1",
     )
     return p
 

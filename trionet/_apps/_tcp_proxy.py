@@ -9,17 +9,20 @@ inbound connection and splices the two. ``examples/tcp_proxy.py`` and
 
 from __future__ import annotations
 
+import errno
 import logging
+import ssl
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Final, Literal, final
 
 import trio
 
-from .._base._addr import host_problem
+from .._base._addr import host_port, host_problem
 from .._base._checks import check_int, is_int
-from .._base._errors import ConnectError
+from .._base._errors import ConnectError, ResolveError, ThrottledError, TLSError
 from .._base._options import ConnectOptions
+from .._base._ratelog import RateLimitedLog
 from .._base._sockopt import linger_abort
 from .._core._connection import Connection
 from .._processor import NetProcessor
@@ -37,6 +40,9 @@ DEFAULT_CHUNK: Final = 64 * 1024
 # and one read never returns more than the socket's receive buffer holds (a few
 # MiB at most on Linux defaults): a bigger chunk only costs memory per session.
 MAX_CHUNK: Final = 16 * 1024 * 1024
+# Upstream connect failures are logged at WARNING at most once per interval
+# per proxy, the next line counting the suppressed ones.
+UPSTREAM_LOG_INTERVAL: Final = 10.0
 
 Ending = Literal["eof", "reset"]
 
@@ -205,6 +211,25 @@ async def _abort(*streams: trio.abc.AsyncResource) -> None:
             await trio.aclose_forcefully(stream)
 
 
+def failure_kind(exc: ConnectError) -> str:
+    """What went wrong with an upstream connect, in a word or two for the
+    log's ``error`` field: ``timed out``, ``unresolvable``, ``TLS
+    verification`` (the upstream's certificate), ``TLS`` (any other handshake
+    failure), ``throttled``, ``refused``, or ``failed`` (the message says more)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ResolveError):
+        return "unresolvable"
+    if isinstance(exc, TLSError):
+        verify = isinstance(exc.__cause__, ssl.SSLCertVerificationError)
+        return "TLS verification" if verify else "TLS"
+    if isinstance(exc, ThrottledError):
+        return "throttled"
+    if exc.errno == errno.ECONNREFUSED:
+        return "refused"
+    return "failed"
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class ProxyStatistics:
@@ -270,8 +295,15 @@ class TcpProxy:
 
     Error handling:
       An upstream that cannot be reached (``ConnectError``: refused,
-      unresolvable, connect timeout, throttled) is logged at INFO and
-      counted; the client connection is then closed. Resets end the session
+      unresolvable, connect timeout, TLS verification, throttled) is counted
+      and logged at WARNING on ``trionet.proxy``, naming the upstream and the
+      error (fields ``upstream``, ``error``, ``detail``), at most once per
+      10 s with a count of the suppressed ones; the client connection is then
+      closed. With the processor's ``access_log`` on, each session's
+      record names the upstream (``upstream``) and ends ``upstream_failed``
+      or ``upstream_timeout`` when the connect failed, ``reset`` when either
+      side reset, and with the upstream side's timeout when that one fired
+      (:meth:`Connection.note_session`). Resets end the session
       quietly (counted), passing the abort on to the other side. Timeouts
       (the session idle on both sides for a side's inactivity timeout, or an
       active timeout) and a shutdown's grace deadline cut the session: both
@@ -306,6 +338,7 @@ class TcpProxy:
         self.chunk = chunk
         self.reserve_outbound_slot = True
         self._counts = dict.fromkeys(ProxyStatistics.__slots__, 0)
+        self._failure_log = RateLimitedLog(UPSTREAM_LOG_INTERVAL, logger)
 
     def __repr__(self) -> str:
         return f"<trionet.TcpProxy to {self.host}:{self.port}>"
@@ -330,6 +363,8 @@ class TcpProxy:
                 with upstream.enforce_timeouts():
                     result = await splice(client, upstream, self.chunk)
                     counts["resets"] += result.ending == "reset"
+                    if result.ending == "reset" and self._log_sessions:
+                        client.note_session("reset")  # maybe the upstream's reset
         except trio.Cancelled:
             cancelled = True
             raise
@@ -337,14 +372,46 @@ class TcpProxy:
             counts["sessions_open"] -= 1
             if client.timed_out is not None or upstream.timed_out is not None:
                 counts["timeouts"] += 1
+                if upstream.timed_out is not None and self._log_sessions:
+                    client.note_session(upstream.timed_out)  # the upstream side's timeout
             elif cancelled:
                 counts["cut"] += 1
 
+    @property
+    def _log_sessions(self) -> bool:
+        # The session log's notes are made only when there is a log to read
+        # them (the processor serving this proxy is the one it connects
+        # through, see reserve_outbound_slot).
+        return self.net.access_log
+
     async def _connect(self, client: Connection) -> Connection | None:
+        if self._log_sessions:
+            client.note_session(upstream=host_port(self.host, self.port))
         try:
             return await self.net.connect(self.host, self.port, self.options, for_connection=client)
         except ConnectError as exc:
+            timed_out = isinstance(exc, TimeoutError)
             self._counts["upstream_failures"] += 1
-            self._counts["upstream_timeouts"] += isinstance(exc, TimeoutError)
-            logger.info("connection #%d from %r: %s", client.id, client.remote_address, exc)
+            self._counts["upstream_timeouts"] += timed_out
+            self._log_failure(client, exc)
+            if self._log_sessions:
+                client.note_session("upstream_timeout" if timed_out else "upstream_failed")
             return None
+
+    def _log_failure(self, client: Connection, exc: ConnectError) -> None:
+        # An operator must see a dead upstream at once (WARNING, naming it and
+        # why), but a flood of clients hitting it must not become a flood of
+        # identical lines: one per UPSTREAM_LOG_INTERVAL, with a count of the
+        # suppressed ones. Every session still gets its own session-log record.
+        upstream = host_port(self.host, self.port)
+        why = failure_kind(exc)
+        self._failure_log(
+            logging.WARNING,
+            "upstream %s: %s (%s; connection #%d from %s)",
+            upstream,
+            why,
+            exc,
+            client.id,
+            host_port(str(client.remote_address[0]), client.remote_address[1]),
+            extra={"upstream": upstream, "error": why, "detail": str(exc)},
+        )

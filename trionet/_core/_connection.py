@@ -36,6 +36,7 @@ import trio
 
 from .._base._addr import SocketAddress, unspecified_address
 from .._base._checks import check_seconds
+from ._access_log import RESERVED_FIELDS, SESSION_ENDS, SessionEnd
 from ._timeouts import TimedOut
 from ._wire import Owner, Wire
 
@@ -49,6 +50,7 @@ _INF: Final = math.inf
 # Module-level, not a bound method per connection (64 bytes each); honours MockClock.
 _now: Final = trio.current_time
 _NO_TLVS: Final[Mapping[int, bytes]] = MappingProxyType({})
+_NO_NOTES: Final[Mapping[str, object]] = MappingProxyType({})
 
 TimeoutHook = Callable[[TimedOut], None]
 """Called instead of closing when a timeout fires (the iocore shim turns it into
@@ -132,6 +134,7 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         "_proxy_tlvs",
         "_remote_address",
         "_scopes",
+        "_session",
         "_sock_address",
         "_ssl",
         "_timeout_hook",
@@ -199,6 +202,9 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         # enforce_timeouts() blocks. A tuple: shared and free while empty.
         self._scopes: tuple[trio.CancelScope, ...] = () if scope is None else (scope,)
         self._timeout_hook: TimeoutHook | None = None
+        # What the handler told the session log (note_session); the shared
+        # empty mapping until then.
+        self._session: Mapping[str, object] = _NO_NOTES
         # The connection spliced with this one (see trionet._apps._tcp_proxy.splice),
         # whose activity counts as this one's for the inactivity timeout; else None.
         self._peer: Connection | None = None
@@ -337,6 +343,37 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         """The TLVs of the connection's PROXY protocol v2 header, by type
         (empty without one)."""
         return self._proxy_tlvs
+
+    # ---------------------------------------------------------- session log
+    def note_session(self, end: SessionEnd | None = None, **fields: object) -> None:
+        """Tell the session log (``NetProcessor(access_log=True)``) about this
+        connection's session: how it ended, when the handler knows better than
+        trionet (a proxy's ``"upstream_failed"``), and fields for its record
+        (``upstream="10.0.0.5:80"``). Later calls add to earlier ones.
+
+        Raises:
+          ValueError: ``end`` is not one of the session log's ends, or a
+            field would replace one every record has (``client``...) or an
+            attribute of :class:`logging.LogRecord` (``name``, ``msg``...).
+        """
+        if end is not None and end not in SESSION_ENDS:
+            raise ValueError(f"end={end!r}: must be one of {', '.join(SESSION_ENDS)}")
+        taken = RESERVED_FIELDS.intersection(fields)
+        if taken:
+            raise ValueError(
+                f"{sorted(taken)[0]}=...: reserved (a field of every session record, "
+                "or an attribute of logging.LogRecord)"
+            )
+        notes = dict(self._session)
+        notes.update(fields)
+        if end is not None:
+            notes["end"] = end
+        self._session = notes
+
+    @property
+    def session_notes(self) -> Mapping[str, object]:
+        """What :meth:`note_session` recorded (``end`` among them, if given)."""
+        return self._session
 
     # ------------------------------------------------------------ the seams
     # Set by the lower modules through the Protocols they declare (TLSWire in

@@ -37,6 +37,7 @@ from .._base._addr import SocketAddress
 from .._base._errors import AcceptError
 from .._base._ratelog import RateLimitedLog
 from .._base._sockopt import apply_socket_options
+from .._core._access_log import log_refused
 from .._core._connection import Connection
 from .._core._stats import Counters
 from .._core._table import ConnectionTable
@@ -181,6 +182,7 @@ class AcceptPolicy:
         "accept_batch",
         "accept_error_grace",
         "accept_error_pause",
+        "access_log",
         "propagate_handler_errors",
         "resource_log",
         "throttle_log",
@@ -194,12 +196,15 @@ class AcceptPolicy:
         accept_error_pause: float,
         accept_error_grace: float,
         propagate_handler_errors: bool,
+        access_log: bool = False,
     ) -> None:
         self.throttle_mode: ThrottleMode = throttle_mode
         self.accept_batch: int = accept_batch
         self.accept_error_pause: float = accept_error_pause
         self.accept_error_grace: float = accept_error_grace
         self.propagate_handler_errors: bool = propagate_handler_errors
+        # One record per closed connection on trionet.access (_core._access_log).
+        self.access_log: bool = access_log
         self.throttle_log: RateLimitedLog = RateLimitedLog(THROTTLE_LOG_INTERVAL, logger)
         self.resource_log: RateLimitedLog = RateLimitedLog(RESOURCE_LOG_INTERVAL, logger)
 
@@ -335,6 +340,8 @@ class Acceptor:
                 client.close()
                 counters.connections_throttled_in += 1
                 self._policy.throttle_log(logging.WARNING, "too many connections, throttling")
+                if self._policy.access_log:
+                    log_refused(addr, self._listener.port)
                 return
             if opts.proxy_protocol:
                 # The socket's peer is the load balancer: the per-client limit
@@ -344,6 +351,8 @@ class Acceptor:
                 client.close()
                 counters.per_client_connections_throttled_in += 1
                 logger.debug("per-client limit reached for %s, closing", host)
+                if self._policy.access_log:
+                    log_refused(addr, self._listener.port)
                 return
         else:
             host = None  # backdoor connections are not counted per client

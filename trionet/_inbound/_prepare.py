@@ -89,6 +89,7 @@ def _admit_relayed_client(
     host = source[0]
     if not conn._relay_client(host):  # counted in per_client_connections_throttled_in
         logger.debug("connection #%d: per-client limit reached for %s (relayed)", conn.id, host)
+        conn.note_session("throttled")
         return False
     return True
 

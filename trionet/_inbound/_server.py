@@ -28,6 +28,7 @@ import trio
 from .._base._checks import check_seconds
 from .._base._errors import AcceptError
 from .._base._options import AcceptOptions
+from .._core._access_log import Outcome, log_session
 from .._core._connection import Connection
 from .._core._stats import NetStatistics
 from .._core._table import ConnectionTable
@@ -98,27 +99,38 @@ class HandlerTasks:
     """serve()'s :data:`~trionet._inbound._accept.ConnectionTask`: the
     pre-handler steps, the handler, and the close, in one task per connection."""
 
-    __slots__ = ("_handler", "_opts", "_policy", "_table")
+    __slots__ = ("_handler", "_opts", "_policy", "_port", "_server", "_table")
 
     def __init__(
-        self, table: ConnectionTable, policy: AcceptPolicy, opts: AcceptOptions, handler: Handler
+        self,
+        table: ConnectionTable,
+        policy: AcceptPolicy,
+        opts: AcceptOptions,
+        handler: Handler,
+        *,
+        port: int = 0,
+        server: Server | None = None,
     ) -> None:
         self._table = table
         self._policy = policy
         self._opts = opts
         self._handler = handler
+        self._port = port  # the listening port, for the session log
+        self._server = server  # stopping: a cancellation is the shutdown's
 
     async def run(self, conn: Connection, scope: trio.CancelScope) -> None:
         """One connection's task: the steps before the handler, the handler,
         and the close, whatever happens."""
         opts = self._opts
         handler = self._handler
+        outcome: Outcome = "returned"
         try:
             with scope:
                 # Plain TCP pays one test here; PROXY/TLS steps run before the
                 # handler, inside the connection's scope (so its timeouts and a
                 # shutdown apply), and a failure closes it without the handler.
                 if has_steps(opts) and not await prepare_inbound(conn, opts, self._table):
+                    outcome = "handshake_failed"
                     return
                 await handler(conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -126,6 +138,7 @@ class HandlerTasks:
             # the connection's ending, not a bug in the handler.
             logger.debug("connection #%d ended: %r", conn.id, exc)
         except Exception as exc:
+            outcome = "handler_error"
             self._table.counters.handler_errors += 1
             if self._policy.propagate_handler_errors:
                 raise
@@ -136,6 +149,12 @@ class HandlerTasks:
                 conn.remote_address,
                 exc_info=exc,
             )
+        except BaseException:
+            # Cancelled from outside the connection's own scope (its timeouts
+            # stop inside it): the shutdown's grace deadline, or serve() itself.
+            server = self._server
+            outcome = "shutdown" if server is not None and server.stopping else "cancelled"
+            raise
         finally:
             if opts.ssl_context is not None and not conn.closed:
                 # TLS: send close_notify if that can be done promptly (shielded,
@@ -143,6 +162,8 @@ class HandlerTasks:
                 with trio.CancelScope(shield=True):
                     await conn.aclose()
             conn.close()
+            if self._policy.access_log:
+                log_session(conn, self._port, outcome)
 
 
 @final
@@ -206,7 +227,9 @@ class Server:
 
     async def _accept_task(self, listener: Listener, handler: Handler) -> None:
         assert self._nursery is not None
-        tasks = HandlerTasks(self._table, self._policy, listener.options, handler)
+        tasks = HandlerTasks(
+            self._table, self._policy, listener.options, handler, port=listener.port, server=self
+        )
         need = slots_per_connection(handler)
         acceptor = Acceptor(self._table, self._policy, listener, need, self._nursery, tasks.run)
         try:
