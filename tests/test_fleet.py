@@ -232,7 +232,9 @@ async def test_one_page_sums_the_workers_and_stays_monotonic() -> None:
             for i in range(12):
                 assert await _roundtrip(port, b"x%d" % i) == b"x%d" % i
             records = await _wait_for(page, ACCEPTS, 12)
-            assert records["proxy.process.net.read_bytes"] == sum(len(b"x%d" % i) for i in range(12))
+            assert records["proxy.process.net.read_bytes"] == sum(
+                len(b"x%d" % i) for i in range(12)
+            )
             # /metrics: the total and one series per worker, adding up.
             _, text = await trio.to_thread.run_sync(_fetch, page, "/metrics")
             families = {f.name: f for f in text_string_to_metric_families(text.decode())}
@@ -246,7 +248,7 @@ async def test_one_page_sums_the_workers_and_stays_monotonic() -> None:
             while supervisor.ready_pids.get(0, pids[0]) == pids[0]:
                 await trio.sleep(0.02)
             assert (await _stats(page))[ACCEPTS] == 12
-            for i in range(4):
+            for _ in range(4):
                 assert await _roundtrip(port, b"y") == b"y"
             await _wait_for(page, ACCEPTS, 16)
             supervisor.shutdown()
