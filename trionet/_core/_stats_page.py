@@ -140,7 +140,9 @@ class Readiness:
         return f"<trionet.Readiness {'ready' if problem is None else repr(problem)}>"
 
     def watch(self, *servers: Accepting) -> None:
-        """Be not ready once any of ``servers`` is stopping."""
+        """Be not ready once any of ``servers`` is stopping: a
+        :class:`~trionet.Server` (after ``shutdown``), a
+        :class:`~trionet.WorkerSupervisor`, anything with a ``stopping`` property."""
         self._watched.extend(servers)
 
     def add_check(self, check: Callable[[], str | None]) -> None:
