@@ -39,6 +39,7 @@ from trionet._core._throttle import Throttle
 ACCEPTS = "proxy.process.tcp.total_accepts"
 OPEN = "proxy.process.net.connections_currently_open"
 FLEET_LIMIT = 4
+PER_CLIENT = 3
 
 
 # ------------------------------------------------------------ worker programs
@@ -53,6 +54,10 @@ async def fleet_echo_worker(ctx: trionet.WorkerContext) -> None:
 
 async def limited_worker(ctx: trionet.WorkerContext) -> None:
     await ctx.serve(trionet.NetProcessor(max_connections=FLEET_LIMIT), _echo)
+
+
+async def per_client_worker(ctx: trionet.WorkerContext) -> None:
+    await ctx.serve(trionet.NetProcessor(per_client_max_connections=PER_CLIENT), _echo)
 
 
 # -------------------------------------------------------- the shared memory
@@ -317,6 +322,56 @@ async def test_max_connections_holds_for_the_fleet(sharing: str) -> None:
                 now_open = len(served) - 2 + len(more)
                 assert len(more) >= 1 and FLEET_LIMIT <= now_open <= FLEET_LIMIT + 1, len(more)
                 await _wait_for(page, ACCEPTS, len(served) + len(more))
+                for sock in clients:
+                    sock.close()
+                supervisor.shutdown()
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def _echoed_or_closed(clients: list[socket.socket]) -> tuple[int, int]:
+    """(echoed, closed by the server) of ``clients``, each sending one byte."""
+    echoed = closed = 0
+    for sock in clients:
+        try:
+            sock.sendall(b"?")
+            got = sock.recv(1)
+        except (ConnectionResetError, BrokenPipeError):
+            got = b""
+        echoed += got == b"?"
+        closed += got == b""
+    return echoed, closed
+
+
+@pytest.mark.slow
+async def test_per_client_limit_holds_for_the_fleet() -> None:
+    supervisor = WorkerSupervisor(
+        per_client_worker,
+        trionet.AcceptOptions(host="127.0.0.1"),
+        workers=2,
+        grace=1.0,
+        stats=0,
+    )
+    clients: list[socket.socket] = []
+    try:
+        with trio.fail_after(40):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(_run, supervisor)
+                [port] = supervisor.ports
+                assert supervisor.stats_server is not None
+                [page] = supervisor.stats_server.ports
+                await supervisor.wait_ready()
+                # 12 connections of one client (127.0.0.1), spread over both
+                # workers by the kernel; per worker, 6 would be served.
+                clients = await trio.to_thread.run_sync(_hold, port, 12)
+                echoed, closed = await trio.to_thread.run_sync(_echoed_or_closed, clients)
+                assert PER_CLIENT <= echoed <= PER_CLIENT + 1, echoed
+                assert echoed + closed == 12
+                records = await _wait_for(
+                    page, "proxy.process.net.per_client.connections_throttled_in", closed
+                )
+                assert records[ACCEPTS] == echoed
                 for sock in clients:
                     sock.close()
                 supervisor.shutdown()
