@@ -211,7 +211,9 @@ async def _roundtrip(port: int, payload: bytes) -> bytes:
     return got
 
 
-async def _run(supervisor: WorkerSupervisor, *, task_status: trio.TaskStatus[None]) -> None:
+async def _run(
+    supervisor: WorkerSupervisor, *, task_status: trio.TaskStatus[WorkerSupervisor]
+) -> None:
     await supervisor.run(task_status=task_status)
 
 

@@ -13,6 +13,7 @@ import json
 import signal
 import socket
 import time
+from functools import partial
 
 import pytest
 import trio
@@ -48,7 +49,7 @@ async def test_readyz_follows_the_server_and_healthz_the_page(nursery: trio.Nurs
     server = await nursery.start(net.serve, echo, trionet.AcceptOptions(host="127.0.0.1"))
     readiness = trionet.Readiness()
     readiness.watch(server)
-    page = await nursery.start(partial_serve_stats(net, readiness))
+    page = await nursery.start(partial(net.serve_stats, 0, readiness=readiness))
     port = page.ports[0]
     assert (await get(port, "/readyz"))[::2] == (200, b"ready\n")
     assert (await get(port, "/healthz"))[::2] == (200, b"ok\n")
@@ -64,13 +65,6 @@ async def test_readyz_follows_the_server_and_healthz_the_page(nursery: trio.Nurs
     await stream.aclose()
     await server.wait_closed()
     page.shutdown(0)
-
-
-def partial_serve_stats(net: trionet.NetProcessor, readiness: trionet.Readiness) -> object:
-    async def serve(*, task_status: trio.TaskStatus[trionet.Server]) -> None:
-        await net.serve_stats(0, readiness=readiness, task_status=task_status)
-
-    return serve
 
 
 async def test_proxy_statistics_on_both_pages(nursery: trio.Nursery) -> None:
