@@ -189,9 +189,10 @@ class StatsCollector:
 
     Register it in any ``CollectorRegistry`` (``REGISTRY.register(
     StatsCollector(net.statistics))``) to export a processor's statistics
-    next to an application's own metrics. Gauges
-    (``connections_currently_open``...) are typed ``gauge``, everything else
-    ``counter``.
+    next to an application's own metrics. Names are in the ``trionet_``
+    namespace (``trionet_net_read_bytes_total``; the ATS record name is in
+    each HELP line). Gauges (``connections_currently_open``...) are typed
+    ``gauge``, everything else ``counter``.
 
     Args:
       source: called on every scrape for a fresh snapshot, e.g. ``net.statistics``.

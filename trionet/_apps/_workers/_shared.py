@@ -328,7 +328,7 @@ class SharedThrottle(Throttle):
     with the limits. See the module notes for the overshoot bound.
     """
 
-    __slots__ = ("_clients", "_opens", "_slot", "_stride")
+    __slots__ = ("_buckets", "_clients", "_opens", "_slot", "_stride")
 
     def __init__(
         self,
@@ -343,6 +343,18 @@ class SharedThrottle(Throttle):
         regions = slot._regions
         self._opens = regions.open
         self._clients = regions.clients
+        # host -> index of its bucket's first slot, or -1 for an exempt
+        # client (not counted in the shared table); bounded like the exempt cache.
+        self._buckets: dict[str, int] = {}
+
+    def _bucket(self, host: str) -> int:
+        start = self._buckets.get(host)
+        if start is None:
+            start = -1 if self._is_exempt(host) else bucket_of(host) * self._stride
+            if len(self._buckets) > 4096:
+                self._buckets.clear()
+            self._buckets[host] = start
+        return start
 
     def at_limit(self, need: int = 1) -> bool:
         limit = self.max_connections
@@ -352,10 +364,8 @@ class SharedThrottle(Throttle):
         limit = self.per_client_max
         if limit is None:
             return False
-        start = bucket_of(host) * self._stride
-        if sum(self._clients[start : start + self._stride]) < limit:
-            return False
-        return not self._is_exempt(host)
+        start = self._bucket(host)
+        return start >= 0 and sum(self._clients[start : start + self._stride]) >= limit
 
     def acquire(self, host: str | None) -> None:
         super().acquire(host)
@@ -363,11 +373,13 @@ class SharedThrottle(Throttle):
 
     def count_client(self, host: str) -> None:
         super().count_client(host)
-        if self.per_client_max is not None and not self._is_exempt(host):
-            self._clients[bucket_of(host) * self._stride + self._slot] += 1
+        if self.per_client_max is not None and (start := self._bucket(host)) >= 0:
+            self._clients[start + self._slot] += 1
 
     def release(self, host: str | None) -> None:
         super().release(host)
         self._opens[self._slot] = self.open
-        if host is not None and self.per_client_max is not None and not self._is_exempt(host):
-            self._clients[bucket_of(host) * self._stride + self._slot] -= 1
+        if host is None or self.per_client_max is None:
+            return
+        if (start := self._bucket(host)) >= 0:
+            self._clients[start + self._slot] -= 1

@@ -161,11 +161,12 @@ class WorkerSupervisor:
         self._plan = SocketPlan()
         self._ports: list[int] = []
         # The fleet as one server (_fleet, _shared): the statistics and limits
-        # the workers share, the page that sums them, what /readyz answers.
+        # the workers share (one memory slot per process: see the slot API in
+        # _shared), the page that sums them, what /readyz answers.
         self.stats: AcceptOptions | None = _stats_options(stats)
         self.stats_server: Server | None = None
         self.readiness: Readiness = fleet_readiness(self)
-        self.fleet: FleetMemory | None = None
+        self._fleet: FleetMemory | None = None
 
     @property
     def pids(self) -> dict[int, int]:
@@ -229,7 +230,8 @@ class WorkerSupervisor:
           the supervisor's own sockets are closed when this returns.
 
         Raises:
-          OSError: a listen spec could not be bound (before ``started``).
+          OSError: a listen spec or the stats port could not be bound (before
+            ``started``).
           ValueError: a listen spec a worker cannot receive (``ssl_context``).
           WorkerStartupError: a worker failed at start-up ``STARTUP_ATTEMPTS``
             times in a row (after ``started``); every worker was stopped first.
@@ -244,10 +246,10 @@ class WorkerSupervisor:
             "inherited socket" if self._plan.pass_fds else "SO_REUSEPORT",
         )
         try:
-            self.fleet = FleetMemory(fleet_capacity(self.workers))
+            self._fleet = FleetMemory(fleet_capacity(self.workers))
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await self._start_stats_page(nursery, self.fleet)
+                await self._start_stats_page(nursery, self._fleet)
                 async with trio.open_nursery() as slots:
                     for wid in range(self.workers):
                         slots.start_soon(self._slot, wid)
@@ -255,8 +257,8 @@ class WorkerSupervisor:
                 nursery.cancel_scope.cancel()  # the SIGKILL timer, the page: last
         finally:
             self._plan.close()
-            if self.fleet is not None:
-                self.fleet.close()
+            if self._fleet is not None:
+                self._fleet.close()
         logger.info("all workers stopped")
         if self._startup_error is not None:
             raise self._startup_error
@@ -329,12 +331,12 @@ class WorkerSupervisor:
 
     async def _run_one(self, wid: int, restarts: int) -> _Exit:
         self._errors.pop(wid, None)
-        assert self.fleet is not None
-        slot = self.fleet.claim(wid)
+        assert self._fleet is not None
+        slot = self._fleet.claim(wid)
         try:
             return await self._run_in_slot(wid, restarts, slot)
         finally:
-            self.fleet.retire(slot)  # reaped (or never started): its counts fold in
+            self._fleet.retire(slot)  # reaped (or never started): its counts fold in
 
     async def _run_in_slot(self, wid: int, restarts: int, slot: int) -> _Exit:
         try:
@@ -369,7 +371,7 @@ class WorkerSupervisor:
     async def _spawn(
         self, wid: int, restarts: int, slot: int
     ) -> tuple[trio.Process, trio.socket.SocketType]:
-        assert self.fleet is not None
+        assert self._fleet is not None
         parent_end, child_end = socket.socketpair()
         try:
             job = Job(
@@ -383,8 +385,8 @@ class WorkerSupervisor:
             )
             env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
             encode_job(job, env)
-            env.update(self.fleet.worker_env(slot))
-            fds = (*self._plan.pass_fds, child_end.fileno(), self.fleet.fd)
+            env.update(self._fleet.worker_env(slot))
+            fds = (*self._plan.pass_fds, child_end.fileno(), self._fleet.fd)
             proc = await trio.lowlevel.open_process(boot_command(), env=env, pass_fds=fds)
         except BaseException:
             parent_end.close()
