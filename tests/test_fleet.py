@@ -195,7 +195,7 @@ async def _stats(port: int) -> dict[str, int]:
 
 
 async def _wait_for(port: int, record: str, value: int) -> dict[str, int]:
-    with trio.fail_after(10):
+    with trio.fail_after(20):
         while (records := await _stats(port))[record] != value:
             await trio.sleep(0.05)
     return records
