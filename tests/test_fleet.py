@@ -37,10 +37,13 @@ from trionet._apps._workers._shared import (
 from trionet._apps._workers._supervisor import WorkerSupervisor
 from trionet._core._throttle import Throttle
 
+from .running import Running, echo_roundtrip, running_upstream
+
 ACCEPTS = "proxy.process.tcp.total_accepts"
 OPEN = "proxy.process.net.connections_currently_open"
 FLEET_LIMIT = 4
 PER_CLIENT = 3
+SESSIONS = "proxy.process.tcp_proxy.sessions"
 
 
 # ------------------------------------------------------------ worker programs
@@ -399,3 +402,33 @@ async def test_per_client_limit_holds_for_the_fleet() -> None:
     finally:
         for sock in clients:
             sock.close()
+
+
+@pytest.mark.slow
+def test_cli_proxy_fleet_page_sums_the_proxy_sessions() -> None:
+    with running_upstream() as upstream:
+        target = f"127.0.0.1:{upstream.server_address[1]}"
+        argv = ["proxy", "--listen", "0", "--upstream", target, "--workers", "2"]
+        with Running("-m", "trionet", *argv, "--stats-port", "0", "--grace", "2") as run:
+            port = int(run.expect(r"listening on 127\.0\.0\.1:(\d+)")[1])
+            page = int(run.expect(r"statistics on http://127\.0\.0\.1:(\d+)/stats", 60)[1])
+            deadline = time.monotonic() + 60
+            while _fetch(page, "/readyz")[0] != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            for i in range(6):
+                assert echo_roundtrip(port, b"p" * i) == b"got %d bytes" % i
+            deadline = time.monotonic() + 20
+            while (records := json.loads(_fetch(page, "/stats")[1]))[SESSIONS] < 6:
+                assert time.monotonic() < deadline, records
+                time.sleep(0.05)
+            _, text = _fetch(page, "/metrics")
+            status, _out, err = run.stop(signal.SIGTERM, timeout=30)
+    assert status == 0, err
+    assert records[SESSIONS] == 6 and records["proxy.process.tcp_proxy.upstream_failures"] == 0
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    samples = {
+        s.labels.get("worker", "all"): s.value
+        for s in families["trionet_tcp_proxy_sessions"].samples
+    }
+    assert samples["all"] == 6 and samples["0"] + samples["1"] == 6
