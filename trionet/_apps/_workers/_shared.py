@@ -51,6 +51,12 @@ as a reload starting a new generation while the old one drains):
 * ``fleet.readings()`` for the page: totals (retired + live slots for
   counters, live slots only for gauges) and per-worker-id values.
 
+``WorkerSupervisor`` keeps its ``FleetMemory`` in ``_fleet`` (created in
+``run``); ``_run_one`` claims a slot around each process it spawns and
+retires it once the process is reaped. The worker side reads its slot from
+the environment (``WorkerSlot.from_environ``) and ``WorkerContext.serve``
+does the rest (``_fleet``).
+
 Capacity: :func:`fleet_capacity` leaves room for two generations of workers
 at once plus restarts in flight; ``claim`` raises when every slot is taken.
 """
@@ -62,6 +68,7 @@ import mmap
 import os
 import tempfile
 import zlib
+from collections.abc import MutableMapping
 from dataclasses import fields
 from typing import Final, final
 
@@ -277,7 +284,7 @@ class WorkerSlot:
         self._base = slot * SLOT_WORDS
 
     @classmethod
-    def from_environ(cls, environ: dict[str, str] | os._Environ[str]) -> WorkerSlot | None:
+    def from_environ(cls, environ: MutableMapping[str, str]) -> WorkerSlot | None:
         """The slot named in ``environ`` (removed from it), or ``None`` when
         there is none (a worker started without a fleet).
 
