@@ -57,6 +57,9 @@ nitpick_ignore = [
     # no Sphinx inventory.
     ("py:class", "socket.AddressFamily"),
     ("py:class", "prometheus_client.metrics_core.Metric"),
+    # A structural type (anything with a ``stopping`` property: a Server, a
+    # WorkerSupervisor), described in Readiness.watch's docstring.
+    ("py:class", "trionet._core._stats_page.Accepting"),
 ]
 # TODO: fix in the docstrings after the layout refactor. Each target below is
 # an unresolved reference written in a docstring under trionet/ (a private

@@ -336,7 +336,7 @@ async def test_howto_statistics(capsys: pytest.CaptureFixture[str]) -> None:
         records = json.loads(await trio.to_thread.run_sync(fetch, stats_port, "/stats"))
         assert records["proxy.process.net.read_bytes"] == 5
         metrics = await trio.to_thread.run_sync(fetch, stats_port, "/metrics")
-        assert b"proxy_process_net_write_bytes_total 5.0" in metrics
+        assert b"trionet_net_write_bytes_total 5.0" in metrics
         nursery.cancel_scope.cancel()
     net = trionet.NetProcessor()
     async with trio.open_nursery() as nursery:
@@ -351,7 +351,7 @@ async def test_howto_statistics(capsys: pytest.CaptureFixture[str]) -> None:
     snippet.export_with_my_metrics(net)
     try:
         text = prometheus_client.generate_latest().decode()
-        assert "proxy_process_net_read_bytes_total 3.0" in text
+        assert "trionet_net_read_bytes_total 3.0" in text
     finally:
         for collector in list(prometheus_client.REGISTRY._collector_to_names):
             if isinstance(collector, trionet.StatsCollector):

@@ -92,23 +92,31 @@ async def test_metrics_typed_counters_and_gauges(nursery: trio.Nursery) -> None:
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
     text = body.decode()
-    assert "# TYPE proxy_process_net_connections_currently_open gauge" in text
-    assert "# TYPE proxy_process_net_read_bytes_total counter" in text
+    assert "# TYPE trionet_net_connections_currently_open gauge" in text
+    assert "# TYPE trionet_net_read_bytes_total counter" in text
+    # The ATS record name is in the HELP line.
+    assert (
+        "# HELP trionet_net_read_bytes_total Payload bytes received. "
+        "(ATS record proxy.process.net.read_bytes)"
+    ) in text
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert len(families) == len(RECORD_NAMES)
+    assert len(families) == len(RECORD_NAMES) + 1  # and trionet_build_info
+    [info] = families["trionet_build_info"].samples
+    assert (info.labels, info.value) == ({"version": trionet.__version__}, 1)
     for field in RECORD_NAMES:
         # prometheus-client drops a counter's "_total" (connects_total) and
         # appends it to the sample name.
         fam = families[metric_name(field).removesuffix("_total")]
         assert fam.type == ("gauge" if field in GAUGES else "counter"), field
-    [sample] = families["proxy_process_net_connections_currently_open"].samples
+    [sample] = families["trionet_net_connections_currently_open"].samples
     assert sample.value == 1
-    [sample] = families["proxy_process_net_read_bytes"].samples
-    assert (sample.name, sample.value) == ("proxy_process_net_read_bytes_total", 5)
-    [sample] = families["proxy_process_tcp_total_accepts"].samples
+    [sample] = families["trionet_net_read_bytes"].samples
+    assert (sample.name, sample.value) == ("trionet_net_read_bytes_total", 5)
+    [sample] = families["trionet_tcp_total_accepts"].samples
     assert sample.value == 1
-    [sample] = families["proxy_process_net_connects"].samples
-    assert (sample.name, sample.value) == ("proxy_process_net_connects_total", 0)
+    [sample] = families["trionet_net_connects"].samples
+    assert (sample.name, sample.value) == ("trionet_net_connects_total", 0)
+    assert metric_name("tls_handshake_errors") == "trionet_ssl_handshake_errors"
     await stream.aclose()
     server.shutdown(0)
     page.shutdown(0)
@@ -253,8 +261,8 @@ def test_collector_in_an_application_registry() -> None:
     registry = CollectorRegistry()
     registry.register(StatsCollector(net.statistics))
     text = generate_latest(registry).decode()
-    assert "proxy_process_net_connections_currently_open 0.0" in text
-    assert "proxy_process_tcp_total_accepts_total 0.0" in text
+    assert "trionet_net_connections_currently_open 0.0" in text
+    assert "trionet_tcp_total_accepts_total 0.0" in text
     # Registering twice is a clash the registry detects (describe() works).
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         registry.register(StatsCollector(net.statistics))

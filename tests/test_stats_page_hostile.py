@@ -232,7 +232,7 @@ async def test_silent_connection_flood_does_not_lock_out_a_good_client(
             with trio.fail_after(1):
                 status, _, body = await get(port, "/metrics")
             assert status == 200
-            assert b"proxy_process_net_connections_currently_open" in body
+            assert b"trionet_net_connections_currently_open" in body
             assert trio.current_time() - t0 < 1
             stats = page_stats(page)
             # The oldest silent ones were evicted to make room; the page never
@@ -405,7 +405,7 @@ async def test_bad_accept_falls_back_to_text(
     assert response.status_code == 200
     assert dict(response.headers)[b"content-type"] == b"text/plain; version=0.0.4; charset=utf-8"
     text = b"".join(e.data for e in events if isinstance(e, h11.Data)).decode()
-    assert len(list(text_string_to_metric_families(text))) == len(RECORD_NAMES)
+    assert len(list(text_string_to_metric_families(text))) == len(RECORD_NAMES) + 1  # build_info
     assert tracebacks(caplog.records) == []
     page.shutdown(0)
 

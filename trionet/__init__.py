@@ -35,6 +35,10 @@ from ._base._options import SocketOptions as SocketOptions
 from ._base._version import __version__ as __version__
 from ._core._connection import Connection as Connection
 from ._core._stats import NetStatistics as NetStatistics
+from ._core._stats import Reading as Reading
+from ._core._stats import ReadingsSource as _ReadingsSource
+from ._core._stats import Statistic as Statistic
+from ._core._stats_page import Readiness as Readiness
 from ._core._stats_page import StatisticsSource as _StatisticsSource
 from ._core._stats_page import StatsCollector as StatsCollector
 from ._core._throttle import ThrottleMode as _ThrottleMode
@@ -82,6 +86,10 @@ connection over ``max_idle_connections`` (``"evicted"``)."""
 StatisticsSource: _typing.TypeAlias = _StatisticsSource
 """Returns a fresh :class:`NetStatistics` snapshot each time it is called,
 as ``net.statistics`` does; what :func:`serve_stats` and :class:`StatsCollector` read."""
+
+ReadingsSource: _typing.TypeAlias = _ReadingsSource
+"""Returns :class:`Reading` objects each time it is called: more statistics
+for the stats page, ``serve_stats(..., extra=[proxy.readings])``."""
 
 WorkerMain: _typing.TypeAlias = _WorkerMain
 """What each worker process of :func:`run_workers` runs, ``async def

@@ -11,7 +11,7 @@ here too: the stats page is a small server of its own processor.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import final
 
 import trio
@@ -19,11 +19,12 @@ import trio
 from ._base._checks import check_bool, check_int, check_opt_int, check_seconds, to_networks
 from ._base._options import AcceptOptions, ConnectOptions
 from ._core._connection import Connection
-from ._core._stats import NetStatistics
+from ._core._stats import NetStatistics, Reading, ReadingsSource, net_readings
 from ._core._stats_page import (
     STATS_INACTIVITY_TIMEOUT,
     STATS_MAX_CONNECTIONS,
     STATS_MAX_WAITING,
+    Readiness,
     StatisticsSource,
     serve_page,
 )
@@ -39,7 +40,7 @@ from ._inbound._conn_listener import ConnectionListener, open_connection_listene
 from ._inbound._server import Server, serve
 from ._outbound._connect import connect
 
-__all__ = ["NetProcessor", "accept_policy_of", "serve_stats", "table_of"]
+__all__ = ["NetProcessor", "accept_policy_of", "serve_readings", "serve_stats", "table_of"]
 
 
 @final
@@ -298,13 +299,23 @@ class NetProcessor:
         port: int | AcceptOptions = 0,
         *,
         host: str | None = "127.0.0.1",
+        readiness: Readiness | None = None,
+        extra: Sequence[ReadingsSource] = (),
         task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve this processor's statistics over HTTP (``/stats`` JSON with
-        ATS record names, ``/metrics`` for Prometheus), on loopback unless
-        ``host`` says otherwise: ``await nursery.start(net.serve_stats, 9100)``
-        reports the :class:`Server`. See :func:`trionet.serve_stats`."""
-        await serve_stats(self.statistics, port, host=host, task_status=task_status)
+        ATS record names, ``/metrics`` for Prometheus, ``/healthz`` and
+        ``/readyz``), on loopback unless ``host`` says otherwise:
+        ``await nursery.start(net.serve_stats, 9100)`` reports the
+        :class:`Server`. See :func:`trionet.serve_stats`."""
+        await serve_stats(
+            self.statistics,
+            port,
+            host=host,
+            readiness=readiness,
+            extra=extra,
+            task_status=task_status,
+        )
 
     # ---------------------------------------------------------------- connect
     async def connect(
@@ -366,12 +377,24 @@ async def serve_stats(
     port: int | AcceptOptions = 0,
     *,
     host: str | None = "127.0.0.1",
+    readiness: Readiness | None = None,
+    extra: Sequence[ReadingsSource] = (),
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``source()``'s statistics over HTTP at ``/stats`` and ``/metrics``.
+    """Serve ``source()``'s statistics over HTTP at ``/stats`` and ``/metrics``,
+    and health checks at ``/healthz`` and ``/readyz``.
 
     ``server = await nursery.start(serve_stats, net.statistics, 9100)``; or
     :meth:`NetProcessor.serve_stats`, which passes its own ``statistics``.
+
+    ``/metrics`` names are ``trionet_`` and the record name after
+    ``proxy.process.`` (``trionet_net_read_bytes_total``), the ATS record in
+    each HELP line, with a ``trionet_build_info{version="..."}`` gauge.
+    ``/healthz`` answers 200 while the page runs; ``/readyz`` 200 while
+    ``readiness`` says ready, else 503 and the reason. Shut the served
+    server down in this order, as the ``trionet`` command does: call
+    ``readiness.not_ready("shutting down")``, then ``server.shutdown(grace)``;
+    shut the page down last, once the server has closed.
 
     The page runs on a small processor of its own (``server.processor``), so
     scraping neither changes the numbers it reports nor competes for the
@@ -400,15 +423,44 @@ async def serve_stats(
         :class:`AcceptOptions`, which is used as given (``host`` ignored).
       host: address to bind; loopback unless told otherwise (``None`` binds
         every address).
+      readiness: what ``/readyz`` answers (default: always ready).
+      extra: more statistics for both documents, each a callable returning
+        :class:`Reading` objects (``TcpProxy.readings``).
 
     Returns:
       Runs until cancelled or until the reported :class:`Server` is shut down.
 
     Raises:
-      TypeError: ``source`` is not callable.
+      TypeError: ``source`` or an ``extra`` source is not callable.
       OSError: the port could not be bound.
     """
-    handler = serve_page(source)
+    if not callable(source):
+        raise TypeError(f"source={source!r} is not callable (pass net.statistics)")
+    for more in extra:
+        if not callable(more):
+            raise TypeError(f"serve_stats.extra: {more!r} is not callable (pass proxy.readings)")
+    sources = tuple(extra)
+
+    def readings() -> list[Reading]:
+        found = net_readings(source())
+        for more in sources:
+            found.extend(more())
+        return found
+
+    await serve_readings(readings, port, host=host, readiness=readiness, task_status=task_status)
+
+
+async def serve_readings(
+    readings: ReadingsSource,
+    port: int | AcceptOptions = 0,
+    *,
+    host: str | None = "127.0.0.1",
+    readiness: Readiness | None = None,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """:func:`serve_stats` from any source of readings (a fleet's supervisor
+    sums its workers' statistics into them); arguments as there."""
+    handler = serve_page(readings, readiness)
     if isinstance(port, AcceptOptions):
         opts = port
     else:

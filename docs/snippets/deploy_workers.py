@@ -9,8 +9,8 @@ async def echo(conn: trionet.Connection) -> None:
 
 
 async def worker(ctx: trionet.WorkerContext) -> None:
-    # Runs in every worker process, each with its own trio loop and processor:
-    # limits are per worker (4 workers x 10 000 = 40 000 connections in all).
+    # Runs in every worker process, each with its own trio loop and processor;
+    # ctx.serve makes its limits the fleet's: 10 000 connections in all.
     net = trionet.NetProcessor(max_connections=10_000)
     print(f"worker {ctx.worker_id} of {ctx.workers} serving", flush=True)
     await ctx.serve(net, echo)  # until the supervisor asks it to stop

@@ -1,7 +1,8 @@
 """The ``trionet`` command: ``trionet echo`` and ``trionet proxy``.
 
 Each sub-command builds a :class:`NetProcessor` and one server from its
-options, prints the bound addresses, optionally serves the stats page, and
+options, prints the bound addresses, optionally serves the stats page (with
+``--workers``, the supervisor serves one page for the fleet), and
 stops gracefully on SIGINT/SIGTERM (a second signal stops at once; with
 ``--workers``, the supervisor's policy: a second SIGINT, not a repeated
 SIGTERM, see ``trionet._apps._workers._signals``). Bad
@@ -31,7 +32,7 @@ from .._base._addr import host_port
 from .._base._errors import leaves
 from .._base._options import DEFAULT_PROXY_PROTOCOL_TRUSTED, AcceptOptions, ConnectOptions
 from .._core._connection import Connection
-from .._core._stats_page import STATS_INACTIVITY_TIMEOUT
+from .._core._stats_page import STATS_INACTIVITY_TIMEOUT, Readiness
 from .._inbound._server import Handler, Server
 from .._inbound._signals import stop_on_signals
 from .._processor import NetProcessor
@@ -106,13 +107,6 @@ def _combination_problems(args: argparse.Namespace) -> Iterator[str]:
             f"argument --max-connections: '{args.max_connections}': a proxy session "
             "needs 2 connections (client and upstream); give at least 2"
         )
-    if args.stats_port and args.workers > 1:  # one page per worker, on P..P+N-1
-        last = args.stats_port + args.workers - 1
-        if last > 65535:
-            yield (
-                f"argument --stats-port: '{args.stats_port}': with --workers {args.workers} "
-                f"the pages take ports {args.stats_port}..{last}, past 65535"
-            )
 
 
 def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -192,28 +186,37 @@ def _summary(plan: _Command) -> str:
     return f"stopped: {done}, {stats.read_bytes} bytes in, {stats.write_bytes} bytes out"
 
 
-async def _serve_stats(plan: _Command, nursery: trio.Nursery, offset: int = 0) -> Server | None:
-    if plan.stats is None:
-        return None
-    opts = plan.stats
-    if opts.port and offset:  # one page per worker, on consecutive ports
-        opts = dataclasses.replace(opts, port=opts.port + offset)
-    page: Server = await nursery.start(plan.processor.serve_stats, opts)
-    for listener in page.listeners:
+def _announce_page(plan: _Command, page: Server | None) -> None:
+    for listener in page.listeners if page is not None else ():
         url = f"http://{_address(listener.address)}"
-        _say(plan, f"statistics on {url}/stats and {url}/metrics")
-    return page
+        _say(plan, f"statistics on {url}/stats and {url}/metrics, health on {url}/readyz")
 
 
 # ------------------------------------------------------------- one process
+# Shutdown order, for a load balancer watching /readyz: /readyz turns 503,
+# then the listeners close, then the connections drain within the grace, and
+# the stats page closes last, once the server has.
 async def _run(plan: _Command) -> int:
+    readiness = Readiness()
     async with trio.open_nursery() as nursery:
         server = await plan.processor.start_server(nursery, plan.handler, plan.listen)
+        readiness.watch(server)
         for listener in server.listeners:
             _say(plan, f"listening on {_address(listener.address)}{plan.suffix}")
-        page = await _serve_stats(plan, nursery)
-        servers = [server] if page is None else [server, page]
-        await stop_on_signals(*servers, grace=plan.grace, announce=partial(_say, plan))
+        page = None
+        if plan.stats is not None:
+            extra = [plan.proxy.readings] if plan.proxy is not None else []
+            serve_page = partial(plan.processor.serve_stats, readiness=readiness, extra=extra)
+            page = await nursery.start(serve_page, plan.stats)
+            _announce_page(plan, page)
+
+        def announce(line: str) -> None:
+            readiness.not_ready("shutting down")  # before stop_on_signals shuts down
+            _say(plan, line)
+
+        await stop_on_signals(server, grace=plan.grace, announce=announce)
+        if page is not None:
+            page.shutdown(0)
     _say(plan, _summary(plan))
     return 0
 
@@ -221,7 +224,8 @@ async def _run(plan: _Command) -> int:
 # ------------------------------------------------------- --workers N
 # The supervisor (this process) binds the port and starts N interpreters; each
 # re-parses the command line from the environment and serves with its own
-# processor, so every limit applies per worker.
+# processor. ctx.serve makes its limits the fleet's and publishes its
+# statistics; the supervisor serves the one stats page, summing them.
 async def _serve_in_worker(ctx: WorkerContext) -> None:
     # The command line again, and its --config file, read afresh.
     args, plan = parse(json.loads(os.environ[_ARGV_ENV]))
@@ -230,18 +234,16 @@ async def _serve_in_worker(ctx: WorkerContext) -> None:
     configure_logging(args.log_level, args.log_format, fields={"worker": ctx.worker_id})
     plan.who = f"worker {ctx.worker_id}: "
     listen = ctx.listen_options(ssl_context=plan.listen.ssl_context)
-    async with trio.open_nursery() as nursery:
-        page = await _serve_stats(plan, nursery, offset=ctx.worker_id)
-        await ctx.serve(plan.processor, plan.handler, listen=listen)
-        if page is not None:
-            page.shutdown(0)
+    await ctx.serve(plan.processor, plan.handler, listen=listen)
     _say(plan, _summary(plan))
 
 
 async def _supervise(plan: _Command, workers: int) -> int:
     # An SSLContext cannot be sent to another process: each worker builds its own.
     listen = dataclasses.replace(plan.listen, ssl_context=None)
-    supervisor = WorkerSupervisor(_serve_in_worker, listen, workers=workers, grace=plan.grace)
+    supervisor = WorkerSupervisor(
+        _serve_in_worker, listen, workers=workers, grace=plan.grace, stats=plan.stats
+    )
     status = 1
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -255,6 +257,7 @@ async def _supervise(plan: _Command, workers: int) -> int:
             host = plan.listen.host or "*"
             for port in supervisor.ports:
                 _say(plan, f"listening on {host_port(host, port)}{plan.suffix} ({workers} workers)")
+            _announce_page(plan, supervisor.stats_server)
             nursery.start_soon(forward_signals, supervisor, signals, partial(_announce, plan))
     return status
 

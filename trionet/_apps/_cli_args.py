@@ -316,8 +316,8 @@ def _common_options() -> _Parser:
         default=1,
         metavar="N",
         help=f"worker processes sharing the port with SO_REUSEPORT (default 1, at most "
-        f"{MAX_WORKERS}; limits apply per worker; with --stats-port P, worker i's page is on "
-        "port P+i)",
+        f"{MAX_WORKERS}; limits apply to the whole fleet; --stats-port serves one page "
+        "summing every worker)",
     )
     scale.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain")
     scale.add_argument("--tls-key", metavar="FILE", help="private key for --tls-cert")
@@ -340,7 +340,8 @@ def _common_options() -> _Parser:
         "--stats-port",
         type=_port,
         metavar="PORT",
-        help="serve statistics on http://127.0.0.1:PORT/stats (JSON) and /metrics (Prometheus)",
+        help="serve statistics on http://127.0.0.1:PORT/stats (JSON) and /metrics "
+        "(Prometheus), health checks on /healthz and /readyz",
     )
     ops.add_argument(
         "--stats-host",

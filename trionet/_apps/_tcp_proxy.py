@@ -25,9 +25,10 @@ from .._base._options import ConnectOptions
 from .._base._ratelog import RateLimitedLog
 from .._base._sockopt import linger_abort
 from .._core._connection import Connection
+from .._core._stats import Reading, Statistic, readings_of
 from .._processor import NetProcessor
 
-__all__ = ["ProxyStatistics", "SpliceResult", "TcpProxy", "splice"]
+__all__ = ["PROXY_STATISTICS", "ProxyStatistics", "SpliceResult", "TcpProxy", "splice"]
 
 logger = logging.getLogger("trionet.proxy")
 
@@ -259,6 +260,30 @@ class ProxyStatistics:
     cut: int = 0
 
 
+# How the stats page shows them (TcpProxy.readings): ATS has no records for a
+# TCP proxy, so they follow its scheme under proxy.process.tcp_proxy.
+PROXY_STATISTICS: Final[dict[str, Statistic]] = {
+    "sessions": Statistic("proxy.process.tcp_proxy.sessions", "Client sessions handled."),
+    "sessions_open": Statistic(
+        "proxy.process.tcp_proxy.sessions_open", "Sessions currently splicing.", gauge=True
+    ),
+    "upstream_failures": Statistic(
+        "proxy.process.tcp_proxy.upstream_failures",
+        "Sessions whose upstream connect failed (timeouts included).",
+    ),
+    "upstream_timeouts": Statistic(
+        "proxy.process.tcp_proxy.upstream_timeouts", "Upstream connects that timed out."
+    ),
+    "resets": Statistic(
+        "proxy.process.tcp_proxy.resets", "Sessions ended by a reset on either side."
+    ),
+    "timeouts": Statistic(
+        "proxy.process.tcp_proxy.timeouts", "Sessions ended by an inactivity or active timeout."
+    ),
+    "cut": Statistic("proxy.process.tcp_proxy.cut", "Sessions cut by cancellation (shutdown)."),
+}
+
+
 @final
 class TcpProxy:
     """A ``serve()`` handler that forwards each client connection upstream.
@@ -346,6 +371,11 @@ class TcpProxy:
     def statistics(self) -> ProxyStatistics:
         """A frozen snapshot of the proxy's session counts."""
         return ProxyStatistics(**self._counts)
+
+    def readings(self) -> list[Reading]:
+        """The statistics as the stats page shows them:
+        ``serve_stats(net.statistics, 9100, extra=[proxy.readings])``."""
+        return readings_of(self.statistics(), PROXY_STATISTICS)
 
     async def __call__(self, client: Connection) -> None:
         counts = self._counts

@@ -5,14 +5,32 @@ every connection of a processor holds a direct reference to, so counting a
 read costs two attribute stores. :class:`NetStatistics` is the frozen
 snapshot users see; :meth:`NetStatistics.as_records` renames the fields to
 ATS's record names (``proxy.process.net.*``) for tools that know ATS.
+
+What the stats page shows is described as data: a :class:`Statistic` names
+one statistic (its ATS record name for ``/stats``, its ``trionet_`` metric
+name for ``/metrics``, its help line, gauge or counter) and a :class:`Reading`
+is its value now -- the total, and for a fleet of workers each live worker's
+own. Statistics of other layers (the TCP proxy's) reach the page as readings
+through the same interface, so the page never imports them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias, final
 
-__all__ = ["GAUGES", "RECORD_NAMES", "NetStatistics"]
+__all__ = [
+    "GAUGES",
+    "NET_STATISTICS",
+    "RECORD_NAMES",
+    "NetStatistics",
+    "Reading",
+    "ReadingsSource",
+    "Statistic",
+    "net_readings",
+    "readings_of",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +112,104 @@ RECORD_NAMES: Final[dict[str, str]] = {
 GAUGES: Final[frozenset[str]] = frozenset(
     {"connections_currently_open", "accepts_currently_open", "idle_connections"}
 )
+
+# The records' namespace, replaced by METRIC_PREFIX in /metrics names.
+_RECORD_PREFIX: Final = "proxy.process."
+METRIC_PREFIX: Final = "trionet_"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Statistic:
+    """How the stats page names and shows one statistic.
+
+    Attributes:
+      record: its ATS-style record name, the key in ``/stats``
+        (``"proxy.process.net.read_bytes"``).
+      help: one line describing it (the ``HELP`` text in ``/metrics``, which
+        adds the record name).
+      gauge: a current value (``/metrics`` type ``gauge``; a fleet sums it
+        over live workers only) rather than a counter that only grows.
+    """
+
+    record: str
+    help: str
+    gauge: bool = False
+
+    @property
+    def metric(self) -> str:
+        """Its ``/metrics`` name: ``trionet_`` and the record name after
+        ``proxy.process.`` with dots as underscores
+        (``trionet_net_read_bytes``); counters get ``_total`` in the exposition."""
+        return METRIC_PREFIX + self.record.removeprefix(_RECORD_PREFIX).replace(".", "_")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One statistic's value as the stats page shows it.
+
+    Attributes:
+      statistic: what it is (:class:`Statistic`).
+      value: the total (for a fleet, over every worker: counters include
+        workers that have exited, gauges only live ones).
+      workers: ``(worker id, value)`` per live worker, for a fleet's
+        ``worker="i"`` series in ``/metrics``; empty in one process.
+    """
+
+    statistic: Statistic
+    value: int
+    workers: tuple[tuple[int, int], ...] = ()
+
+
+ReadingsSource: TypeAlias = Callable[[], Iterable[Reading]]
+# Exported and described as trionet.ReadingsSource.
+
+# One line of HELP per statistic (Prometheus shows it; ATS documents the same
+# records in records.yaml).
+_HELP: Final[dict[str, str]] = {
+    "connections_currently_open": "Connections (inbound and outbound) not yet closed.",
+    "accepts_currently_open": "Listening sockets with a running accept task.",
+    "idle_connections": "Connections marked idle (keep-alive), eligible for eviction.",
+    "total_accepts": "Connections accepted and handed to a handler.",
+    "connections_throttled_in": "Inbound connections closed at max_connections.",
+    "per_client_connections_throttled_in": "Inbound connections closed at the per-client limit.",
+    "accept_errors_transient": "accept() failures retried at once (EAGAIN, ECONNRESET...).",
+    "accept_errors_resource": "accept() failures from exhausted resources (EMFILE, ENOBUFS...).",
+    "read_bytes": "Payload bytes received.",
+    "write_bytes": "Payload bytes sent.",
+    "calls_to_read": "Calls to receive on connections.",
+    "calls_to_read_nodata": "Receive calls that returned no data (end of stream).",
+    "calls_to_write": "Calls to send on connections.",
+    "handler_errors": "Handlers that raised (a peer's reset is not counted).",
+    "inactivity_timeouts": "Connections closed by their inactivity timeout.",
+    "active_timeouts": "Connections closed by their active timeout.",
+    "default_inactivity_timeout_applied": "Connections given the default inactivity timeout.",
+    "keep_alive_evictions": "Idle connections closed to stay under max_idle_connections.",
+    "connects_total": "Outbound connections attempted.",
+    "connect_failures": "Outbound connections that failed.",
+    "connect_timeouts": "Outbound connections that hit their connect timeout.",
+    "connections_throttled_out": "Outbound connections refused at max_connections.",
+    "tls_handshake_timeouts": "TLS handshakes that hit their timeout.",
+    "tls_handshake_errors": "TLS handshakes that failed.",
+    "proxy_protocol_errors": "Connections closed for a bad or missing PROXY protocol header.",
+}
+
+NET_STATISTICS: Final[dict[str, Statistic]] = {
+    name: Statistic(record, _HELP[name], name in GAUGES) for name, record in RECORD_NAMES.items()
+}
+"""NetStatistics field -> how the page shows it."""
+
+
+def readings_of(values: object, table: Mapping[str, Statistic]) -> list[Reading]:
+    """One :class:`Reading` per entry of ``table`` (field name -> statistic),
+    its value the attribute of that name of ``values`` (a frozen snapshot)."""
+    return [Reading(stat, int(getattr(values, name))) for name, stat in table.items()]
+
+
+def net_readings(stats: NetStatistics) -> list[Reading]:
+    """``stats`` as the page shows it."""
+    return readings_of(stats, NET_STATISTICS)
 
 
 class Counters:

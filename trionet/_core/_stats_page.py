@@ -1,13 +1,18 @@
 """The stats page: a processor's statistics over HTTP (ATS's "net" stats page).
 
-Two documents:
+Four documents:
 
 - ``GET /stats`` -- JSON, one key per statistic under ATS's record names
   (``{"proxy.process.net.connections_currently_open": 3, ...}``), as ATS's
   ``stats_over_http`` plugin serves them.
 - ``GET /metrics`` -- the Prometheus text exposition format (or OpenMetrics,
   if the scraper asks for it in ``Accept``), produced by ``prometheus-client``
-  through :class:`StatsCollector`.
+  through a collector over :class:`~trionet._core._stats.Reading` objects:
+  ``trionet_`` names, the ATS record in each HELP line, per-worker series
+  labelled ``worker="i"`` for a fleet, and ``trionet_build_info``.
+- ``GET /healthz`` -- 200 whenever the page answers at all (its event loop
+  runs); ``GET /readyz`` -- 200 while :class:`Readiness` says ready, 503 with
+  the reason once a shutdown or a reload has begun.
 
 Anything else is a 404 (405 for a method other than GET/HEAD), a malformed
 request a 400. HTTP is parsed by h11; this module maps requests to responses
@@ -19,8 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Final, TypeAlias, final
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Final, Protocol, TypeAlias, final
 from urllib.parse import urlsplit
 
 import h11
@@ -32,15 +37,25 @@ from prometheus_client.exposition import (
     generate_latest,
 )
 from prometheus_client.registry import CollectorRegistry
+from prometheus_client.samples import Sample
 
 from .._base._ratelog import RateLimitedLog
+from .._base._version import __version__
 from ._connection import Connection
-from ._stats import GAUGES, RECORD_NAMES, NetStatistics
+from ._stats import (
+    METRIC_PREFIX,
+    NET_STATISTICS,
+    NetStatistics,
+    Reading,
+    ReadingsSource,
+    net_readings,
+)
 
 __all__ = [
     "STATS_INACTIVITY_TIMEOUT",
     "STATS_MAX_CONNECTIONS",
     "STATS_MAX_WAITING",
+    "Readiness",
     "StatisticsSource",
     "StatsCollector",
     "serve_page",
@@ -50,36 +65,6 @@ logger = logging.getLogger("trionet.stats_page")
 
 StatisticsSource: TypeAlias = Callable[[], NetStatistics]
 # Exported and described as trionet.StatisticsSource.
-
-# One line of HELP per statistic (Prometheus shows it; ATS documents the same
-# records in records.yaml).
-DESCRIPTIONS: Final[dict[str, str]] = {
-    "connections_currently_open": "Connections (inbound and outbound) not yet closed.",
-    "accepts_currently_open": "Listening sockets with a running accept task.",
-    "idle_connections": "Connections marked idle (keep-alive), eligible for eviction.",
-    "total_accepts": "Connections accepted and handed to a handler.",
-    "connections_throttled_in": "Inbound connections closed at max_connections.",
-    "per_client_connections_throttled_in": "Inbound connections closed at the per-client limit.",
-    "accept_errors_transient": "accept() failures retried at once (EAGAIN, ECONNRESET...).",
-    "accept_errors_resource": "accept() failures from exhausted resources (EMFILE, ENOBUFS...).",
-    "read_bytes": "Payload bytes received.",
-    "write_bytes": "Payload bytes sent.",
-    "calls_to_read": "Calls to receive on connections.",
-    "calls_to_read_nodata": "Receive calls that returned no data (end of stream).",
-    "calls_to_write": "Calls to send on connections.",
-    "handler_errors": "Handlers that raised (a peer's reset is not counted).",
-    "inactivity_timeouts": "Connections closed by their inactivity timeout.",
-    "active_timeouts": "Connections closed by their active timeout.",
-    "default_inactivity_timeout_applied": "Connections given the default inactivity timeout.",
-    "keep_alive_evictions": "Idle connections closed to stay under max_idle_connections.",
-    "connects_total": "Outbound connections attempted.",
-    "connect_failures": "Outbound connections that failed.",
-    "connect_timeouts": "Outbound connections that hit their connect timeout.",
-    "connections_throttled_out": "Outbound connections refused at max_connections.",
-    "tls_handshake_timeouts": "TLS handshakes that hit their timeout.",
-    "tls_handshake_errors": "TLS handshakes that failed.",
-    "proxy_protocol_errors": "Connections closed for a bad or missing PROXY protocol header.",
-}
 
 # The page's own connections. A scraper holds one or two; a hostile client can
 # open hundreds and send nothing, or trickle a header line a second. So slots
@@ -113,13 +98,89 @@ LINGER_BYTES: Final = 256 * 1024
 # most every 10 s per page (a scanner must not be able to flood the log).
 BAD_REQUEST_LOG_INTERVAL: Final = 10.0
 TEXT: Final = b"text/plain; charset=utf-8"
+PATHS: Final = ("/stats", "/metrics", "/healthz", "/readyz")
 
 
 def metric_name(field: str) -> str:
-    """The Prometheus name of a statistic: its ATS record name with dots as
-    underscores (``proxy_process_net_read_bytes``), as ATS's own Prometheus
-    output spells it. Counters get ``_total`` appended by the exposition."""
-    return RECORD_NAMES[field].replace(".", "_")
+    """The Prometheus name of a :class:`NetStatistics` field: ``trionet_`` and
+    its ATS record name after ``proxy.process.``, dots as underscores
+    (``trionet_net_read_bytes``). Counters get ``_total`` in the exposition."""
+    return NET_STATISTICS[field].metric
+
+
+# ----------------------------------------------------------------- readiness
+class Accepting(Protocol):
+    """What :meth:`Readiness.watch` needs of a server (a ``Server``, a
+    ``WorkerSupervisor``): whether it has begun to stop."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+
+@final
+class Readiness:
+    """What ``/readyz`` answers: 200 while ready, 503 with a reason once not.
+
+    Not ready while a reason was given with :meth:`not_ready` (a shutdown or
+    a reload has begun) and not withdrawn with :meth:`ready_again`, while a
+    watched server is stopping (its listeners closed), or while a check
+    returns a reason. A load balancer polling ``/readyz`` thus sees the drain
+    begin before the listeners close (see the shutdown order in
+    :doc:`/howto/deploying`); ``/healthz`` stays 200 until the page itself
+    closes, last.
+    """
+
+    def __init__(self) -> None:
+        self._reason: str | None = None
+        self._watched: list[Accepting] = []
+        self._checks: list[Callable[[], str | None]] = []
+
+    def __repr__(self) -> str:
+        problem = self.problem()
+        return f"<trionet.Readiness {'ready' if problem is None else repr(problem)}>"
+
+    def watch(self, *servers: Accepting) -> None:
+        """Be not ready once any of ``servers`` is stopping: a
+        :class:`~trionet.Server` (after ``shutdown``), a
+        :class:`~trionet.WorkerSupervisor`, anything with a ``stopping`` property."""
+        self._watched.extend(servers)
+
+    def add_check(self, check: Callable[[], str | None]) -> None:
+        """Ask ``check()`` on every ``/readyz``: ``None`` when ready, else the
+        reason (``"1 of 2 workers serving"``).
+
+        Raises:
+          TypeError: ``check`` is not callable.
+        """
+        if not callable(check):
+            raise TypeError(f"Readiness.add_check: {check!r} is not callable")
+        self._checks.append(check)
+
+    def not_ready(self, reason: str) -> None:
+        """Answer 503 with ``reason`` from now on (the first reason given is
+        kept), until :meth:`ready_again`."""
+        if self._reason is None:
+            self._reason = str(reason)
+
+    def ready_again(self) -> None:
+        """Withdraw :meth:`not_ready` (a reload's new generation serves)."""
+        self._reason = None
+
+    @property
+    def ready(self) -> bool:
+        """True when ``/readyz`` answers 200."""
+        return self.problem() is None
+
+    def problem(self) -> str | None:
+        """Why not ready, or ``None`` when ready."""
+        if self._reason is not None:
+            return self._reason
+        if any(server.stopping for server in self._watched):
+            return "shutting down"
+        for check in self._checks:
+            if (reason := check()) is not None:
+                return reason
+        return None
 
 
 @final
@@ -128,9 +189,10 @@ class StatsCollector:
 
     Register it in any ``CollectorRegistry`` (``REGISTRY.register(
     StatsCollector(net.statistics))``) to export a processor's statistics
-    next to an application's own metrics. Gauges
-    (``connections_currently_open``...) are typed ``gauge``, everything else
-    ``counter``.
+    next to an application's own metrics. Names are in the ``trionet_``
+    namespace (``trionet_net_read_bytes_total``; the ATS record name is in
+    each HELP line). Gauges (``connections_currently_open``...) are typed
+    ``gauge``, everything else ``counter``.
 
     Args:
       source: called on every scrape for a fresh snapshot, e.g. ``net.statistics``.
@@ -146,26 +208,44 @@ class StatsCollector:
 
     def collect(self) -> Iterator[Metric]:
         """One metric family per statistic, from a fresh snapshot."""
-        return self._families(self._source())
+        return map(_family, net_readings(self._source()))
 
     def describe(self) -> Iterator[Metric]:
         """The metric families without values (lets a registry detect clashes
         without taking a snapshot)."""
-        return self._families(NetStatistics())
-
-    @staticmethod
-    def _families(stats: NetStatistics) -> Iterator[Metric]:
-        for field, value in _fields(stats):
-            name, doc = metric_name(field), DESCRIPTIONS[field]
-            if field in GAUGES:
-                yield GaugeMetricFamily(name, doc, value=value)
-            else:
-                yield CounterMetricFamily(name, doc, value=value)
+        return map(_family, net_readings(NetStatistics()))
 
 
-def _fields(stats: NetStatistics) -> Iterator[tuple[str, int]]:
-    for field in RECORD_NAMES:
-        yield field, getattr(stats, field)
+def _family(reading: Reading) -> Metric:
+    """One metric family: the total unlabelled, then one ``worker="i"``
+    sample per live worker (a fleet's)."""
+    stat = reading.statistic
+    doc = f"{stat.help} (ATS record {stat.record})"
+    family: Metric
+    if stat.gauge:
+        family, sample = GaugeMetricFamily(stat.metric, doc, value=reading.value), stat.metric
+    else:
+        family = CounterMetricFamily(stat.metric, doc, value=reading.value)
+        sample = stat.metric + "_total"
+    for worker, value in reading.workers:
+        family.samples.append(Sample(sample, {"worker": str(worker)}, value))
+    return family
+
+
+@final
+class _PageCollector:
+    """The page's collector: every reading of its source, and ``trionet_build_info``."""
+
+    def __init__(self, source: Callable[[], Iterable[Reading]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            METRIC_PREFIX + "build_info", "trionet's version (always 1).", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
+        yield from map(_family, self._source())
 
 
 # ------------------------------------------------------------------ the page
@@ -173,20 +253,29 @@ def _fields(stats: NetStatistics) -> Iterator[tuple[str, int]]:
 class _Page:
     """Maps one request (method, path, Accept) to a response; no I/O."""
 
-    def __init__(self, source: StatisticsSource) -> None:
+    def __init__(self, source: ReadingsSource, readiness: Readiness) -> None:
         self._source = source
+        self._readiness = readiness
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(StatsCollector(source))
+        self._registry.register(_PageCollector(source))
 
     def respond(self, method: bytes, path: str, accept: str) -> tuple[int, bytes, bytes]:
         """Returns ``(status, content type, body)``."""
-        if path not in ("/stats", "/metrics"):
-            return 404, TEXT, b"not found; try /stats or /metrics\n"
+        if path not in PATHS:
+            return 404, TEXT, b"not found; try /stats, /metrics, /healthz or /readyz\n"
         if method not in (b"GET", b"HEAD"):
             return 405, TEXT, b"method not allowed; use GET\n"
+        if path == "/healthz":
+            # Answering at all is the proof: the page's event loop runs.
+            return 200, TEXT, b"ok\n"
+        if path == "/readyz":
+            problem = self._readiness.problem()
+            if problem is None:
+                return 200, TEXT, b"ready\n"
+            return 503, TEXT, f"not ready: {problem}\n".encode()
         if path == "/stats":
-            body = json.dumps(self._source().as_records(), indent=1).encode() + b"\n"
-            return 200, b"application/json", body
+            records = {r.statistic.record: r.value for r in self._source()}
+            return 200, b"application/json", json.dumps(records, indent=1).encode() + b"\n"
         content_type, body = self._exposition(accept)
         return 200, content_type, body
 
@@ -410,14 +499,19 @@ async def _lingering_close(conn: Connection) -> None:
             discarded += len(chunk)
 
 
-def serve_page(source: StatisticsSource) -> Callable[[Connection], Awaitable[None]]:
+def serve_page(
+    source: ReadingsSource, readiness: Readiness | None = None
+) -> Callable[[Connection], Awaitable[None]]:
     """A ``serve()`` handler that answers ``/stats`` and ``/metrics`` from
-    ``source()`` (see :func:`trionet.serve_stats`, which serves it).
+    ``source()``, ``/healthz``, and ``/readyz`` from ``readiness`` (default:
+    always ready); see :func:`trionet.serve_stats`, which serves it.
 
     Raises:
       TypeError: ``source`` is not callable.
     """
-    page = _Page(source)
+    if not callable(source):
+        raise TypeError(f"source={source!r} is not callable")
+    page = _Page(source, Readiness() if readiness is None else readiness)
     log = RateLimitedLog(BAD_REQUEST_LOG_INTERVAL, logger)
 
     async def handler(conn: Connection) -> None:

@@ -12,6 +12,14 @@ of every connection it opens.
 ``NetProcessor`` is a thin facade over one table; the accept loop
 (``trionet._inbound``) and ``connect`` (``trionet._outbound``) work on the
 table, not on the facade.
+
+The throttle is replaceable, once, before anything is open
+(:meth:`ConnectionTable.use_throttle`): a worker of a fleet counts through a
+``Throttle`` subclass whose counts the other workers see
+(``trionet._apps._workers._shared``), so that the limits apply to the fleet.
+Every admission goes through the throttle's ``at_limit`` /
+``client_at_limit`` / ``acquire`` / ``count_client`` / ``release``, so that
+is the whole interface; a table that keeps its own ``Throttle`` pays nothing.
 """
 
 from __future__ import annotations
@@ -44,10 +52,19 @@ class ConnectionTable:
     Attributes:
       counters: the live statistics (every connection counts here).
       throttle: open connections, globally and per client.
+      exempt: the networks exempt from the per-client limit (as given).
       cop: the timeout cop.
     """
 
-    __slots__ = ("_ids", "_slot_freed", "cop", "counters", "default_inactivity_timeout", "throttle")
+    __slots__ = (
+        "_ids",
+        "_slot_freed",
+        "cop",
+        "counters",
+        "default_inactivity_timeout",
+        "exempt",
+        "throttle",
+    )
 
     def __init__(
         self,
@@ -59,7 +76,8 @@ class ConnectionTable:
         default_inactivity_timeout: float | None = None,
     ) -> None:
         self.counters: Counters = Counters()
-        self.throttle: Throttle = Throttle(max_connections, per_client_max, exempt)
+        self.exempt: tuple[Network, ...] = tuple(exempt)
+        self.throttle: Throttle = Throttle(max_connections, per_client_max, self.exempt)
         self.cop: TimeoutCop = TimeoutCop(self.counters, max_idle_connections)
         self.default_inactivity_timeout: float | None = default_inactivity_timeout
         self._ids = itertools.count(1)
@@ -68,6 +86,25 @@ class ConnectionTable:
     def statistics(self) -> NetStatistics:
         """A frozen snapshot of the counters."""
         return self.counters.snapshot()
+
+    def use_throttle(self, throttle: Throttle) -> None:
+        """Count through ``throttle`` from now on (a fleet's shared accounting,
+        with this table's limits).
+
+        Accept loops and connects read ``self.throttle`` when they start, so
+        this is only allowed while nothing is open or accepting.
+
+        Raises:
+          RuntimeError: a connection or reservation is open, or a server of
+            this table is accepting.
+        """
+        counters = self.counters
+        if self.throttle.open or counters.accepts_currently_open:
+            raise RuntimeError(
+                f"cannot change the throttle with {self.throttle.open} connection(s) open "
+                f"and {counters.accepts_currently_open} listener(s) accepting"
+            )
+        self.throttle = throttle
 
     # ---------------------------------------------------------- open/release
     def open(

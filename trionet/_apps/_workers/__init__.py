@@ -41,10 +41,15 @@ An :class:`AcceptOptions` with ``fd=`` (e.g. from
 :func:`trionet.inherited_listeners`: a socket-activated supervisor) is always
 shared the second way.
 
-Limits are per worker: each worker's ``NetProcessor(max_connections=...)``
-counts its own connections only, so N workers allow N times the limit; the
-same goes for ``per_client_max_connections`` (a client's connections spread
-over the workers) and for statistics (each worker counts its own).
+The fleet is one server. Workers share a block of memory with the supervisor
+(``_shared``): each publishes its statistics to its own slot, and the
+supervisor's stats page (``run_workers(stats=PORT)``, ``trionet --workers N
+--stats-port P``) shows their sum -- monotonic across worker restarts, an
+exited worker's last counters folding into the totals -- with per-worker
+``worker="i"`` series in ``/metrics``. ``max_connections`` and
+``per_client_max_connections`` of the processor a worker serves with
+``ctx.serve`` count every worker's connections (a bounded overshoot of at
+most workers - 1 admissions racing at the limit; see ``_shared``).
 
 Lifecycle. A worker that exits while no shutdown was asked for -- crash,
 SIGKILL, or ``main`` returning -- is restarted with an exponential back-off
@@ -69,5 +74,8 @@ worker dies; Linux >= 5.14 migrates them to a sibling when
 """
 
 # The package's modules, bottom up: _job (what crosses from supervisor to
-# worker), _boot (the worker's first lines), _runtime (the worker side),
-# _sockets (socket planning), _signals (the signal policy), _supervisor.
+# worker), _boot (the worker's first lines), _shared (the shared memory:
+# statistics slots, the fleet-wide throttle), _fleet (the fleet as one server:
+# the page's readiness, a worker's limits and publishing), _runtime (the
+# worker side), _sockets (socket planning), _signals (the signal policy),
+# _supervisor.

@@ -20,7 +20,9 @@ from ..._base._errors import leaves
 from ..._base._options import AcceptOptions
 from ..._inbound._server import Handler, Server
 from ..._processor import NetProcessor
+from ._fleet import publish, publish_until, share_limits, wake_paused
 from ._job import ERROR, MAX_MESSAGE, READY, WorkerMain, decode_job, resolve_main
+from ._shared import WorkerSlot
 
 __all__ = ["WorkerContext", "run_worker", "worker_entry"]
 
@@ -52,6 +54,7 @@ class WorkerContext:
         listen: Sequence[AcceptOptions],
         grace: float,
         control: socket.socket | None = None,
+        fleet: WorkerSlot | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.workers = workers
@@ -60,6 +63,7 @@ class WorkerContext:
         self.grace = grace
         self.shutdown_requested: trio.Event = trio.Event()
         self._control = control
+        self._fleet = fleet
         self._serving = False
 
     def __repr__(self) -> str:
@@ -104,18 +108,35 @@ class WorkerContext:
         listening sockets close at once, running connections get ``grace``
         seconds. Returns the (closed) :class:`Server` when every connection is done.
 
+        The fleet is one server: ``net``'s ``max_connections`` and
+        ``per_client_max_connections`` count the connections of every worker
+        (through shared memory; see :doc:`/howto/deploying` for the bound on
+        overshoot under concurrent accepts), and ``net``'s statistics (and
+        ``handler``'s, if it is a :class:`TcpProxy`) are published to the
+        supervisor's stats page. Serve one processor per worker this way.
+
         Raises:
           OSError: a listen spec could not be bound (as :meth:`NetProcessor.serve`).
           UnsupportedOptionError: an option the platform cannot provide.
           AcceptError: a fatal accept error, once the connections have ended.
+          RuntimeError: ``net`` is already serving elsewhere (its limits
+            cannot be made the fleet's while it has connections open).
         """
         specs = self.listen if listen is None else tuple(listen)
+        slot = self._fleet
+        if slot is not None:
+            share_limits(slot, net)
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(net.serve, handler, *specs)
+            if slot is not None:
+                nursery.start_soon(publish_until, slot, net, handler)
+                nursery.start_soon(wake_paused, net)
             self.ready()
             nursery.start_soon(self._shutdown_on_request, server)
             await server.wait_closed()
             nursery.cancel_scope.cancel()
+        if slot is not None:
+            publish(slot, net, handler)  # the last word: every connection has ended
         return server
 
     async def _shutdown_on_request(self, server: Server) -> None:
@@ -144,6 +165,7 @@ def worker_entry(early_sigterm: list[int]) -> None:
         listen=job.listen,
         grace=job.grace,
         control=control,
+        fleet=WorkerSlot.from_environ(os.environ),
     )
     try:
         main = resolve_main(job.main_module, job.main_qualname, job.main_path)

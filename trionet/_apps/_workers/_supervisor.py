@@ -11,14 +11,20 @@ import logging
 import os
 import signal
 import socket
+from functools import partial
 from typing import Final, final
 
 import trio
 
-from ..._base._checks import check_int, check_seconds
+from ..._base._checks import check_int, check_seconds, is_int
 from ..._base._errors import TrionetError
 from ..._base._options import AcceptOptions
+from ..._core._stats_page import STATS_INACTIVITY_TIMEOUT, Readiness
+from ..._inbound._server import Server
+from ..._processor import serve_readings
+from ._fleet import fleet_readiness
 from ._job import ERROR, MAX_MESSAGE, READY, Job, WorkerMain, boot_command, encode_job, locate_main
+from ._shared import FleetMemory, fleet_capacity
 from ._signals import forward_signals
 from ._sockets import Sharing, SocketPlan, plan_listeners, port_of, usable_cpus
 
@@ -107,6 +113,13 @@ class WorkerSupervisor:
     ``sup = await nursery.start(WorkerSupervisor(main, 8080, workers=4).run)``.
 
     Args: as :func:`run_workers`.
+
+    Attributes:
+      readiness: what the stats page's ``/readyz`` answers (a
+        :class:`Readiness`: not ready until every worker serves, and from
+        :meth:`shutdown` on; ``readiness.not_ready(reason)`` says more).
+      stats_server: the stats page's :class:`Server` once :meth:`run` has
+        started (``None`` without ``stats``).
     """
 
     def __init__(
@@ -118,6 +131,7 @@ class WorkerSupervisor:
         sharing: Sharing = "auto",
         restart_delay: float = 0.1,
         max_restart_delay: float = 10.0,
+        stats: int | AcceptOptions | None = None,
     ) -> None:
         self._main_ref = locate_main(main)
         self.specs: list[AcceptOptions] = [AcceptOptions.coerce(spec) for spec in listen]
@@ -146,6 +160,13 @@ class WorkerSupervisor:
         self._errors: dict[int, str] = {}
         self._plan = SocketPlan()
         self._ports: list[int] = []
+        # The fleet as one server (_fleet, _shared): the statistics and limits
+        # the workers share (one memory slot per process: see the slot API in
+        # _shared), the page that sums them, what /readyz answers.
+        self.stats: AcceptOptions | None = _stats_options(stats)
+        self.stats_server: Server | None = None
+        self.readiness: Readiness = fleet_readiness(self)
+        self._fleet: FleetMemory | None = None
 
     @property
     def pids(self) -> dict[int, int]:
@@ -209,7 +230,8 @@ class WorkerSupervisor:
           the supervisor's own sockets are closed when this returns.
 
         Raises:
-          OSError: a listen spec could not be bound (before ``started``).
+          OSError: a listen spec or the stats port could not be bound (before
+            ``started``).
           ValueError: a listen spec a worker cannot receive (``ssl_context``).
           WorkerStartupError: a worker failed at start-up ``STARTUP_ATTEMPTS``
             times in a row (after ``started``); every worker was stopped first.
@@ -224,19 +246,32 @@ class WorkerSupervisor:
             "inherited socket" if self._plan.pass_fds else "SO_REUSEPORT",
         )
         try:
+            self._fleet = FleetMemory(fleet_capacity(self.workers))
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await self._start_stats_page(nursery, self._fleet)
                 async with trio.open_nursery() as slots:
                     for wid in range(self.workers):
                         slots.start_soon(self._slot, wid)
                     task_status.started(self)
-                nursery.cancel_scope.cancel()  # the SIGKILL timer, if any
+                nursery.cancel_scope.cancel()  # the SIGKILL timer, the page: last
         finally:
             self._plan.close()
+            if self._fleet is not None:
+                self._fleet.close()
         logger.info("all workers stopped")
         if self._startup_error is not None:
             raise self._startup_error
         return 1 if self._failed else 0
+
+    async def _start_stats_page(self, nursery: trio.Nursery, fleet: FleetMemory) -> None:
+        # The fleet's one page: the sum over the workers' shared slots. It runs
+        # until every worker has exited, so a load balancer sees /readyz turn
+        # 503 at the shutdown and the page goes away last.
+        if self.stats is not None:
+            self.stats_server = await nursery.start(
+                partial(serve_readings, fleet.readings, self.stats, readiness=self.readiness)
+            )
 
     async def _kill_after(self, delay: float) -> None:
         await trio.sleep(delay)
@@ -296,8 +331,16 @@ class WorkerSupervisor:
 
     async def _run_one(self, wid: int, restarts: int) -> _Exit:
         self._errors.pop(wid, None)
+        assert self._fleet is not None
+        slot = self._fleet.claim(wid)
         try:
-            proc, control = await self._spawn(wid, restarts)
+            return await self._run_in_slot(wid, restarts, slot)
+        finally:
+            self._fleet.retire(slot)  # reaped (or never started): its counts fold in
+
+    async def _run_in_slot(self, wid: int, restarts: int, slot: int) -> _Exit:
+        try:
+            proc, control = await self._spawn(wid, restarts, slot)
         except OSError as exc:  # EAGAIN from fork, ENOMEM...: retry with back-off
             if self._stopping.is_set():
                 # the shutdown closed the sockets it was to inherit: not a failure
@@ -325,7 +368,10 @@ class WorkerSupervisor:
             logger.info("worker %d (pid %d) %s", wid, proc.pid, _describe_status(status))
         return _Exit(status, ready=ready, error=self._errors.pop(wid, None))
 
-    async def _spawn(self, wid: int, restarts: int) -> tuple[trio.Process, trio.socket.SocketType]:
+    async def _spawn(
+        self, wid: int, restarts: int, slot: int
+    ) -> tuple[trio.Process, trio.socket.SocketType]:
+        assert self._fleet is not None
         parent_end, child_end = socket.socketpair()
         try:
             job = Job(
@@ -339,9 +385,9 @@ class WorkerSupervisor:
             )
             env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
             encode_job(job, env)
-            proc = await trio.lowlevel.open_process(
-                boot_command(), env=env, pass_fds=(*self._plan.pass_fds, child_end.fileno())
-            )
+            env.update(self._fleet.worker_env(slot))
+            fds = (*self._plan.pass_fds, child_end.fileno(), self._fleet.fd)
+            proc = await trio.lowlevel.open_process(boot_command(), env=env, pass_fds=fds)
         except BaseException:
             parent_end.close()
             raise
@@ -367,6 +413,14 @@ class WorkerSupervisor:
             self._ready_changed.unpark_all()
         elif message.startswith(ERROR):
             self._errors[wid] = message[len(ERROR) :].decode("utf-8", "replace")
+
+
+def _stats_options(stats: int | AcceptOptions | None) -> AcceptOptions | None:
+    if stats is None or isinstance(stats, AcceptOptions):
+        return stats
+    if not is_int(stats):
+        raise TypeError(f"run_workers.stats={stats!r}: expected a port, AcceptOptions or None")
+    return AcceptOptions(port=stats, host="127.0.0.1", inactivity_timeout=STATS_INACTIVITY_TIMEOUT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,13 +456,15 @@ def run_workers(
     sharing: Sharing = "auto",
     restart_delay: float = 0.1,
     max_restart_delay: float = 10.0,
+    stats: int | AcceptOptions | None = None,
 ) -> int:
     """Serve on many cores: run ``main(ctx)`` in ``workers`` processes until SIGTERM/SIGINT.
 
     Each worker is a fresh interpreter that runs ``trio.run(main, ctx)``;
     ``main`` builds its own :class:`NetProcessor` and usually ends with
     ``await ctx.serve(net, handler)``, which serves ``ctx.listen`` and shuts
-    down gracefully on request. Limits (``max_connections``...) are per worker.
+    down gracefully on request. Limits (``max_connections``...) apply to the
+    fleet, and ``stats=PORT`` serves one stats page summing every worker.
 
     Example (a script; under systemd, pass ``*trionet.inherited_listeners()``
     instead of the port and the workers share the activated socket)::
@@ -418,7 +474,7 @@ def run_workers(
                 await conn.send_all(data)
 
         async def worker(ctx: trionet.WorkerContext) -> None:
-            net = trionet.NetProcessor(max_connections=10_000)  # per worker
+            net = trionet.NetProcessor(max_connections=10_000)  # for the fleet
             await ctx.serve(net, echo)
 
         if __name__ == "__main__":
@@ -441,6 +497,11 @@ def run_workers(
       restart_delay: seconds before a dead worker is restarted, doubling
         while it keeps dying within ``STABLE_AFTER`` seconds...
       max_restart_delay: ...up to this many seconds.
+      stats: a port (on ``127.0.0.1``) or :class:`AcceptOptions` where the
+        supervisor serves the fleet's stats page: ``/stats`` and ``/metrics``
+        summed over the workers (per worker too, ``worker="i"``), ``/healthz``,
+        and ``/readyz`` (503 until every worker serves and once the shutdown
+        has begun); it closes after the last worker. ``None``: no page.
 
     Returns:
       An exit status: 0 if every worker exited cleanly after the shutdown.
@@ -464,6 +525,7 @@ def run_workers(
         sharing=sharing,
         restart_delay=restart_delay,
         max_restart_delay=max_restart_delay,
+        stats=stats,
     )
     return trio.run(_supervise_with_signals, supervisor)
 
