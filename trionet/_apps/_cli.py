@@ -4,7 +4,10 @@ Each sub-command builds a :class:`NetProcessor` and one server from its
 options, prints the bound addresses, optionally serves the stats page, and
 stops gracefully on SIGINT/SIGTERM (a second signal stops at once; with
 ``--workers``, the supervisor's policy: a second SIGINT, not a repeated
-SIGTERM, see ``trionet._apps._workers._signals``). Bad
+SIGTERM, see ``trionet._apps._workers._signals``). SIGHUP reloads with
+``--workers`` (a new generation of worker processes); a single process has
+nothing to reload into, so SIGHUP stops it gracefully, with its summary.
+Under systemd (``$NOTIFY_SOCKET``) both notify readiness and shutdown. Bad
 option values are reported by argparse naming the option
 (``argument --upstream: 'foo': expected HOST:PORT``), never as a traceback;
 what can only fail once running (a port taken, a worker that cannot start)
@@ -23,7 +26,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Final, Literal, final
+from typing import Any, Final, final
 
 import trio
 
@@ -37,8 +40,9 @@ from .._inbound._signals import stop_on_signals
 from .._processor import NetProcessor
 from ._cli_args import PROG, bind_host, build_parser
 from ._tcp_proxy import TcpProxy
+from ._workers._notify import SystemdNotifier, notify_loop
 from ._workers._runtime import WorkerContext
-from ._workers._signals import forward_signals
+from ._workers._signals import SUPERVISOR_SIGNALS, Action, forward_signals
 from ._workers._supervisor import WorkerStartupError, WorkerSupervisor
 
 __all__ = ["build_parser", "main", "parse"]
@@ -67,6 +71,7 @@ class _Command:
     suffix: str  # after "listening on ADDRESS"
     proxy: TcpProxy | None = None
     who: str = ""  # "worker 3: " in worker processes
+    worker_timeout: float | None = 30.0  # with --workers; None: no hang check
 
 
 async def _echo(conn: Connection) -> None:
@@ -138,6 +143,7 @@ def _plan(args: argparse.Namespace) -> _Command:
             inactivity_timeout=STATS_INACTIVITY_TIMEOUT,
         )
     plan = _Command(args.command, net, _echo, listen, stats, args.grace, "")
+    plan.worker_timeout = args.worker_timeout or None
     if args.command == "proxy":
         host, port = args.upstream
         upstream = ConnectOptions(
@@ -175,12 +181,18 @@ def _summary(plan: _Command) -> str:
     return f"stopped: {done}, {stats.read_bytes} bytes in, {stats.write_bytes} bytes out"
 
 
-async def _serve_stats(plan: _Command, nursery: trio.Nursery, offset: int = 0) -> Server | None:
+async def _serve_stats(
+    plan: _Command, nursery: trio.Nursery, offset: int | None = None
+) -> Server | None:
     if plan.stats is None:
         return None
     opts = plan.stats
     if opts.port and offset:  # one page per worker, on consecutive ports
         opts = dataclasses.replace(opts, port=opts.port + offset)
+    if offset is not None and opts.port:
+        # A reload runs worker i's successor beside it for a while: both bind
+        # the page's port, so it is shared (SO_REUSEPORT) rather than refused.
+        opts = dataclasses.replace(opts, reuse_port=True)
     page: Server = await nursery.start(plan.processor.serve_stats, opts)
     for listener in page.listeners:
         url = f"http://{_address(listener.address)}"
@@ -190,15 +202,38 @@ async def _serve_stats(plan: _Command, nursery: trio.Nursery, offset: int = 0) -
 
 # ------------------------------------------------------------- one process
 async def _run(plan: _Command) -> int:
-    async with trio.open_nursery() as nursery:
-        server = await plan.processor.start_server(nursery, plan.handler, plan.listen)
-        for listener in server.listeners:
-            _say(plan, f"listening on {_address(listener.address)}{plan.suffix}")
-        page = await _serve_stats(plan, nursery)
-        servers = [server] if page is None else [server, page]
-        await stop_on_signals(*servers, grace=plan.grace, announce=partial(_say, plan))
+    notifier = SystemdNotifier.from_environ()
+    status = partial(_status_line, plan)
+    try:
+        async with trio.open_nursery() as nursery:
+            server = await plan.processor.start_server(nursery, plan.handler, plan.listen)
+            for listener in server.listeners:
+                _say(plan, f"listening on {_address(listener.address)}{plan.suffix}")
+            page = await _serve_stats(plan, nursery)
+            servers = [server] if page is None else [server, page]
+            notifier.ready(status())
+            nursery.start_soon(notify_loop, notifier, status)
+
+            def announce(line: str) -> None:
+                notifier.stopping(line)
+                _say(plan, line)
+
+            # SIGHUP: a single process cannot start its successor beside itself
+            # (that takes --workers), so it stops as for SIGTERM, with the
+            # summary, instead of dying silently by the default action.
+            await stop_on_signals(*servers, grace=plan.grace, signals=_STOP, announce=announce)
+            nursery.cancel_scope.cancel()  # the notifications
+    finally:
+        notifier.close()
     _say(plan, _summary(plan))
     return 0
+
+
+_STOP: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _status_line(plan: _Command) -> str:
+    return f"{plan.processor.statistics().connections_currently_open} open connections"
 
 
 # ------------------------------------------------------- --workers N
@@ -221,9 +256,15 @@ async def _serve_in_worker(ctx: WorkerContext) -> None:
 async def _supervise(plan: _Command, workers: int) -> int:
     # An SSLContext cannot be sent to another process: each worker builds its own.
     listen = dataclasses.replace(plan.listen, ssl_context=None)
-    supervisor = WorkerSupervisor(_serve_in_worker, listen, workers=workers, grace=plan.grace)
+    supervisor = WorkerSupervisor(
+        _serve_in_worker,
+        listen,
+        workers=workers,
+        grace=plan.grace,
+        worker_timeout=plan.worker_timeout,
+    )
     status = 1
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*SUPERVISOR_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
 
             async def supervise(task_status: trio.TaskStatus[Any]) -> None:
@@ -239,9 +280,11 @@ async def _supervise(plan: _Command, workers: int) -> int:
     return status
 
 
-def _announce(plan: _Command, name: str, action: Literal["stop", "kill"]) -> None:
+def _announce(plan: _Command, name: str, action: Action) -> None:
     if action == "stop":
         _say(plan, f"{name}: shutting down (grace {plan.grace:g} s)")
+    elif action == "reload":
+        _say(plan, f"{name}: reloading (starting new workers; the old ones drain)")
     else:
         _say(plan, f"{name} again: stopping now")
 

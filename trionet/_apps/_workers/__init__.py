@@ -70,4 +70,5 @@ worker dies; Linux >= 5.14 migrates them to a sibling when
 
 # The package's modules, bottom up: _job (what crosses from supervisor to
 # worker), _boot (the worker's first lines), _runtime (the worker side),
-# _sockets (socket planning), _signals (the signal policy), _supervisor.
+# _sockets (socket planning), _signals (the signal policy), _generation (a
+# generation of workers), _notify (systemd), _supervisor.

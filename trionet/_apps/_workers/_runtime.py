@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import faulthandler
 import logging
 import os
 import signal
@@ -20,7 +21,16 @@ from ..._base._errors import leaves
 from ..._base._options import AcceptOptions
 from ..._inbound._server import Handler, Server
 from ..._processor import NetProcessor
-from ._job import ERROR, MAX_MESSAGE, READY, WorkerMain, decode_job, resolve_main
+from ._job import (
+    DUMP_SIGNAL,
+    ERROR,
+    HEARTBEAT,
+    MAX_MESSAGE,
+    READY,
+    WorkerMain,
+    decode_job,
+    resolve_main,
+)
 
 __all__ = ["WorkerContext", "run_worker", "worker_entry"]
 
@@ -32,8 +42,11 @@ class WorkerContext:
     """What a worker's ``main(ctx)`` gets from the supervisor.
 
     Attributes:
-      worker_id: 0..workers-1; a restarted worker keeps the id of the one it replaces.
+      worker_id: 0..workers-1; a restarted worker keeps the id of the one it
+        replaces, and so does its successor after a reload.
       workers: how many workers the supervisor runs.
+      generation: 0 for the workers started with the supervisor, one more
+        for each reload (:meth:`WorkerSupervisor.reload`).
       restarts: how many times this worker id was restarted before this process.
       listen: the :class:`AcceptOptions` to serve, already adjusted for the
         sharing mode (``reuse_port=True`` on the resolved port, or ``fd=`` of an
@@ -52,8 +65,10 @@ class WorkerContext:
         listen: Sequence[AcceptOptions],
         grace: float,
         control: socket.socket | None = None,
+        generation: int = 0,
     ) -> None:
         self.worker_id = worker_id
+        self.generation: int = generation
         self.workers = workers
         self.restarts = restarts
         self.listen: tuple[AcceptOptions, ...] = tuple(listen)
@@ -61,6 +76,7 @@ class WorkerContext:
         self.shutdown_requested: trio.Event = trio.Event()
         self._control = control
         self._serving = False
+        self._net: NetProcessor | None = None
 
     def __repr__(self) -> str:
         return f"<trionet.WorkerContext worker {self.worker_id}/{self.workers} pid {os.getpid()}>"
@@ -110,6 +126,7 @@ class WorkerContext:
           AcceptError: a fatal accept error, once the connections have ended.
         """
         specs = self.listen if listen is None else tuple(listen)
+        self._net = net  # its open connections go out with each heartbeat
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(net.serve, handler, *specs)
             self.ready()
@@ -144,10 +161,15 @@ def worker_entry(early_sigterm: list[int]) -> None:
         listen=job.listen,
         grace=job.grace,
         control=control,
+        generation=job.generation,
     )
+    # A hung worker's stacks, on the supervisor's request, written by the C
+    # signal handler (a blocked trio loop cannot run Python code) into the
+    # control socket, where the supervisor reads and logs them.
+    faulthandler.register(DUMP_SIGNAL, file=control.fileno(), all_threads=True)
     try:
         main = resolve_main(job.main_module, job.main_qualname, job.main_path)
-        trio.run(run_worker, main, ctx, early_sigterm)
+        trio.run(run_worker, main, ctx, early_sigterm, job.heartbeat)
     except Exception as exc:
         if ctx._serving:
             raise
@@ -203,13 +225,16 @@ def _line_buffered_output() -> None:
             reconfigure(line_buffering=True, write_through=False)
 
 
-async def run_worker(main: WorkerMain, ctx: WorkerContext, early: list[int]) -> None:
+async def run_worker(
+    main: WorkerMain, ctx: WorkerContext, early: list[int], heartbeat: float = 5.0
+) -> None:
     """``main(ctx)`` under trio, with SIGTERM and the supervisor's death turned
-    into ``ctx.shutdown_requested``."""
+    into ``ctx.shutdown_requested``, and a heartbeat every ``heartbeat`` seconds."""
     async with trio.open_nursery() as nursery:
         await nursery.start(_watch_sigterm, ctx, early)
         if ctx._control is not None:
             nursery.start_soon(_watch_supervisor, ctx, ctx._control)
+            nursery.start_soon(_heartbeat, ctx, ctx._control, heartbeat)
         await main(ctx)
         nursery.cancel_scope.cancel()
 
@@ -240,3 +265,18 @@ async def _watch_supervisor(ctx: WorkerContext, control: socket.socket) -> None:
         break
     logger.warning("worker %d: supervisor gone, shutting down", ctx.worker_id)
     ctx.shutdown_requested.set()
+
+
+async def _heartbeat(ctx: WorkerContext, control: socket.socket, interval: float) -> None:
+    # A task of the worker's own trio loop: when a handler blocks the loop
+    # (time.sleep, a CPU-bound loop), the heartbeats stop and the supervisor
+    # notices (worker_timeout). One short message every few seconds; it also
+    # carries the open-connection count (systemd STATUS=).
+    while True:
+        net = ctx._net
+        count = net.statistics().connections_currently_open if net is not None else 0
+        # A full buffer (the supervisor is busy) or a dead supervisor: skip
+        # this one; _watch_supervisor handles the latter.
+        with contextlib.suppress(OSError):
+            control.send(HEARTBEAT + str(count).encode() + b"\n")
+        await trio.sleep(interval)
