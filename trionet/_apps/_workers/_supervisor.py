@@ -127,7 +127,7 @@ class WorkerSupervisor:
 
     Args: as :func:`run_workers`.
 
-    Attributes (statistics):
+    Attributes:
       restarts: workers restarted after they died (crash, kill, hang).
       hung_workers: workers killed because their trio loop stopped
         heartbeating for ``worker_timeout`` seconds.
@@ -201,7 +201,7 @@ class WorkerSupervisor:
 
     @property
     def generation(self) -> int:
-        """The serving generation: 0 at start-up, one more per completed reload."""
+        """Number of the serving generation (0 at start-up, one more per completed reload)."""
         return self._current.number
 
     @property
