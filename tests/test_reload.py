@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -276,6 +277,8 @@ async def test_a_reload_that_cannot_start_keeps_the_old_generation_serving(
             await nursery.start(_run_supervisor, supervisor, status)
             [port] = supervisor.ports
             before = await supervisor.wait_ready()
+            # A hang-up reaches the whole process group: the workers ignore it.
+            os.kill(before[0], signal.SIGHUP)
             supervisor.reload()
             await supervisor.wait_reloaded(1)
             after = supervisor.ready_pids
