@@ -165,6 +165,7 @@ class Load:
                 self.short_done += 1
             except (OSError, trio.BrokenResourceError) as exc:
                 self.errors.append(f"short: {exc!r}")
+            await trio.sleep(0.005)  # continuous, yet leaves the CPU to the workers
 
     async def long_client(self) -> None:
         while not self.stop.is_set():
@@ -208,7 +209,7 @@ async def test_three_reloads_under_load_lose_no_connection_and_no_byte(
             await supervisor.wait_ready()
             load = Load(port)
             async with trio.open_nursery() as clients:
-                for _ in range(4):
+                for _ in range(3):
                     clients.start_soon(load.short_client)
                 for _ in range(2):
                     clients.start_soon(load.long_client)
@@ -216,7 +217,9 @@ async def test_three_reloads_under_load_lose_no_connection_and_no_byte(
                     await trio.sleep(0.5)
                     old_pids.append(set(supervisor.ready_pids.values()))
                     supervisor.reload()
+                    assert supervisor.reloading
                     await supervisor.wait_reloaded(number)
+                    assert not supervisor.reloading
                     assert supervisor.generation == number
                     await trio.sleep(0.5)  # the new generation serves under load
                 load.stop.set()

@@ -219,6 +219,11 @@ class WorkerSupervisor:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    @property
+    def reloading(self) -> bool:
+        """Whether a reload is under way (its new generation not yet serving)."""
+        return self._pending is not None
+
     async def wait_ready(self, count: int | None = None) -> dict[int, int]:
         """Wait until ``count`` (default: all) workers of the serving
         generation report serving; their pids."""
