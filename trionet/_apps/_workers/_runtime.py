@@ -48,9 +48,9 @@ class WorkerContext:
       generation: 0 for the workers started with the supervisor, one more
         for each reload (:meth:`WorkerSupervisor.reload`).
       restarts: how many times this worker id was restarted before this process.
-      listen: the :class:`AcceptOptions` to serve, already adjusted for the
-        sharing mode (``reuse_port=True`` on the resolved port, or ``fd=`` of an
-        inherited socket).
+      listen: the :class:`AcceptOptions` to serve: ``fd=`` of a listening
+        socket the supervisor opened (this worker's own ``SO_REUSEPORT``
+        socket, or the one every worker shares), with the resolved address.
       grace: seconds connections get to finish after a shutdown request.
       shutdown_requested: a :class:`trio.Event` set when the supervisor asks
         this worker to stop (SIGTERM), or when the supervisor has gone away.
