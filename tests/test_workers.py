@@ -30,6 +30,7 @@ import pytest
 import trio
 
 import trionet
+from trionet._apps._workers._generation import Generation, WorkerProcess
 from trionet._apps._workers._runtime import _error_line
 from trionet._apps._workers._sockets import plan_listeners
 from trionet._apps._workers._supervisor import STARTUP_ATTEMPTS, RestartBackoff, WorkerSupervisor
@@ -143,40 +144,62 @@ def test_error_line_is_one_line_with_every_leaf() -> None:
 
 async def test_control_messages_are_framed_and_bounded() -> None:
     # Worker -> supervisor: "R\n" when serving, "E<line>\n" for a start-up
-    # error. Split across reads, or oversized and unterminated, they neither
-    # confuse nor grow the supervisor's buffer.
+    # error, "H<open connections>\n" heartbeats. Split across reads, or
+    # oversized and unterminated, they neither confuse nor grow the
+    # supervisor's buffer.
     supervisor = WorkerSupervisor(echo_worker, 0, workers=1)
+    gen = Generation(0, 1)
+    worker = WorkerProcess(0, None, last_heartbeat=-1.0)  # type: ignore[arg-type]
+    worker.proc = type("P", (), {"pid": 1})()  # type: ignore[assignment]
     ours, theirs = socket.socketpair()
     with ours, theirs:
         theirs.sendall(b"E[Errno 98] R in the middle")  # no ready: an "R" inside text
         theirs.sendall(b" of an error\nR")
-        theirs.sendall(b"\n" + b"x" * 10_000 + b"E tail\n")
+        theirs.sendall(b"\nH1")
+        theirs.sendall(b"7\nHx\n" + b"x" * 10_000 + b"E tail\n")
         theirs.shutdown(socket.SHUT_WR)
-        await supervisor._read_control(0, 1, trio.socket.from_stdlib_socket(ours))
-    assert supervisor._ready == {0}
-    assert supervisor._errors == {0: "[Errno 98] R in the middle of an error"}
+        await supervisor._read_control(gen, worker, trio.socket.from_stdlib_socket(ours))
+    assert worker.ready
+    assert worker.error == "[Errno 98] R in the middle of an error"
+    assert worker.open_connections == 17 and worker.last_heartbeat >= 0
 
 
 # -------------------------------------------------------------- listen plans
-async def test_reuseport_plan_reserves_the_port_without_listening() -> None:
-    plan = await plan_listeners([trionet.AcceptOptions(localhost_only=True)], "reuseport")
+async def test_reuseport_plan_opens_one_listening_socket_per_worker() -> None:
+    plan = await plan_listeners([trionet.AcceptOptions(localhost_only=True)], "reuseport", 3)
     try:
-        ports = {opts.port for opts in plan.listen}
+        assert plan.listen == [] and plan.pass_fds == []  # nothing shared
+        mine = [plan.listen_for(wid) for wid in range(3)]
+        ports = {opts.port for specs in mine for opts in specs}
         assert len(ports) == 1 and ports != {0}  # port 0 resolved once, for every address
-        assert {opts.host for opts in plan.listen} <= {"127.0.0.1", "::1"}
-        assert all(opts.reuse_port and opts.fd is None for opts in plan.listen)
-        assert plan.pass_fds == []
+        fds = [opts.fd for specs in mine for opts in specs]
+        assert len(set(fds)) == len(fds) == len(plan.held)  # every worker has its own
+        assert [plan.fds_for(wid) for wid in range(3)] == [
+            tuple(o.fd for o in specs) for specs in mine
+        ]
         for sock in plan.held:
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        assert all(not o.reuse_port and o.fd is not None for specs in mine for o in specs)
         [port] = ports
-        # Not listening: the kernel refuses rather than queueing for nobody...
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
-        # ...and a worker binding the same port with SO_REUSEPORT succeeds.
-        v4 = next(o for o in plan.listen if o.host == "127.0.0.1")
-        [listener] = await trionet._inbound._listen.open_listeners(v4)
-        with listener.socket:
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        # One reuseport group: the kernel spreads connections over the three
+        # queues, and each is served by accepting on that worker's socket.
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(24)]
+        v4 = [s for s in plan.held if s.family == socket.AF_INET]
+        accepted = []
+        for sock in v4:
+            sock.setblocking(False)
+            n = 0
+            while True:
+                try:
+                    sock.accept()[0].close()
+                    n += 1
+                except BlockingIOError:
+                    break
+            accepted.append(n)
+        for c in clients:
+            c.close()
+        assert sum(accepted) == 24 and len(accepted) == 3
     finally:
         plan.close()
 
@@ -264,7 +287,7 @@ async def test_killed_worker_is_replaced(
         restart_delay=0.05,
     )
     status: list[int] = []
-    with trio.fail_after(9):
+    with trio.fail_after(30):  # a worker takes seconds to start on a loaded machine
         async with trio.open_nursery() as nursery:
             await nursery.start(_run_supervisor, supervisor, status)
             [port] = supervisor.ports

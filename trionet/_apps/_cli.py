@@ -5,7 +5,10 @@ options, prints the bound addresses, optionally serves the stats page (with
 ``--workers``, the supervisor serves one page for the fleet), and
 stops gracefully on SIGINT/SIGTERM (a second signal stops at once; with
 ``--workers``, the supervisor's policy: a second SIGINT, not a repeated
-SIGTERM, see ``trionet._apps._workers._signals``). Bad
+SIGTERM, see ``trionet._apps._workers._signals``). SIGHUP reloads with
+``--workers`` (a new generation of worker processes); a single process has
+nothing to reload into, so SIGHUP stops it gracefully, with its summary.
+Under systemd (``$NOTIFY_SOCKET``) both notify readiness and shutdown. Bad
 option values are reported by argparse naming the option
 (``argument --upstream: 'foo': expected HOST:PORT``), never as a traceback;
 what can only fail once running (a port taken, a worker that cannot start)
@@ -24,7 +27,7 @@ import ssl
 import sys
 from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Any, Final, Literal, final
+from typing import Any, Final, final
 
 import trio
 
@@ -48,8 +51,9 @@ from ._cli_args import (
 from ._config import Config, ConfigError, load_config
 from ._logging import configure_logging
 from ._tcp_proxy import TcpProxy
+from ._workers._notify import SystemdNotifier, notify_loop
 from ._workers._runtime import WorkerContext
-from ._workers._signals import forward_signals
+from ._workers._signals import SUPERVISOR_SIGNALS, Action, forward_signals
 from ._workers._supervisor import WorkerStartupError, WorkerSupervisor
 
 __all__ = ["build_parser", "check", "main", "parse"]
@@ -78,6 +82,7 @@ class _Command:
     suffix: str  # after "listening on ADDRESS"
     proxy: TcpProxy | None = None
     who: str = ""  # "worker 3: " in worker processes
+    worker_timeout: float | None = 30.0  # with --workers; None: no hang check
 
 
 async def _echo(conn: Connection) -> None:
@@ -149,6 +154,7 @@ def _plan(args: argparse.Namespace) -> _Command:
             inactivity_timeout=STATS_INACTIVITY_TIMEOUT,
         )
     plan = _Command(args.command, net, _echo, listen, stats, args.grace, "")
+    plan.worker_timeout = args.worker_timeout or None
     if args.command == "proxy":
         host, port = args.upstream
         upstream = ConnectOptions(
@@ -198,27 +204,46 @@ def _announce_page(plan: _Command, page: Server | None) -> None:
 # the stats page closes last, once the server has.
 async def _run(plan: _Command) -> int:
     readiness = Readiness()
-    async with trio.open_nursery() as nursery:
-        server = await plan.processor.start_server(nursery, plan.handler, plan.listen)
-        readiness.watch(server)
-        for listener in server.listeners:
-            _say(plan, f"listening on {_address(listener.address)}{plan.suffix}")
-        page = None
-        if plan.stats is not None:
-            extra = [plan.proxy.readings] if plan.proxy is not None else []
-            serve_page = partial(plan.processor.serve_stats, readiness=readiness, extra=extra)
-            page = await nursery.start(serve_page, plan.stats)
-            _announce_page(plan, page)
+    notifier = SystemdNotifier.from_environ()
+    status = partial(_status_line, plan)
+    try:
+        async with trio.open_nursery() as nursery:
+            server = await plan.processor.start_server(nursery, plan.handler, plan.listen)
+            readiness.watch(server)
+            for listener in server.listeners:
+                _say(plan, f"listening on {_address(listener.address)}{plan.suffix}")
+            page = None
+            if plan.stats is not None:
+                extra = [plan.proxy.readings] if plan.proxy is not None else []
+                serve_page = partial(plan.processor.serve_stats, readiness=readiness, extra=extra)
+                page = await nursery.start(serve_page, plan.stats)
+                _announce_page(plan, page)
+            notifier.ready(status())
+            nursery.start_soon(notify_loop, notifier, status)
 
-        def announce(line: str) -> None:
-            readiness.not_ready("shutting down")  # before stop_on_signals shuts down
-            _say(plan, line)
+            def announce(line: str) -> None:
+                readiness.not_ready("shutting down")  # before stop_on_signals shuts down
+                notifier.stopping(line)
+                _say(plan, line)
 
-        await stop_on_signals(server, grace=plan.grace, announce=announce)
-        if page is not None:
-            page.shutdown(0)
+            # SIGHUP: a single process cannot start its successor beside itself
+            # (that takes --workers), so it stops as for SIGTERM, with the
+            # summary, instead of dying silently by the default action.
+            await stop_on_signals(server, grace=plan.grace, signals=_STOP, announce=announce)
+            if page is not None:
+                page.shutdown(0)
+            nursery.cancel_scope.cancel()  # the notifications
+    finally:
+        notifier.close()
     _say(plan, _summary(plan))
     return 0
+
+
+_STOP: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _status_line(plan: _Command) -> str:
+    return f"{plan.processor.statistics().connections_currently_open} open connections"
 
 
 # ------------------------------------------------------- --workers N
@@ -242,10 +267,15 @@ async def _supervise(plan: _Command, workers: int) -> int:
     # An SSLContext cannot be sent to another process: each worker builds its own.
     listen = dataclasses.replace(plan.listen, ssl_context=None)
     supervisor = WorkerSupervisor(
-        _serve_in_worker, listen, workers=workers, grace=plan.grace, stats=plan.stats
+        _serve_in_worker,
+        listen,
+        workers=workers,
+        grace=plan.grace,
+        stats=plan.stats,
+        worker_timeout=plan.worker_timeout,
     )
     status = 1
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*SUPERVISOR_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
 
             async def supervise(task_status: trio.TaskStatus[Any]) -> None:
@@ -262,9 +292,11 @@ async def _supervise(plan: _Command, workers: int) -> int:
     return status
 
 
-def _announce(plan: _Command, name: str, action: Literal["stop", "kill"]) -> None:
+def _announce(plan: _Command, name: str, action: Action) -> None:
     if action == "stop":
         _say(plan, f"{name}: shutting down (grace {plan.grace:g} s)")
+    elif action == "reload":
+        _say(plan, f"{name}: reloading (starting new workers; the old ones drain)")
     else:
         _say(plan, f"{name} again: stopping now")
 

@@ -87,6 +87,11 @@ def _grace(text: str) -> float:
     return _seconds(text, allow_zero=True)
 
 
+def _seconds_or_off(text: str) -> float:
+    """Seconds, where 0 turns the check off (``--worker-timeout 0``)."""
+    return _seconds(text, allow_zero=True)
+
+
 def _network(text: str) -> IPNetwork:
     try:
         return ipaddress.ip_network(text, strict=False)
@@ -319,6 +324,14 @@ def _common_options() -> _Parser:
         f"{MAX_WORKERS}; limits apply to the whole fleet; --stats-port serves one page "
         "summing every worker)",
     )
+    scale.add_argument(
+        "--worker-timeout",
+        type=_seconds_or_off,
+        default=30.0,
+        metavar="S",
+        help="with --workers: a worker whose event loop is blocked S seconds has its stack "
+        "logged and is replaced (default 30; 0 turns the check off)",
+    )
     scale.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain")
     scale.add_argument("--tls-key", metavar="FILE", help="private key for --tls-cert")
     scale.add_argument(
@@ -392,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
         "connection limits, timeouts and a statistics page.",
         epilog="Run 'trionet COMMAND --help' for a command's options. "
         "SIGINT/SIGTERM stop gracefully; a second one stops at once (with --workers, "
-        "a second SIGINT: a repeated SIGTERM changes nothing).",
+        "a second SIGINT: a repeated SIGTERM changes nothing). SIGHUP reloads with "
+        "--workers (new worker processes, no connection dropped), else stops gracefully.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

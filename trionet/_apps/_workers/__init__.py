@@ -24,14 +24,14 @@ pidfd.
 
 How the port is shared:
 
-* ``"reuseport"`` (default where the kernel has ``SO_REUSEPORT``): every worker
-  binds the same address with ``SO_REUSEPORT`` and the kernel spreads new
-  connections over the workers' own accept queues (no thundering herd, no
-  shared queue lock). The supervisor binds each address too, with
-  ``SO_REUSEPORT`` but *without* ``listen()``: that resolves port 0 to one
-  port for every worker, fails early on EADDRINUSE, and keeps the port
-  reserved while a worker restarts; a socket that is not listening is not in
-  the kernel's reuseport group, so it never receives connections.
+* ``"reuseport"`` (default where the kernel has ``SO_REUSEPORT``): the
+  supervisor opens one listening socket per worker slot on the same address,
+  all with ``SO_REUSEPORT``, and worker *i* inherits socket *i*: the kernel
+  spreads new connections over the workers' own accept queues (no thundering
+  herd, no shared queue lock). The sockets outlive the workers, so a worker
+  that exits never resets the connections queued on its socket (closing a
+  reuseport socket does, see ``_sockets``): its replacement, or its successor
+  after a reload, accepts them.
 * ``"inherit"`` (the fallback, or forced): the supervisor opens one listening
   socket per address and every worker inherits it (``AcceptOptions(fd=...)``);
   the workers compete for ``accept()`` on one queue. A restarting worker loses
@@ -67,10 +67,20 @@ socket to the supervisor and stop by themselves if it dies. Workers ignore
 SIGINT: a terminal's Ctrl-C reaches the whole process group, and the
 supervisor already turns it into one SIGTERM each. POSIX only.
 
-Caveat of SO_REUSEPORT: connections already queued on a worker's listening
-socket (accepted by the kernel, not yet by the worker) are reset when that
-worker dies; Linux >= 5.14 migrates them to a sibling when
-``net.ipv4.tcp_migrate_req=1``. The ``"inherit"`` mode has no such loss.
+Reload (SIGHUP, :meth:`WorkerSupervisor.reload`): a new generation of
+workers starts on the same sockets; once all of it serves, the old one is
+sent SIGTERM (stop accepting, drain within ``grace``) and not restarted. A
+new generation that cannot start is stopped instead, and the old one serves
+on (``_generation``). Hung workers: each worker's trio loop heartbeats on the
+control socket; one silent for ``worker_timeout`` seconds is sent SIGUSR1
+(faulthandler writes its stacks into the control socket; the supervisor logs
+them), then SIGKILL, and is replaced like a crashed one. Under systemd the
+supervisor speaks the notify protocol (``_notify``).
+
+Trade-off of the supervisor-held reuseport sockets: while a worker slot is
+empty (between a crash and the replacement's start), the connections the
+kernel hashes to its socket wait in that queue rather than going to a
+sibling; they are served late, not reset.
 """
 
 # The package's modules, bottom up: _job (what crosses from supervisor to
@@ -78,4 +88,4 @@ worker dies; Linux >= 5.14 migrates them to a sibling when
 # statistics slots, the fleet-wide throttle), _fleet (the fleet as one server:
 # the page's readiness, a worker's limits and publishing), _runtime (the
 # worker side), _sockets (socket planning), _signals (the signal policy),
-# _supervisor.
+# _generation (a generation of workers), _notify (systemd), _supervisor.

@@ -59,13 +59,23 @@ class Fleet(Protocol):
     @property
     def ready_pids(self) -> dict[int, int]: ...
 
+    @property
+    def reloading(self) -> bool: ...
+
 
 def fleet_readiness(supervisor: Fleet) -> Readiness:
-    """Ready while the supervisor is not stopping and every worker serves."""
+    """Ready while the supervisor is not stopping or reloading and every worker serves.
+
+    A reload answers 503 from the moment it begins until its new generation
+    serves: the old generation keeps accepting meanwhile (no connection is
+    refused), but a load balancer that prefers another instance during the
+    hand-over may, and the operator sees the reload on the page."""
     readiness = Readiness()
     readiness.watch(supervisor)
 
     def every_worker_serving() -> str | None:
+        if supervisor.reloading:
+            return "reloading: a new generation of workers is starting"
         serving = len(supervisor.ready_pids)
         if serving >= supervisor.workers:
             return None

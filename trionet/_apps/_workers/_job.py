@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
     from ._runtime import WorkerContext
 
 __all__ = [
+    "DUMP_SIGNAL",
     "ERROR",
+    "HEARTBEAT",
     "MAX_MESSAGE",
     "READY",
     "Job",
@@ -50,9 +53,14 @@ WorkerMain: TypeAlias = Callable[["WorkerContext"], Awaitable[object]]
 PAYLOAD_ENV: Final = "TRIONET_WORKER"
 PATH_ENV: Final = "TRIONET_WORKER_PATH"
 # The control socket carries newline-terminated messages from worker to
-# supervisor: "R" (serving), "E<one line>" (the error a start-up failed with).
+# supervisor: "R" (serving), "E<one line>" (the error a start-up failed with),
+# "H<open connections>" (the heartbeat of the worker's trio loop); and, after
+# the supervisor sent DUMP_SIGNAL to a hung worker, faulthandler's dump of its
+# stacks, which the supervisor logs.
 READY: Final = b"R\n"
 ERROR: Final = b"E"
+HEARTBEAT: Final = b"H"
+DUMP_SIGNAL: Final = signal.SIGUSR1
 MAX_MESSAGE: Final = 2048
 _BOOT: Final = Path(__file__).with_name("_boot.py")
 
@@ -70,6 +78,8 @@ class Job:
     listen: tuple[AcceptOptions, ...]
     grace: float
     control_fd: int
+    generation: int = 0
+    heartbeat: float = 5.0  # seconds between heartbeats
 
 
 def encode_job(job: Job, environ: MutableMapping[str, str]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import faulthandler
 import logging
 import os
 import signal
@@ -21,7 +22,16 @@ from ..._base._options import AcceptOptions
 from ..._inbound._server import Handler, Server
 from ..._processor import NetProcessor
 from ._fleet import publish, publish_until, share_limits, wake_paused
-from ._job import ERROR, MAX_MESSAGE, READY, WorkerMain, decode_job, resolve_main
+from ._job import (
+    DUMP_SIGNAL,
+    ERROR,
+    HEARTBEAT,
+    MAX_MESSAGE,
+    READY,
+    WorkerMain,
+    decode_job,
+    resolve_main,
+)
 from ._shared import WorkerSlot
 
 __all__ = ["WorkerContext", "run_worker", "worker_entry"]
@@ -34,12 +44,15 @@ class WorkerContext:
     """What a worker's ``main(ctx)`` gets from the supervisor.
 
     Attributes:
-      worker_id: 0..workers-1; a restarted worker keeps the id of the one it replaces.
+      worker_id: 0..workers-1; a restarted worker keeps the id of the one it
+        replaces, and so does its successor after a reload.
       workers: how many workers the supervisor runs.
+      generation: 0 for the workers started with the supervisor, one more
+        for each reload (:meth:`WorkerSupervisor.reload`).
       restarts: how many times this worker id was restarted before this process.
-      listen: the :class:`AcceptOptions` to serve, already adjusted for the
-        sharing mode (``reuse_port=True`` on the resolved port, or ``fd=`` of an
-        inherited socket).
+      listen: the :class:`AcceptOptions` to serve: ``fd=`` of a listening
+        socket the supervisor opened (this worker's own ``SO_REUSEPORT``
+        socket, or the one every worker shares), with the resolved address.
       grace: seconds connections get to finish after a shutdown request.
       shutdown_requested: a :class:`trio.Event` set when the supervisor asks
         this worker to stop (SIGTERM), or when the supervisor has gone away.
@@ -55,8 +68,10 @@ class WorkerContext:
         grace: float,
         control: socket.socket | None = None,
         fleet: WorkerSlot | None = None,
+        generation: int = 0,
     ) -> None:
         self.worker_id = worker_id
+        self.generation: int = generation
         self.workers = workers
         self.restarts = restarts
         self.listen: tuple[AcceptOptions, ...] = tuple(listen)
@@ -65,6 +80,7 @@ class WorkerContext:
         self._control = control
         self._fleet = fleet
         self._serving = False
+        self._net: NetProcessor | None = None
 
     def __repr__(self) -> str:
         return f"<trionet.WorkerContext worker {self.worker_id}/{self.workers} pid {os.getpid()}>"
@@ -123,6 +139,7 @@ class WorkerContext:
             cannot be made the fleet's while it has connections open).
         """
         specs = self.listen if listen is None else tuple(listen)
+        self._net = net  # its open connections go out with each heartbeat
         slot = self._fleet
         if slot is not None:
             share_limits(slot, net)
@@ -166,10 +183,15 @@ def worker_entry(early_sigterm: list[int]) -> None:
         grace=job.grace,
         control=control,
         fleet=WorkerSlot.from_environ(os.environ),
+        generation=job.generation,
     )
+    # A hung worker's stacks, on the supervisor's request, written by the C
+    # signal handler (a blocked trio loop cannot run Python code) into the
+    # control socket, where the supervisor reads and logs them.
+    faulthandler.register(DUMP_SIGNAL, file=control.fileno(), all_threads=True)
     try:
         main = resolve_main(job.main_module, job.main_qualname, job.main_path)
-        trio.run(run_worker, main, ctx, early_sigterm)
+        trio.run(run_worker, main, ctx, early_sigterm, job.heartbeat)
     except Exception as exc:
         if ctx._serving:
             raise
@@ -225,13 +247,16 @@ def _line_buffered_output() -> None:
             reconfigure(line_buffering=True, write_through=False)
 
 
-async def run_worker(main: WorkerMain, ctx: WorkerContext, early: list[int]) -> None:
+async def run_worker(
+    main: WorkerMain, ctx: WorkerContext, early: list[int], heartbeat: float = 5.0
+) -> None:
     """``main(ctx)`` under trio, with SIGTERM and the supervisor's death turned
-    into ``ctx.shutdown_requested``."""
+    into ``ctx.shutdown_requested``, and a heartbeat every ``heartbeat`` seconds."""
     async with trio.open_nursery() as nursery:
         await nursery.start(_watch_sigterm, ctx, early)
         if ctx._control is not None:
             nursery.start_soon(_watch_supervisor, ctx, ctx._control)
+            nursery.start_soon(_heartbeat, ctx, ctx._control, heartbeat)
         await main(ctx)
         nursery.cancel_scope.cancel()
 
@@ -262,3 +287,18 @@ async def _watch_supervisor(ctx: WorkerContext, control: socket.socket) -> None:
         break
     logger.warning("worker %d: supervisor gone, shutting down", ctx.worker_id)
     ctx.shutdown_requested.set()
+
+
+async def _heartbeat(ctx: WorkerContext, control: socket.socket, interval: float) -> None:
+    # A task of the worker's own trio loop: when a handler blocks the loop
+    # (time.sleep, a CPU-bound loop), the heartbeats stop and the supervisor
+    # notices (worker_timeout). One short message every few seconds; it also
+    # carries the open-connection count (systemd STATUS=).
+    while True:
+        net = ctx._net
+        count = net.statistics().connections_currently_open if net is not None else 0
+        # A full buffer (the supervisor is busy) or a dead supervisor: skip
+        # this one; _watch_supervisor handles the latter.
+        with contextlib.suppress(OSError):
+            control.send(HEARTBEAT + str(count).encode() + b"\n")
+        await trio.sleep(interval)
