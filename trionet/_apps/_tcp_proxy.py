@@ -256,10 +256,15 @@ class ProxyStatistics:
 _COUNTERS: Final = tuple(name for name in ProxyStatistics.__slots__ if name != "upstreams")
 
 
+# The defaults of a proxy given no ConnectOptions (connect_timeout 30 s).
+_DEFAULT_OPTIONS: Final = ConnectOptions()
+
+
 @final
 class _Session:
     """One client's session, as far as the upstream side goes: which target
-    it was finally connected to (``None`` if none) and how many it tried."""
+    it was finally connected to (``None`` if none) and how many it tried
+    (the session log reads both)."""
 
     __slots__ = ("attempts", "client", "upstream")
 
@@ -425,12 +430,12 @@ class TcpProxy:
     async def _connect(self, session: _Session) -> tuple[Connection, Target] | None:
         client = session.client
         start = trio.current_time()
-        timeout = self.options.connect_timeout if self.options is not None else 30.0
+        timeout = (self.options or _DEFAULT_OPTIONS).connect_timeout
         deadline = float("inf") if timeout is None else start + timeout
         plan = self._pool.plan(start)
         error: ConnectError | None = None
         for attempt, target in enumerate(plan, 1):
-            options = self._attempt_options(deadline, len(plan) - attempt + 1)
+            options = self._attempt_options(deadline, len(plan) - attempt + 1, attempt == 1)
             if options is None:
                 break  # no time left
             session.attempts = attempt
@@ -454,15 +459,17 @@ class TcpProxy:
         logger.info("connection #%d from %r: %s", client.id, client.remote_address, error)
         return None
 
-    def _attempt_options(self, deadline: float, left: int) -> ConnectOptions | None:
+    def _attempt_options(self, deadline: float, left: int, first: bool) -> ConnectOptions | None:
         """The options of one attempt, its connect timeout a fair share of
         the time left; None if there is none left."""
-        if deadline == float("inf"):
-            return self.options
+        base = self.options or _DEFAULT_OPTIONS
+        if deadline == float("inf") or (first and left == 1):
+            # No timeout, or the whole of it for one attempt: the options as
+            # given (the common case, one target, builds no options object).
+            return base
         remaining = deadline - trio.current_time()
         if remaining <= 0:
             return None
-        base = self.options if self.options is not None else ConnectOptions()
         return dataclasses.replace(base, connect_timeout=remaining / left)
 
     def _failed(self, session: _Session, target: Target, exc: ConnectError, more: bool) -> None:
