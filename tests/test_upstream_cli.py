@@ -84,13 +84,13 @@ def test_options_reach_the_proxy(tmp_path: Path) -> None:
     assert len(opts.ssl_context.get_ca_certs()) == 1
     assert (opts.server_hostname, opts.alpn_protocols) == ("app.example", ("h2", "http/1.1"))
     assert opts.send_proxy_protocol == 2
-    assert (proxy._pool.max_fails, proxy._pool.fail_backoff) == (5, 2.5)
+    assert (proxy.balance, proxy.max_fails, proxy.fail_backoff) == ("least-conn", 5, 2.5)
     # Without the flags: no TLS, no header, round-robin.
     _, plain = parse(PROXY)
     assert plain.proxy is not None and plain.proxy.options is not None
     assert plain.proxy.options.ssl_context is None
     assert plain.proxy.options.send_proxy_protocol is None
-    assert plain.proxy._pool.balance == "round-robin"
+    assert plain.proxy.balance == "round-robin"
 
 
 # -------------------------------------------------- upstream TLS (library)

@@ -380,6 +380,21 @@ class TcpProxy:
         self._pool = UpstreamPool(targets, balance, max_fails, float(fail_backoff))
         self._counts = dict.fromkeys(_COUNTERS, 0)
 
+    @property
+    def balance(self) -> Literal["round-robin", "least-conn"]:
+        """How sessions are spread over the targets."""
+        return self._pool.balance
+
+    @property
+    def max_fails(self) -> int:
+        """Connect failures in a row that mark a target down."""
+        return self._pool.max_fails
+
+    @property
+    def fail_backoff(self) -> float:
+        """Seconds a target marked down is skipped (before it doubles)."""
+        return self._pool.fail_backoff
+
     def __repr__(self) -> str:
         to = ", ".join(t.label for t in self._pool.targets)
         many = f" ({self._pool.balance})" if len(self.targets) > 1 else ""
@@ -503,18 +518,20 @@ def _check_targets(owner: str, host: object, port: object) -> tuple[tuple[str, i
         check_int(owner, "port", port, 1, 65535)
         assert isinstance(port, int)
         return (_check_target(owner, "host", host, port),)
-    if port is not None:
-        raise TypeError(f"{owner}.port={port!r}: give no port with several (host, port) targets")
     if not isinstance(host, Sequence) or isinstance(host, bytes | bytearray):
         raise TypeError(
             f"{owner}.host={host!r}: expected a str, or a sequence of (host, port) targets"
+        )
+    if port is not None:
+        raise TypeError(
+            f"{owner}.host={host!r}: (host, port) targets take no separate port={port!r}"
         )
     if not host:
         raise ValueError(f"{owner}.host={host!r}: no upstream target")
     targets: list[tuple[str, int]] = []
     for i, item in enumerate(host):
-        if not isinstance(item, tuple) or len(item) != 2:
-            raise TypeError(f"{owner}.host[{i}]={item!r}: expected a (host, port) tuple")
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise TypeError(f"{owner}.host[{i}]={item!r}: expected a (host, port) pair")
         check_int(owner, f"host[{i}].port", item[1], 1, 65535)
         target = _check_target(owner, f"host[{i}]", item[0], item[1])
         if target in targets:
