@@ -302,9 +302,12 @@ async def test_backoff_then_probe_on_the_mock_clock(
             server.shutdown(0)
 
 
-async def test_all_down_still_serves(autojump_clock: trio.testing.MockClock) -> None:
-    # One target, refused 3 times (down); it comes back at once: the next
-    # session still tries it (all targets down: tried anyway) and succeeds.
+async def test_all_down_still_serves(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two targets, both refused 3 times (down); one comes back at once: the
+    # next session still tries them (all down: tried anyway) and succeeds.
+    caplog.set_level(logging.INFO, logger="trionet.proxy")
     net = trionet.NetProcessor()
     port = _refusing_port()
     proxy = trionet.TcpProxy(net, [("127.0.0.1", port), ("127.0.0.1", _refusing_port())])
@@ -314,6 +317,9 @@ async def test_all_down_still_serves(autojump_clock: trio.testing.MockClock) -> 
             # Nothing sent (data left unread would make the close a reset).
             assert await _session(front.ports[0], b"") == b""
         assert [u.down for u in proxy.statistics().upstreams] == [True, True]
+        lost = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+        assert len(lost) == 3
+        assert all("no upstream connection after 2 attempt(s): " in m for m in lost)
         revived = await nursery.start(
             net.serve, _echo, trionet.AcceptOptions(host="127.0.0.1", port=port)
         )

@@ -471,7 +471,13 @@ class TcpProxy:
             return conn, target
         self._counts["upstream_failures"] += 1
         self._counts["upstream_timeouts"] += isinstance(error, TimeoutError)
-        logger.info("connection #%d from %r: %s", client.id, client.remote_address, error)
+        logger.info(
+            "connection #%d from %r: no upstream connection after %d attempt(s): %s",
+            client.id,
+            client.remote_address,
+            session.attempts,
+            error,
+        )
         return None
 
     def _attempt_options(self, deadline: float, left: int, first: bool) -> ConnectOptions | None:
