@@ -511,6 +511,22 @@ async def test_howto_proxy(nursery: trio.Nursery) -> None:
     assert await roundtrip(down.ports[0], b"") == b""
     assert net.statistics().handler_errors == 0
 
+    # Several backends: a refusing one, and one that expects the PROXY header
+    # and says whether the address it reports is the header's (the client's
+    # port, not the proxy's socket).
+    async def who(conn: trionet.Connection) -> None:
+        relayed = conn.remote_address != conn.peer_address
+        await conn.send_all(b"relayed" if relayed else b"direct")
+
+    pp = trionet.AcceptOptions(host="127.0.0.1", proxy_protocol=True)
+    backend = await served(nursery, trionet.NetProcessor(), who, pp)
+    targets = [("127.0.0.1", free_port()), ("127.0.0.1", backend.ports[0])]
+    failover = snippet.make_failover_proxy(net, targets)
+    front = await served(nursery, net, failover)
+    answers = [await roundtrip(front.ports[0], b"") for _ in range(2)]
+    assert answers == [b"relayed", b"relayed"]
+    assert failover.statistics().upstreams[1].sessions == 2
+
 
 @pytest.mark.slow
 def test_deploy_workers() -> None:

@@ -446,7 +446,7 @@ def test_per_client_exempt_none_means_no_exemption() -> None:
 
 
 # ------------------------------------------------------------------ TcpProxy
-PROXY_ARGS = ["net", "host", "port", "options", "chunk"]
+PROXY_ARGS = ["net", "host", "port", "options", "chunk", "balance", "max_fails", "fail_backoff"]
 
 
 @SETTINGS
@@ -461,7 +461,9 @@ def test_tcp_proxy_arguments(field: str, value: Any) -> None:
 
     factory.__name__ = "TcpProxy"
     proxy = build(factory, field, value)
-    if proxy is not None:
+    if proxy is not None and field == "host" and not isinstance(value, str):
+        assert proxy.targets == tuple((h, p) for h, p in value)  # several targets
+    elif proxy is not None:
         assert getattr(proxy, field) == value
 
 

@@ -9,6 +9,7 @@ timing assertions use the autojump clock."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import signal
 import socket
@@ -362,7 +363,9 @@ async def test_tls_upstream_client_half_closes_first_loses_no_byte(
             assert await ending_of(client) == ("eof", 16)
         await client.aclose()
         await all_closed(net)
-    assert proxy.statistics() == trionet.ProxyStatistics(sessions=1)
+    stats_p = proxy.statistics()
+    assert dataclasses.replace(stats_p, upstreams=()) == trionet.ProxyStatistics(sessions=1)
+    assert [(u.sessions, u.open, u.failures) for u in stats_p.upstreams] == [(1, 0, 0)]
 
 
 # ===================================================== slot pairing (throttle)

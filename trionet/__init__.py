@@ -12,6 +12,7 @@ from ._apps._tcp_proxy import ProxyStatistics as ProxyStatistics
 from ._apps._tcp_proxy import SpliceResult as SpliceResult
 from ._apps._tcp_proxy import TcpProxy as TcpProxy
 from ._apps._tcp_proxy import splice as splice
+from ._apps._upstreams import UpstreamStatistics as UpstreamStatistics
 from ._apps._workers._job import WorkerMain as _WorkerMain
 from ._apps._workers._runtime import WorkerContext as WorkerContext
 from ._apps._workers._sockets import Sharing as _Sharing

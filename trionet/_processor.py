@@ -342,7 +342,9 @@ class NetProcessor:
             ``serve()`` reserved an outbound slot with it (its handler has
             ``reserve_outbound_slot = True``), the connect takes that slot
             instead of checking ``max_connections``; otherwise (or a second
-            time) it is checked as usual.
+            time) it is checked as usual. With
+            ``options.send_proxy_protocol``, its addresses are the ones the
+            PROXY header carries.
 
         Returns:
           A :class:`Connection` (``inbound=False``), counted in

@@ -35,5 +35,17 @@ def make_tagging_proxy(net: trionet.NetProcessor, host: str, port: int) -> Handl
     return handler
 
 
+def make_failover_proxy(
+    net: trionet.NetProcessor, backends: list[tuple[str, int]]
+) -> trionet.TcpProxy:
+    # Several backends: sessions go to the one with the fewest open sessions,
+    # a failed connect moves on to the next within the 6 s, and each backend
+    # learns the client's address from a PROXY v2 header.
+    to_backends = trionet.ConnectOptions(connect_timeout=6, send_proxy_protocol=2)
+    return trionet.TcpProxy(
+        net, backends, options=to_backends, balance="least-conn", max_fails=3, fail_backoff=10
+    )
+
+
 if __name__ == "__main__":
     trio.run(main)

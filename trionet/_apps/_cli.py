@@ -27,7 +27,7 @@ import ssl
 import sys
 from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Any, Final, final
+from typing import Any, Final, Literal, final
 
 import trio
 
@@ -105,6 +105,8 @@ def _combination_problems(args: argparse.Namespace) -> Iterator[str]:
         yield f"argument {given}: needs {missing} as well"
     if args.proxy_protocol_trusted and not args.proxy_protocol:
         yield "argument --proxy-protocol-trusted: needs --proxy-protocol"
+    if args.command == "proxy":
+        yield from _upstream_problems(args)
     if args.command == "proxy" and args.max_connections is not None and args.max_connections < 2:
         # A proxy session holds two slots, its client's and its upstream's
         # (TcpProxy reserves them together), so 1 could never serve anyone.
@@ -112,6 +114,56 @@ def _combination_problems(args: argparse.Namespace) -> Iterator[str]:
             f"argument --max-connections: '{args.max_connections}': a proxy session "
             "needs 2 connections (client and upstream); give at least 2"
         )
+
+
+_PROXY_VERSIONS: Final[dict[str | None, Literal[1, 2]]] = {"v1": 1, "v2": 2}
+
+
+def _upstream_problems(args: argparse.Namespace) -> Iterator[str]:
+    """The proxy's upstream options that only make sense together."""
+    for option in ("--upstream-ca", "--upstream-sni", "--upstream-alpn"):
+        if getattr(args, option[2:].replace("-", "_")) is not None and not args.upstream_tls:
+            yield f"argument {option}: needs --upstream-tls"
+    seen = set()
+    for host, port in args.upstream or ():
+        if (host, port) in seen:
+            yield f"argument --upstream: '{host_port(host, port)}': given twice"
+        seen.add((host, port))
+
+
+def _upstream_tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The client context for --upstream-tls: verification on (the system's
+    CAs, or only those of --upstream-ca)."""
+    if not args.upstream_tls:
+        return None
+    ca = args.upstream_ca
+    if ca is not None and not os.path.isfile(ca):
+        raise _UsageError(f"argument --upstream-ca: {ca!r}: no such file")
+    try:
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise _UsageError(f"argument --upstream-ca: cannot load {ca!r}: {exc}") from None
+
+
+def _proxy(args: argparse.Namespace, net: NetProcessor) -> TcpProxy:
+    """The TcpProxy ``trionet proxy`` runs, from its options."""
+    upstream = ConnectOptions(
+        connect_timeout=args.connect_timeout,
+        inactivity_timeout=args.inactivity_timeout,
+        active_timeout=args.active_timeout,
+        ssl_context=_upstream_tls_context(args),
+        server_hostname=args.upstream_sni,
+        alpn_protocols=args.upstream_alpn,
+        send_proxy_protocol=_PROXY_VERSIONS.get(args.send_proxy),
+    )
+    return TcpProxy(
+        net,
+        args.upstream,
+        options=upstream,
+        balance=args.balance,
+        max_fails=args.max_fails,
+        fail_backoff=args.fail_backoff,
+    )
 
 
 def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -156,14 +208,12 @@ def _plan(args: argparse.Namespace) -> _Command:
     plan = _Command(args.command, net, _echo, listen, stats, args.grace, "")
     plan.worker_timeout = args.worker_timeout or None
     if args.command == "proxy":
-        host, port = args.upstream
-        upstream = ConnectOptions(
-            connect_timeout=args.connect_timeout,
-            inactivity_timeout=args.inactivity_timeout,
-            active_timeout=args.active_timeout,
-        )
-        plan.proxy = plan.handler = TcpProxy(net, host, port, upstream)
-        plan.suffix = f", forwarding to {host_port(host, port)}"
+        plan.proxy = plan.handler = _proxy(args, net)
+        plan.suffix = ", forwarding to " + ", ".join(host_port(h, p) for h, p in args.upstream)
+        if len(args.upstream) > 1:
+            plan.suffix += f" ({args.balance})"
+        if args.upstream_tls:
+            plan.suffix += " over TLS"
     if listen.ssl_context is not None:
         plan.suffix += " (TLS)"
     return plan

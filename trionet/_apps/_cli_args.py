@@ -152,6 +152,24 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _alpn(text: str) -> tuple[str, ...]:
+    names = tuple(text.split(","))
+    for name in names:
+        if not name or not name.isascii() or not name.isprintable() or len(name) > 255:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected protocol names separated by commas, e.g. h2,http/1.1 "
+                f"(each 1..255 printable ASCII characters; {name!r} is not)"
+            )
+    return names
+
+
+def _server_name(text: str) -> str:
+    why = _host_problem(text) if text else "empty"
+    if why is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a host name: {why}")
+    return text
+
+
 def bind_host(host: str) -> str | None:
     """The ``AcceptOptions.host`` for ``--host``/``--stats-host``.
 
@@ -439,15 +457,77 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "--upstream",
         type=_host_port,
+        action="append",
         required=True,
         metavar="HOST:PORT",
-        help="where to forward connections",
+        help="where to forward connections (repeatable: several upstreams, balanced, "
+        "with failover)",
     )
     proxy.add_argument(
         "--connect-timeout",
         type=_seconds,
         default=10.0,
         metavar="S",
-        help="seconds to resolve and connect upstream (default 10)",
+        help="seconds to resolve and connect upstream (default 10), failover to the "
+        "next upstream included",
     )
+    _upstream_options(proxy)
     return parser
+
+
+def _upstream_options(proxy: argparse.ArgumentParser) -> None:
+    """The proxy's upstream side: several upstreams, PROXY header, TLS."""
+    many = proxy.add_argument_group("several upstreams")
+    many.add_argument(
+        "--balance",
+        choices=("round-robin", "least-conn"),
+        default="round-robin",
+        help="how sessions are spread over the upstreams: in turn (default) or to the "
+        "one with the fewest open sessions",
+    )
+    many.add_argument(
+        "--max-fails",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="connect failures in a row that mark an upstream down (default 3)",
+    )
+    many.add_argument(
+        "--fail-backoff",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds an upstream marked down is skipped before one session retries it "
+        "(default 10; doubles after each failed retry, up to 300)",
+    )
+    up = proxy.add_argument_group("upstream connection")
+    up.add_argument(
+        "--send-proxy",
+        choices=("v1", "v2"),
+        help="send a PROXY protocol header (v1 text, v2 binary) with the client's address "
+        "to the upstream",
+    )
+    up.add_argument(
+        "--upstream-tls",
+        action="store_true",
+        help="connect to the upstream over TLS, verifying its certificate (system CAs "
+        "unless --upstream-ca)",
+    )
+    up.add_argument(
+        "--upstream-ca",
+        metavar="FILE",
+        help="trust only the CA certificates in FILE (PEM) for the upstream",
+    )
+    up.add_argument(
+        "--upstream-sni",
+        type=_server_name,
+        metavar="NAME",
+        help="server name to send (SNI) and to verify the certificate against "
+        "(default: the upstream's host)",
+    )
+    up.add_argument(
+        "--upstream-alpn",
+        type=_alpn,
+        metavar="PROTOS",
+        help="ALPN protocols to offer, comma-separated (e.g. h2,http/1.1)",
+    )

@@ -9,9 +9,11 @@ inbound connection and splices the two. ``examples/tcp_proxy.py`` and
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import ssl
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Final, Literal, final
@@ -19,7 +21,7 @@ from typing import Final, Literal, final
 import trio
 
 from .._base._addr import host_port, host_problem
-from .._base._checks import check_int, is_int
+from .._base._checks import check_int, check_seconds, is_int
 from .._base._errors import ConnectError, ResolveError, ThrottledError, TLSError
 from .._base._options import ConnectOptions
 from .._base._ratelog import RateLimitedLog
@@ -27,6 +29,14 @@ from .._base._sockopt import linger_abort
 from .._core._connection import Connection
 from .._core._stats import Reading, Statistic, readings_of
 from .._processor import NetProcessor
+from ._upstreams import (
+    BALANCES,
+    DEFAULT_FAIL_BACKOFF,
+    DEFAULT_MAX_FAILS,
+    Target,
+    UpstreamPool,
+    UpstreamStatistics,
+)
 
 __all__ = ["PROXY_STATISTICS", "ProxyStatistics", "SpliceResult", "TcpProxy", "splice"]
 
@@ -240,24 +250,54 @@ class ProxyStatistics:
     Attributes:
       sessions: client connections handled.
       sessions_open: sessions currently splicing (a gauge).
-      upstream_failures: sessions whose upstream connect failed (refused,
-        unresolvable, throttled), including ``upstream_timeouts``.
-      upstream_timeouts: upstream connects that hit the connect timeout.
+      upstream_failures: sessions closed because no upstream could be
+        reached (every target tried failed: refused, unresolvable, timed out,
+        TLS failed; or the connect was throttled), including
+        ``upstream_timeouts``.
+      upstream_timeouts: of those, sessions whose last attempt hit the
+        connect timeout.
+      failovers: failed connect attempts after which the session tried the
+        next target (each one logged at WARNING).
       resets: sessions ended by a reset (or close) on either side; the other
         side was aborted.
       timeouts: sessions ended by an inactivity or active timeout on either
         side; both sides were aborted.
       cut: sessions cut by cancellation, e.g. a server shutdown's grace
         deadline; both sides were aborted.
+      upstreams: one :class:`UpstreamStatistics` per target (sessions,
+        failures, open sessions, down or up), in the order given.
     """
 
     sessions: int = 0
     sessions_open: int = 0
     upstream_failures: int = 0
     upstream_timeouts: int = 0
+    failovers: int = 0
     resets: int = 0
     timeouts: int = 0
     cut: int = 0
+    upstreams: tuple[UpstreamStatistics, ...] = ()
+
+
+_COUNTERS: Final = tuple(name for name in ProxyStatistics.__slots__ if name != "upstreams")
+
+
+# The defaults of a proxy given no ConnectOptions (connect_timeout 30 s).
+_DEFAULT_OPTIONS: Final = ConnectOptions()
+
+
+@final
+class _Session:
+    """One client's session, as far as the upstream side goes: which target
+    it was finally connected to (``None`` if none) and how many it tried
+    (the session log reads both)."""
+
+    __slots__ = ("attempts", "client", "upstream")
+
+    def __init__(self, client: Connection) -> None:
+        self.client = client
+        self.upstream: str | None = None
+        self.attempts = 0
 
 
 # How the stats page shows them (TcpProxy.readings): ATS has no records for a
@@ -290,10 +330,24 @@ class TcpProxy:
 
     ``await nursery.start(net.serve, TcpProxy(net, "10.0.0.5", 80), 8080)``
 
-    For every client connection it connects to ``host:port`` through
+    For every client connection it connects to an upstream through
     ``net.connect`` (so the upstream connection counts toward
     ``max_connections`` and has its own timeouts) and :func:`splice` joins the
     two until both directions have ended.
+
+    Several upstreams: ``TcpProxy(net, [("10.0.0.5", 80), ("10.0.0.6", 80)])``
+    spreads the sessions over them (``balance``) and fails over: when a
+    connect fails, the session tries the next target, all within the one
+    ``connect_timeout`` (each attempt gets an equal share of what is left, so
+    a target that never answers cannot use up the whole of it). A target
+    failing ``max_fails`` times in a row is marked down and skipped for
+    ``fail_backoff`` seconds, then probed by one session (first in its
+    order); each failed probe doubles the back-off (up to 300 s). When every
+    target is down, sessions still try them all, least recently failed first:
+    a proxy does not refuse service on marks that may be stale. Every failed
+    attempt is logged at WARNING on ``trionet.proxy`` with ``extra``
+    ``upstream``, ``error`` and ``attempt``; per-target counts are in
+    :attr:`ProxyStatistics.upstreams`.
 
     Slots: it has ``reserve_outbound_slot = True``, so the processor serving
     it admits a client only when there is a slot for its upstream connection
@@ -305,10 +359,20 @@ class TcpProxy:
 
     Args:
       net: the processor that connects upstream (usually the one serving).
-      host, port: the upstream server.
+      host, port: the upstream server; or ``host`` a sequence of
+        ``(host, port)`` targets and ``port`` left out (``None``).
       options: :class:`ConnectOptions` for the upstream side: connect timeout,
-        inactivity/active timeouts, socket options, TLS.
+        inactivity/active timeouts, socket options, TLS, PROXY header.
       chunk: the most bytes held in memory per direction, 1..16 MiB.
+      balance: ``"round-robin"`` (default): sessions go to the targets in
+        turn; ``"least-conn"``: to the one with the fewest open sessions.
+      max_fails: connect failures in a row that mark a target down, >= 1
+        (default 3).
+      fail_backoff: seconds a target marked down is skipped, > 0 (default 10).
+
+    Attributes:
+      targets: the ``(host, port)`` targets, in the order given.
+      host / port: the first target's.
 
     Raises:
       TypeError: an argument of the wrong type (``net`` not a
@@ -316,61 +380,89 @@ class TcpProxy:
       ValueError: a value :meth:`NetProcessor.connect` would refuse, named
         with its value: checked here, so that a bad upstream fails at
         start-up rather than in every session (``host`` as ``connect()``
-        checks it: no control characters, valid IDNA; ``port`` 1..65535).
+        checks it: no control characters, valid IDNA; ``port`` 1..65535);
+        no target, or one given twice; an unknown ``balance``.
 
     Error handling:
-      An upstream that cannot be reached (``ConnectError``: refused,
-      unresolvable, connect timeout, TLS verification, throttled) is counted
-      and logged at WARNING on ``trionet.proxy``, naming the upstream and the
-      error (fields ``upstream``, ``error``, ``detail``), at most once per
-      10 s with a count of the suppressed ones; the client connection is then
-      closed. With the processor's ``access_log`` on, each session's
-      record names the upstream (``upstream``) and ends ``upstream_failed``
-      or ``upstream_timeout`` when the connect failed, ``reset`` when either
-      side reset, and with the upstream side's timeout when that one fired
-      (:meth:`Connection.note_session`). Resets end the session
-      quietly (counted), passing the abort on to the other side. Timeouts
-      (the session idle on both sides for a side's inactivity timeout, or an
-      active timeout) and a shutdown's grace deadline cut the session: both
-      sides are aborted.
+      A target that cannot be reached (``ConnectError``: refused,
+      unresolvable, connect timeout, TLS verification) is counted and logged
+      at WARNING on ``trionet.proxy``, naming the target and the error
+      (fields ``upstream``, ``error``, ``detail``, ``attempt``), at most once
+      per 10 s with a count of the suppressed ones, and the next target is
+      tried; when none is left (or the connect was throttled: the
+      processor's limit, not the target's fault) the session's failure is
+      logged at INFO and counted, and the client connection is closed. With
+      the processor's ``access_log`` on, each session's record names the
+      upstream (``upstream``: the target used, or the last one tried) and the
+      targets tried (``attempts``, above 1 after a failover), and ends
+      ``upstream_failed`` or ``upstream_timeout`` when no connect succeeded,
+      ``reset`` when either side reset, and with the upstream side's timeout
+      when that one fired (:meth:`Connection.note_session`). Resets end the
+      session quietly (counted), passing the abort on to the other side.
+      Timeouts (the session idle on both sides for a side's inactivity
+      timeout, or an active timeout) and a shutdown's grace deadline cut the
+      session: both sides are aborted.
     """
 
     def __init__(
         self,
         net: NetProcessor,
-        host: str,
-        port: int,
+        host: str | Sequence[tuple[str, int]],
+        port: int | None = None,
         options: ConnectOptions | None = None,
         *,
         chunk: int = DEFAULT_CHUNK,
+        balance: Literal["round-robin", "least-conn"] = "round-robin",
+        max_fails: int = DEFAULT_MAX_FAILS,
+        fail_backoff: float = DEFAULT_FAIL_BACKOFF,
     ) -> None:
         o = "TcpProxy"
         if not isinstance(net, NetProcessor):
             raise TypeError(f"{o}.net={net!r}: expected a trionet.NetProcessor")
-        if not isinstance(host, str):
-            raise TypeError(f"{o}.host={host!r}: expected a str (a host name or an IP address)")
-        problem = host_problem(host)
-        if problem is not None:
-            raise ValueError(f"{o}.host={host!r}: not a valid host name or address: {problem}")
-        check_int(o, "port", port, 1, 65535)
+        targets = _check_targets(o, host, port)
         if options is not None and not isinstance(options, ConnectOptions):
             raise TypeError(f"{o}.options={options!r}: expected ConnectOptions or None")
         check_int(o, "chunk", chunk, 1, MAX_CHUNK)
+        if balance not in BALANCES:
+            raise ValueError(f"{o}.balance={balance!r}: expected one of {', '.join(BALANCES)}")
+        check_int(o, "max_fails", max_fails, 1)
+        check_seconds(
+            o, "fail_backoff", fail_backoff, allow_zero=False, finite=True, optional=False
+        )
         self.net: NetProcessor = net
-        self.host: str = host
-        self.port: int = int(port)
+        self.targets: tuple[tuple[str, int], ...] = targets
+        self.host: str = targets[0][0]
+        self.port: int = targets[0][1]
         self.options = options
         self.chunk = chunk
         self.reserve_outbound_slot = True
-        self._counts = dict.fromkeys(ProxyStatistics.__slots__, 0)
+        self._pool = UpstreamPool(targets, balance, max_fails, float(fail_backoff))
+        self._counts = dict.fromkeys(_COUNTERS, 0)
         self._failure_log = RateLimitedLog(UPSTREAM_LOG_INTERVAL, logger)
 
+    @property
+    def balance(self) -> Literal["round-robin", "least-conn"]:
+        """How sessions are spread over the targets."""
+        return self._pool.balance
+
+    @property
+    def max_fails(self) -> int:
+        """Connect failures in a row that mark a target down."""
+        return self._pool.max_fails
+
+    @property
+    def fail_backoff(self) -> float:
+        """Seconds a target marked down is skipped (before it doubles)."""
+        return self._pool.fail_backoff
+
     def __repr__(self) -> str:
-        return f"<trionet.TcpProxy to {self.host}:{self.port}>"
+        to = ", ".join(t.label for t in self._pool.targets)
+        many = f" ({self._pool.balance})" if len(self.targets) > 1 else ""
+        return f"<trionet.TcpProxy to {to}{many}>"
 
     def statistics(self) -> ProxyStatistics:
-        """A frozen snapshot of the proxy's session counts."""
-        return ProxyStatistics(**self._counts)
+        """A frozen snapshot of the proxy's session counts and of each target."""
+        return ProxyStatistics(**self._counts, upstreams=self._pool.statistics())
 
     def readings(self) -> list[Reading]:
         """The statistics as the stats page shows them:
@@ -380,9 +472,11 @@ class TcpProxy:
     async def __call__(self, client: Connection) -> None:
         counts = self._counts
         counts["sessions"] += 1
-        upstream = await self._connect(client)
-        if upstream is None:
+        session = _Session(client)
+        found = await self._connect(session)
+        if found is None:
             return
+        upstream, target = found
         counts["sessions_open"] += 1
         cancelled = False
         try:
@@ -400,6 +494,7 @@ class TcpProxy:
             raise
         finally:
             counts["sessions_open"] -= 1
+            self._pool.closed(target)
             if client.timed_out is not None or upstream.timed_out is not None:
                 counts["timeouts"] += 1
                 if upstream.timed_out is not None and self._log_sessions:
@@ -414,34 +509,144 @@ class TcpProxy:
         # through, see reserve_outbound_slot).
         return self.net.access_log
 
-    async def _connect(self, client: Connection) -> Connection | None:
-        if self._log_sessions:
-            client.note_session(upstream=host_port(self.host, self.port))
-        try:
-            return await self.net.connect(self.host, self.port, self.options, for_connection=client)
-        except ConnectError as exc:
-            timed_out = isinstance(exc, TimeoutError)
-            self._counts["upstream_failures"] += 1
-            self._counts["upstream_timeouts"] += timed_out
-            self._log_failure(client, exc)
+    # Failover: the targets are tried one after the other (no racing: a
+    # session needs one upstream, and a second connect in flight would take
+    # a second slot), within the session's one connect timeout. Each attempt
+    # gets an equal share of the time left -- with three targets and 9 s,
+    # a silent first target costs 3 s, not all 9 -- and the last one gets
+    # all that is left. The slot serve() reserved with the client goes to
+    # the first attempt; a failed attempt gives it back before raising, and
+    # the next connect takes a slot again before its first checkpoint, so
+    # no other task can take it in between.
+    async def _connect(self, session: _Session) -> tuple[Connection, Target] | None:
+        client = session.client
+        start = trio.current_time()
+        timeout = (self.options or _DEFAULT_OPTIONS).connect_timeout
+        deadline = float("inf") if timeout is None else start + timeout
+        plan = self._pool.plan(start)
+        error: ConnectError | None = None
+        for attempt, target in enumerate(plan, 1):
+            options = self._attempt_options(deadline, len(plan) - attempt + 1, attempt == 1)
+            if options is None:
+                break  # no time left
+            session.attempts = attempt
             if self._log_sessions:
-                client.note_session("upstream_timeout" if timed_out else "upstream_failed")
-            return None
+                client.note_session(upstream=target.label, attempts=attempt)
+            try:
+                conn = await self.net.connect(
+                    target.host, target.port, options, for_connection=client
+                )
+            except ThrottledError as exc:
+                error = exc  # the processor's limit: no other target would do better
+                break
+            except ConnectError as exc:
+                error = exc
+                self._failed(session, target, exc, more=attempt < len(plan))
+                continue
+            session.upstream = target.label
+            if self._pool.connected(target):
+                logger.warning("upstream %s is up again", target.label)
+            return conn, target
+        timed_out = isinstance(error, TimeoutError)
+        self._counts["upstream_failures"] += 1
+        self._counts["upstream_timeouts"] += timed_out
+        if self._log_sessions:
+            client.note_session("upstream_timeout" if timed_out else "upstream_failed")
+        logger.info(
+            "connection #%d from %r: no upstream connection after %d attempt(s): %s",
+            client.id,
+            client.remote_address,
+            session.attempts,
+            error,
+        )
+        return None
 
-    def _log_failure(self, client: Connection, exc: ConnectError) -> None:
+    def _attempt_options(self, deadline: float, left: int, first: bool) -> ConnectOptions | None:
+        """The options of one attempt, its connect timeout a fair share of
+        the time left; None if there is none left."""
+        base = self.options or _DEFAULT_OPTIONS
+        if deadline == float("inf") or (first and left == 1):
+            # No timeout, or the whole of it for one attempt: the options as
+            # given (the common case, one target, builds no options object).
+            return base
+        remaining = deadline - trio.current_time()
+        if remaining <= 0:
+            return None
+        return dataclasses.replace(base, connect_timeout=remaining / left)
+
+    def _failed(self, session: _Session, target: Target, exc: ConnectError, more: bool) -> None:
+        """Count and log one failed attempt (and a target newly marked down)."""
+        pool = self._pool
+        marked_down = pool.failed(target, trio.current_time())
+        self._counts["failovers"] += more
+        then = "trying the next one" if more else "no target left"
         # An operator must see a dead upstream at once (WARNING, naming it and
         # why), but a flood of clients hitting it must not become a flood of
         # identical lines: one per UPSTREAM_LOG_INTERVAL, with a count of the
-        # suppressed ones. Every session still gets its own session-log record.
-        upstream = host_port(self.host, self.port)
+        # suppressed ones. Every session still gets its own session-log
+        # record (its upstream and attempts), and a target marked down or up
+        # again is always logged.
+        client = session.client
         why = failure_kind(exc)
         self._failure_log(
             logging.WARNING,
-            "upstream %s: %s (%s; connection #%d from %s)",
-            upstream,
+            "upstream %s: %s (%s; connection #%d from %s, attempt %d; %s)",
+            target.label,
             why,
             exc,
             client.id,
             host_port(str(client.remote_address[0]), client.remote_address[1]),
-            extra={"upstream": upstream, "error": why, "detail": str(exc)},
+            session.attempts,
+            then,
+            extra={
+                "upstream": target.label,
+                "error": why,
+                "detail": str(exc),
+                "attempt": session.attempts,
+            },
         )
+        if marked_down:
+            logger.warning(
+                "upstream %s marked down after %d failures in a row; retried in %g s",
+                target.label,
+                target.consecutive_failures,
+                target.backoff,
+            )
+
+
+def _check_targets(owner: str, host: object, port: object) -> tuple[tuple[str, int], ...]:
+    """``host, port`` or a sequence of ``(host, port)``, checked as
+    ``connect()`` would check them."""
+    if isinstance(host, str):
+        check_int(owner, "port", port, 1, 65535)
+        assert isinstance(port, int)
+        return (_check_target(owner, "host", host, port),)
+    if not isinstance(host, Sequence) or isinstance(host, bytes | bytearray):
+        raise TypeError(
+            f"{owner}.host={host!r}: expected a str, or a sequence of (host, port) targets"
+        )
+    if port is not None:
+        raise TypeError(
+            f"{owner}.host={host!r}: (host, port) targets take no separate port={port!r}"
+        )
+    if not host:
+        raise ValueError(f"{owner}.host={host!r}: no upstream target")
+    targets: list[tuple[str, int]] = []
+    for i, item in enumerate(host):
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise TypeError(f"{owner}.host[{i}]={item!r}: expected a (host, port) pair")
+        check_int(owner, f"host[{i}].port", item[1], 1, 65535)
+        target = _check_target(owner, f"host[{i}]", item[0], item[1])
+        if target in targets:
+            raise ValueError(f"{owner}.host[{i}]={item!r}: the same target given twice")
+        targets.append(target)
+    return tuple(targets)
+
+
+def _check_target(owner: str, name: str, host: object, port: int) -> tuple[str, int]:
+    if not isinstance(host, str):
+        raise TypeError(f"{owner}.{name}={host!r}: expected a str (a host name or an IP address)")
+    problem = host_problem(host)
+    if problem is not None:
+        raise ValueError(f"{owner}.{name}={host!r}: not a valid host name or address: {problem}")
+    return host, int(port)

@@ -13,7 +13,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import trio
 
@@ -28,6 +28,7 @@ from ._checks import (
     check_instance,
     check_seconds,
     int_field,
+    is_int,
     to_networks,
 )
 
@@ -252,6 +253,15 @@ class ConnectOptions:
         injection (a socket whose ``connect`` stalls or fails), as httpcore
         lets a test replace its network backend; every socket it returns is
         closed by ``connect`` unless it becomes the connection.
+      send_proxy_protocol: send a PROXY protocol header of this version (1:
+        text, 2: binary) as the connection's first bytes, before any TLS
+        handshake (HAProxy's ``send-proxy`` / ``send-proxy-v2``), so the
+        server learns the client's address. It carries the addresses of the
+        ``for_connection`` passed to :meth:`NetProcessor.connect`
+        (:attr:`Connection.remote_address` / ``local_address``: those of its
+        own PROXY header when proxies are chained); without one, or when they
+        are not IP addresses (a Unix socket), a header without addresses (v1
+        ``UNKNOWN``, v2 ``LOCAL``). ``None`` (default) sends none.
 
     Every field is checked on construction; a bad one raises ``ValueError``
     naming the field and the value.
@@ -270,6 +280,7 @@ class ConnectOptions:
     server_hostname: str | None = None
     alpn_protocols: tuple[str, ...] | None = None
     socket_factory: SocketFactory | None = None
+    send_proxy_protocol: Literal[1, 2] | None = None
 
     def __post_init__(self) -> None:
         o = "ConnectOptions"
@@ -291,6 +302,9 @@ class ConnectOptions:
             object.__setattr__(self, "alpn_protocols", protos)
         if self.socket_factory is not None and not callable(self.socket_factory):
             raise bad_value(o, "socket_factory", self.socket_factory, "must be callable or None")
+        spp = self.send_proxy_protocol
+        if spp is not None and (not is_int(spp) or spp not in (1, 2)):
+            raise bad_value(o, "send_proxy_protocol", spp, "must be 1, 2 or None")
 
 
 def _check_local_address(owner: str, value: object, family: object) -> None:

@@ -92,6 +92,7 @@ _LINE: Final = (
     "in=%(bytes_in)d out=%(bytes_out)d"
 )
 _UPSTREAM: Final = " upstream=%(upstream)s"
+_ATTEMPTS: Final = " attempts=%(attempts)s"  # shown after a failover (more than one)
 _REFUSED: Final = "%(client)s -> :%(listen_port)d #- %(end)s 0.000s in=0 out=0"
 
 
@@ -132,6 +133,8 @@ def log_session(conn: Connection, listen_port: int, outcome: Outcome) -> None:
     notes.pop("end", None)
     fields.update(notes)
     line = _LINE + _UPSTREAM if "upstream" in fields else _LINE
+    if fields.get("attempts", 1) != 1:
+        line += _ATTEMPTS
     logger.info(line, fields, extra=fields)
 
 

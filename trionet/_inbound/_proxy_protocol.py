@@ -50,6 +50,7 @@ from typing import Final, Literal, Protocol, final
 from .._base._addr import SocketAddress
 from .._base._checks import is_int
 from .._base._errors import ProxyProtocolError
+from .._base._proxy_header import V1_MAX_LENGTH, V1_PREFIX, V2_FIXED_LENGTH, V2_SIGNATURE
 
 __all__ = [
     "DEFAULT_MAX_PROXY_HEADER",
@@ -60,10 +61,6 @@ __all__ = [
     "receive_proxy_header",
 ]
 
-V1_PREFIX: Final = b"PROXY "
-V1_MAX_LENGTH: Final = 107  # the worst case line of the specification, CRLF included
-V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
-V2_FIXED_LENGTH: Final = 16
 # HAProxy's own TLVs (unique-id <= 128 bytes, authority <= 255, the SSL block)
 # and the cloud load balancers' (AWS VPC endpoint id, GCP PSC id) fit in a few
 # hundred bytes; 4 KiB leaves room for them all while bounding what a source can

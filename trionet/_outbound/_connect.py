@@ -12,6 +12,7 @@ One ``connect()`` call, step by step::
         ├── race: one attempt task per address, staggered (RFC 8305)
         │   └── attempt: socket() → options → bind → connect()
         ├── wrap the winner in a Connection (counted, timeouts set)
+        ├── PROXY header if send_proxy_protocol (the client's addresses)
         └── TLS handshake if ssl_context (TLSError), inside the timeout
 
 Where Netty differs, and why trionet does not:
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -50,6 +51,7 @@ from .._base._errors import (
     named_error,
 )
 from .._base._options import ConnectOptions, Resolver
+from .._base._proxy_header import ProxyVersion, encode_proxy_header
 from .._base._sockopt import apply_socket_options
 from .._core._connection import Connection
 from .._core._table import ConnectionTable, Reservation
@@ -115,7 +117,7 @@ async def connect(
     counters.connects_total += 1
     try:
         with trio.move_on_after(_timeout_seconds(opts)):
-            return await _establish(table, host, port, opts, slot)
+            return await _establish(table, host, port, opts, slot, for_connection)
         counters.connect_timeouts += 1
         raise named_error(
             ConnectTimeoutError,
@@ -131,7 +133,12 @@ async def connect(
 
 
 async def _establish(
-    table: ConnectionTable, host: str, port: int, opts: ConnectOptions, slot: Reservation
+    table: ConnectionTable,
+    host: str,
+    port: int,
+    opts: ConnectOptions,
+    slot: Reservation,
+    client: Connection | None,
 ) -> Connection:
     """Resolve, race, wrap: everything the connect timeout covers."""
     addresses = await _resolve(host, port, opts)
@@ -156,6 +163,12 @@ async def _establish(
         sock.close()
         raise
     try:
+        # ---- PROXY header: the connection's first bytes, before TLS (as
+        # HAProxy sends it), inside the timeout: a server that never reads
+        # cannot hold the connect past it.
+        if opts.send_proxy_protocol is not None:
+            target = host_port(host, port)
+            await _send_proxy_header(conn, opts.send_proxy_protocol, client, target)
         # ---- TLS: still inside connect()'s timeout scope, so a stalled
         # handshake ends as ConnectTimeoutError; an error (TLSError) or a
         # cancellation closes `conn` (below), which frees its slot.
@@ -173,6 +186,34 @@ async def _establish(
         conn.close()
         raise
     return conn
+
+
+class _HeaderWire(Protocol):
+    """What sending a PROXY header needs from a connection (``Connection`` is
+    one): the wire primitive, so that the header counts as wire bytes
+    (``write_bytes``) but not as payload (``bytes_sent``). Private to trionet."""
+
+    async def _wire_send(
+        self, data: bytes | bytearray | memoryview, payload: bool = True
+    ) -> None: ...
+
+
+async def _send_proxy_header(
+    conn: _HeaderWire, version: ProxyVersion, client: Connection | None, target: str
+) -> None:
+    """Send the PROXY header relaying ``client``'s addresses (none without one)."""
+    if client is None:
+        header = encode_proxy_header(version, None, None)
+    else:
+        header = encode_proxy_header(version, client.remote_address, client.local_address)
+    try:
+        await conn._wire_send(header, payload=False)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        # The server reset the connection before reading anything: as
+        # unreachable as a refused connect, and reported the same way.
+        raise named_error(
+            ConnectError, errno.ECONNRESET, f"reset while sending the PROXY header: {target}"
+        ) from exc
 
 
 def _check_arguments(
