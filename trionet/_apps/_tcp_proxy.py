@@ -24,6 +24,7 @@ from .._base._errors import ConnectError, ResolveError, ThrottledError, TLSError
 from .._base._options import ConnectOptions
 from .._base._ratelog import RateLimitedLog
 from .._base._sockopt import linger_abort
+from .._core._access_log import address_text
 from .._core._connection import Connection
 from .._processor import NetProcessor
 
@@ -412,6 +413,6 @@ class TcpProxy:
             why,
             exc,
             client.id,
-            host_port(str(client.remote_address[0]), client.remote_address[1]),
+            address_text(client.remote_address),
             extra={"upstream": upstream, "error": why, "detail": str(exc)},
         )
