@@ -16,7 +16,7 @@ import trio
 
 import trionet
 from trionet import AcceptOptions, ConnectOptions, NetProcessor, TcpProxy
-from trionet._core._access_log import SESSION_ENDS, session_end
+from trionet._core._access_log import SESSION_ENDS, address_text, session_end
 
 from .conftest import recv_exactly, start_server, tcp_client, wait_for
 
@@ -463,3 +463,17 @@ async def test_note_session_refuses_bad_values(
 def test_access_log_must_be_a_bool() -> None:
     with pytest.raises(ValueError, match="access_log='yes'"):
         NetProcessor(access_log="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("address", "text"),
+    [
+        (("203.0.113.7", 51000), "203.0.113.7:51000"),
+        (("::1", 80, 0, 0), "[::1]:80"),
+        ("/run/trionet.sock", "/run/trionet.sock"),  # a Unix socket's peer
+        ("", "unix"),  # an unnamed one
+        (b"/run/x\xff", "/run/x\\xff"),
+    ],
+)
+def test_address_text(address: object, text: str) -> None:
+    assert address_text(address) == text  # type: ignore[arg-type]

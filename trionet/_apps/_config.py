@@ -60,20 +60,21 @@ class Config:
     # Destinations the file names, with a good value or not: a required
     # option the file gives (badly) is reported once, not as missing too.
     given: set[str] = field(default_factory=set)
-    _actions: list[argparse.Action] = field(default_factory=list)
+    # The sub-command's options, kept by apply() for fill_lists().
+    options: list[argparse.Action] = field(default_factory=list)
 
     def apply(self, parser: argparse.ArgumentParser) -> None:
         """Make the file's values ``parser``'s defaults (flags override them)."""
         parser.set_defaults(**self.defaults)
-        self._actions = list(parser._actions)
-        for action in self._actions:
+        self.options = list(parser._actions)
+        for action in self.options:
             if action.required and action.dest in self.given:
                 action.required = False
 
     def fill_lists(self, args: argparse.Namespace) -> None:
         """The file's lists, for the repeatable options the command line left
         alone (after :meth:`apply` and the parse)."""
-        for action in self._actions:
+        for action in self.options:
             values = self.lists.get(action.dest)
             if values is not None and getattr(args, action.dest) in (None, action.default, []):
                 setattr(args, action.dest, list(values))

@@ -26,6 +26,7 @@ from .._base._errors import ConnectError, ResolveError, ThrottledError, TLSError
 from .._base._options import ConnectOptions
 from .._base._ratelog import RateLimitedLog
 from .._base._sockopt import linger_abort
+from .._core._access_log import address_text
 from .._core._connection import Connection
 from .._core._stats import Reading, Statistic, readings_of
 from .._processor import NetProcessor
@@ -595,7 +596,7 @@ class TcpProxy:
             why,
             exc,
             client.id,
-            host_port(str(client.remote_address[0]), client.remote_address[1]),
+            address_text(client.remote_address),
             session.attempts,
             then,
             extra={

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESERVED_FIELDS",
+    "address_text",
     "SESSION_ENDS",
     "SessionEnd",
     "Outcome",
@@ -112,8 +113,14 @@ def session_end(conn: Connection, outcome: Outcome) -> SessionEnd:
     return "reset" if conn.broken else "eof"
 
 
-def _client(address: SocketAddress) -> str:
-    return host_port(str(address[0]), address[1])
+def address_text(address: SocketAddress | str | bytes) -> str:
+    """An address for a log line: ``host:port`` (``[::1]:80``) for an IP
+    socket's, the path for a Unix socket's (``unix`` when unnamed)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return host_port(str(address[0]), address[1])
+    if isinstance(address, bytes):
+        address = address.decode("utf-8", "backslashreplace")
+    return str(address) or "unix"
 
 
 def log_session(conn: Connection, listen_port: int, outcome: Outcome) -> None:
@@ -122,7 +129,7 @@ def log_session(conn: Connection, listen_port: int, outcome: Outcome) -> None:
         return
     notes = dict(conn.session_notes)
     fields: dict[str, object] = {
-        "client": _client(conn.remote_address),
+        "client": address_text(conn.remote_address),
         "listen_port": listen_port,
         "connection": conn.id,
         "duration": round(trio.current_time() - conn.opened_at, 6),
@@ -143,7 +150,7 @@ def log_refused(address: SocketAddress, listen_port: int, end: SessionEnd = "thr
     if not logger.isEnabledFor(logging.INFO):
         return
     fields: dict[str, object] = {
-        "client": _client(address),
+        "client": address_text(address),
         "listen_port": listen_port,
         "connection": None,
         "duration": 0.0,
