@@ -20,7 +20,7 @@ from typing import Final, Literal, final
 
 import trio
 
-from .._base._addr import host_port, host_problem
+from .._base._addr import host_problem
 from .._base._checks import check_int, check_seconds, is_int
 from .._base._errors import ConnectError, ResolveError, ThrottledError, TLSError
 from .._base._options import ConnectOptions
