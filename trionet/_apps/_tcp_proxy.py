@@ -322,6 +322,10 @@ PROXY_STATISTICS: Final[dict[str, Statistic]] = {
         "proxy.process.tcp_proxy.timeouts", "Sessions ended by an inactivity or active timeout."
     ),
     "cut": Statistic("proxy.process.tcp_proxy.cut", "Sessions cut by cancellation (shutdown)."),
+    "failovers": Statistic(
+        "proxy.process.tcp_proxy.failovers",
+        "Failed upstream connect attempts after which the session tried the next target.",
+    ),
 }
 
 
@@ -439,7 +443,11 @@ class TcpProxy:
         self.reserve_outbound_slot = True
         self._pool = UpstreamPool(targets, balance, max_fails, float(fail_backoff))
         self._counts = dict.fromkeys(_COUNTERS, 0)
-        self._failure_log = RateLimitedLog(UPSTREAM_LOG_INTERVAL, logger)
+        # One rate limit per target: a dead target's flood of failures is one
+        # line per interval, and it never hides the first failure of another.
+        self._failure_logs: dict[str, RateLimitedLog] = {
+            t.label: RateLimitedLog(UPSTREAM_LOG_INTERVAL, logger) for t in self._pool.targets
+        }
 
     @property
     def balance(self) -> Literal["round-robin", "least-conn"]:
@@ -583,13 +591,13 @@ class TcpProxy:
         then = "trying the next one" if more else "no target left"
         # An operator must see a dead upstream at once (WARNING, naming it and
         # why), but a flood of clients hitting it must not become a flood of
-        # identical lines: one per UPSTREAM_LOG_INTERVAL, with a count of the
-        # suppressed ones. Every session still gets its own session-log
+        # identical lines: one per UPSTREAM_LOG_INTERVAL and target, with a
+        # count of the suppressed ones. Every session still gets its own session-log
         # record (its upstream and attempts), and a target marked down or up
         # again is always logged.
         client = session.client
         why = failure_kind(exc)
-        self._failure_log(
+        self._failure_logs[target.label](
             logging.WARNING,
             "upstream %s: %s (%s; connection #%d from %s, attempt %d; %s)",
             target.label,

@@ -93,7 +93,7 @@ BUCKETS: Final = 4096
 WORD: Final = 8
 
 _NET: Final = [f.name for f in fields(NetStatistics)]
-_PROXY: Final = [f.name for f in fields(ProxyStatistics)]
+_PROXY: Final = list(PROXY_STATISTICS)  # the counters (not the per-target tuple)
 _STATS: Final[list[Statistic]] = [NET_STATISTICS[n] for n in _NET] + [
     PROXY_STATISTICS[n] for n in _PROXY
 ]
