@@ -11,6 +11,7 @@ here too: the stats page is a small server of its own processor.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterable
 from typing import final
 
@@ -19,6 +20,7 @@ import trio
 from ._base._checks import check_bool, check_int, check_opt_int, check_seconds, to_networks
 from ._base._options import AcceptOptions, ConnectOptions
 from ._core._connection import Connection
+from ._core._rate import AcceptRate, default_burst
 from ._core._stats import NetStatistics
 from ._core._stats_page import (
     STATS_INACTIVITY_TIMEOUT,
@@ -79,6 +81,25 @@ class NetProcessor:
         this are marked ``conn.idle``, the oldest idle ones are closed.
       propagate_handler_errors: let a handler's exception crash ``serve()``
         (trio ``serve_listeners`` behaviour) instead of logging and counting it.
+      max_accept_rate: new inbound connections per second over every server
+        of the processor (HAProxy ``rate-limit sessions``), a token bucket of
+        ``accept_burst`` tokens: > 0 and finite; ``None`` for no limit. With
+        ``throttle="pause"`` the accept tasks stop until a token is due and
+        clients wait in the kernel backlog; with ``"close"`` the excess is
+        accepted, closed and counted in ``connections_rate_limited_in``.
+        Backdoor ports are exempt.
+      accept_burst: connections admitted at once from a full bucket, >= 1;
+        default one second's worth (``ceil(max_accept_rate)``).
+      per_client_max_accept_rate: new connections per second from one client
+        address (a bucket per client, ``per_client_accept_burst`` tokens),
+        > 0 and finite. The excess is always accepted and closed (the client
+        is known only once accepted), counted in
+        ``connections_rate_limited_in``. ``per_client_exempt`` networks and
+        backdoor ports are exempt; so are clients with no address of their
+        own (Unix sockets, PROXY protocol ports). At most 16384 clients are
+        tracked: buckets that have refilled are forgotten first.
+      per_client_accept_burst: a client's bucket size, >= 1; default one
+        second's worth of ``per_client_max_accept_rate``.
 
     Raises:
       ValueError: a bad argument, naming it and its value (an int field given
@@ -99,6 +120,10 @@ class NetProcessor:
         default_inactivity_timeout: float | None = None,
         max_idle_connections: int | None = None,
         propagate_handler_errors: bool = False,
+        max_accept_rate: float | None = None,
+        accept_burst: int | None = None,
+        per_client_max_accept_rate: float | None = None,
+        per_client_accept_burst: int | None = None,
     ) -> None:
         o = "NetProcessor"
         check_opt_int(o, "max_connections", max_connections, 1)
@@ -128,6 +153,13 @@ class NetProcessor:
             float(accept_error_pause),
             float(accept_error_grace),
             propagate_handler_errors,
+            _accept_rate(
+                max_accept_rate,
+                accept_burst,
+                per_client_max_accept_rate,
+                per_client_accept_burst,
+                exempt,
+            ),
         )
 
     @property
@@ -158,6 +190,18 @@ class NetProcessor:
     @property
     def default_inactivity_timeout(self) -> float | None:
         return self._table.default_inactivity_timeout
+
+    @property
+    def max_accept_rate(self) -> float | None:
+        """New connections per second over the processor, or None."""
+        rate = self._accept.rate
+        return None if rate is None or rate.overall is None else rate.overall.rate
+
+    @property
+    def per_client_max_accept_rate(self) -> float | None:
+        """New connections per second from one client address, or None."""
+        rate = self._accept.rate
+        return None if rate is None else rate.client_rate
 
     def statistics(self) -> NetStatistics:
         """A frozen snapshot of this processor's statistics."""
@@ -398,6 +442,57 @@ async def serve_stats(
         max_idle_connections=STATS_MAX_WAITING,
     )
     await net.serve(handler, opts, task_status=task_status)
+
+
+def _accept_rate(
+    rate: object,
+    burst: object,
+    client_rate: object,
+    client_burst: object,
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> AcceptRate | None:
+    """The processor's connection-rate limits from its arguments, checked.
+
+    Raises:
+      ValueError: a rate that is not a positive finite number, a burst that
+        is not an int >= 1, or a burst without its rate (naming each).
+    """
+    o = "NetProcessor"
+    pairs = (
+        ("max_accept_rate", rate, "accept_burst", burst),
+        ("per_client_max_accept_rate", client_rate, "per_client_accept_burst", client_burst),
+    )
+    for rate_name, rate_value, burst_name, burst_value in pairs:
+        _check_rate(o, rate_name, rate_value)
+        check_opt_int(o, burst_name, burst_value, 1)
+        if rate_value is None and burst_value is not None:
+            raise ValueError(f"{o}.{burst_name}={burst_value!r}: needs {rate_name}")
+    if rate is None and client_rate is None:
+        return None
+    assert isinstance(rate, float | int | None) and isinstance(client_rate, float | int | None)
+    assert isinstance(burst, int | None) and isinstance(client_burst, int | None)
+    return AcceptRate(
+        rate=None if rate is None else float(rate),
+        burst=burst or default_burst(rate or 1),
+        per_client_rate=None if client_rate is None else float(client_rate),
+        per_client_burst=client_burst or default_burst(client_rate or 1),
+        exempt=exempt,
+    )
+
+
+def _check_rate(owner: str, name: str, value: object) -> None:
+    """``None`` or a positive, finite number of connections per second."""
+    if value is None:
+        return
+    try:
+        number = float(value) if isinstance(value, int | float) else math.nan
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if isinstance(value, bool) or not 0 < number < math.inf:
+        raise ValueError(
+            f"{owner}.{name}={value!r}: must be a positive, finite number of "
+            "connections per second, or None"
+        )
 
 
 # --------------------------------------------------------- the layers below

@@ -83,6 +83,10 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"argument {given}: needs {missing} as well")
     if args.proxy_protocol_trusted and not args.proxy_protocol:
         parser.error("argument --proxy-protocol-trusted: needs --proxy-protocol")
+    if args.accept_burst is not None and args.max_accept_rate is None:
+        parser.error("argument --accept-burst: needs --max-accept-rate")
+    if args.per_client_accept_burst is not None and args.per_client_max_accept_rate is None:
+        parser.error("argument --per-client-accept-burst: needs --per-client-max-accept-rate")
     if args.command == "proxy" and args.max_connections is not None and args.max_connections < 2:
         # A proxy session holds two slots, its client's and its upstream's
         # (TcpProxy reserves them together), so 1 could never serve anyone.
@@ -120,6 +124,10 @@ def _plan(args: argparse.Namespace) -> _Command:
         max_connections=args.max_connections,
         throttle=args.throttle,
         per_client_max_connections=args.per_client_max,
+        max_accept_rate=args.max_accept_rate,
+        accept_burst=args.accept_burst,
+        per_client_max_accept_rate=args.per_client_max_accept_rate,
+        per_client_accept_burst=args.per_client_accept_burst,
     )
     listen = AcceptOptions(
         host=bind_host(args.host),

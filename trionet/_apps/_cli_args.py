@@ -72,6 +72,18 @@ def _seconds(text: str, allow_zero: bool = False) -> float:
     return value or 0.0  # "-0" is 0, not -0.0 ("grace -0 s")
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected connections per second, e.g. 100 or 0.5"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number per second")
+    return value
+
+
 def _grace(text: str) -> float:
     return _seconds(text, allow_zero=True)
 
@@ -199,6 +211,31 @@ def _common_options() -> _Parser:
         type=_positive_int,
         metavar="N",
         help="inbound connections allowed from one client address",
+    )
+    limits.add_argument(
+        "--max-accept-rate",
+        type=_rate,
+        metavar="R",
+        help="new connections per second over the server (token bucket; at the limit "
+        "--throttle decides: 'pause' leaves clients in the backlog, 'close' closes them)",
+    )
+    limits.add_argument(
+        "--accept-burst",
+        type=_positive_int,
+        metavar="N",
+        help="connections --max-accept-rate admits at once (default: one second's worth)",
+    )
+    limits.add_argument(
+        "--per-client-max-accept-rate",
+        type=_rate,
+        metavar="R",
+        help="new connections per second from one client address (excess closed)",
+    )
+    limits.add_argument(
+        "--per-client-accept-burst",
+        type=_positive_int,
+        metavar="N",
+        help="connections one client may open at once (default: one second's worth)",
     )
     limits.add_argument(
         "--inactivity-timeout",

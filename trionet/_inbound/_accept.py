@@ -8,7 +8,7 @@ One accepted socket, step by step::
     ├── at the limit ("pause")   park until a connection closes (ConnectionTable)
     ├── its Room full            park until one is taken (ConnectionListener only)
     ├── accept() ... x batch     EAGAIN: wait readable; errors: classed (below)
-    └── _admit                   throttle / per-client limit, socket options
+    └── _admit                   throttle / per-client limit / rate limits, socket options
         └── table.open + start   Connection counted, timeouts armed; ``task`` in ``nursery``:
             ├── serve():         PROXY header, TLS handshake, handler(conn)
             │                    (trionet._inbound._server.HandlerTasks)
@@ -38,6 +38,7 @@ from .._base._errors import AcceptError
 from .._base._ratelog import RateLimitedLog
 from .._base._sockopt import apply_socket_options
 from .._core._connection import Connection
+from .._core._rate import AcceptRate
 from .._core._stats import Counters
 from .._core._table import ConnectionTable
 from .._core._throttle import ThrottleMode
@@ -182,6 +183,7 @@ class AcceptPolicy:
         "accept_error_grace",
         "accept_error_pause",
         "propagate_handler_errors",
+        "rate",
         "resource_log",
         "throttle_log",
         "throttle_mode",
@@ -194,8 +196,10 @@ class AcceptPolicy:
         accept_error_pause: float,
         accept_error_grace: float,
         propagate_handler_errors: bool,
+        rate: AcceptRate | None = None,
     ) -> None:
         self.throttle_mode: ThrottleMode = throttle_mode
+        self.rate: AcceptRate | None = rate  # the connection-rate limits, if any
         self.accept_batch: int = accept_batch
         self.accept_error_pause: float = accept_error_pause
         self.accept_error_grace: float = accept_error_grace
@@ -296,11 +300,17 @@ class Acceptor:
         batch = self._policy.accept_batch
         need = self._need
         room = self._room
+        rate = None if exempt else self._policy.rate
         in_row = 0
         while True:
             if pause and not exempt and throttle.at_limit(need):
                 # Event-driven: parked until a connection closes (ConnectionTable.release).
                 await table.wait_for_slot()
+                continue
+            if pause and rate is not None and (wait := rate.pause_for(trio.current_time())):
+                # The processor's rate limit: clients wait in the backlog until
+                # the bucket has a token (trionet._core._rate).
+                await trio.sleep(wait)
                 continue
             if room is not None and room.full():
                 await room.wait_for_room()
@@ -347,6 +357,8 @@ class Acceptor:
                 return
         else:
             host = None  # backdoor connections are not counted per client
+        if not opts.backdoor and self._rate_refused(client, host):
+            return
         counters.total_accepts += 1
         try:
             if not _INHERITS_OPTIONS:
@@ -372,3 +384,15 @@ class Acceptor:
         self._nursery.start_soon(self._task, conn, scope, name=self._task_name)
         if self._room is not None:
             self._room.admitted()
+
+    def _rate_refused(self, client: socket.socket, host: str | None) -> bool:
+        """The connection-rate limits: close ``client`` and count it if its
+        token is missing (in "pause" mode only the per-client bucket can be
+        empty here: the loop waited for the processor's)."""
+        rate = self._policy.rate
+        if rate is None or (refusal := rate.admit(host, trio.current_time())) is None:
+            return False
+        client.close()
+        self._table.counters.connections_rate_limited_in += 1
+        logger.debug("%s limit reached for %s, closing", refusal, host or "a client")
+        return True
