@@ -333,12 +333,13 @@ class NetProcessor:
     async def connect(
         self,
         host: str,
-        port: int,
+        port: int = 0,
         options: ConnectOptions | None = None,
         *,
         for_connection: Connection | None = None,
     ) -> Connection:
-        """Open a TCP connection to ``host:port`` (Netty ``Bootstrap.connect``).
+        """Open a TCP connection to ``host:port`` (Netty ``Bootstrap.connect``),
+        or a Unix socket connection to ``"unix:/path"``.
 
         Returns once the TCP handshake is complete (Netty's ``channelActive``);
         nothing is read until the caller reads. An IP literal is used as is;
@@ -347,8 +348,12 @@ class NetProcessor:
         ``options.connect_timeout`` covers resolution and every attempt together.
 
         Args:
-          host: a host name or an IPv4/IPv6 literal (``"[::1]"`` accepted).
-          port: 1..65535.
+          host: a host name or an IPv4/IPv6 literal (``"[::1]"`` accepted);
+            or ``"unix:/path"`` (``"unix:@name"``: a Linux abstract name) for
+            a Unix domain socket, which has no resolver, happy eyeballs,
+            local address or family (asking for them is a ``ValueError``);
+            TLS over it needs ``options.server_hostname``.
+          port: 1..65535 (0, or left out, for a Unix socket).
           options: a :class:`ConnectOptions`; ``None`` for the defaults.
           for_connection: the inbound connection this one is made for. If
             ``serve()`` reserved an outbound slot with it (its handler has
@@ -377,7 +382,8 @@ class NetProcessor:
           TypeError: ``host`` is not a non-empty str, ``port`` not an int,
             ``options`` not a :class:`ConnectOptions`, or ``for_connection``
             not a :class:`Connection`.
-          ValueError: ``port`` is outside 1..65535, or ``host`` (an IP
+          ValueError: ``port`` is outside 1..65535 (not 0 for a Unix socket),
+            a Unix socket path is malformed, or ``host`` (an IP
             literal) or ``options.family`` is not of the family
             ``options.local_address`` asks for.
         """

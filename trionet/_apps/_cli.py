@@ -27,7 +27,7 @@ from typing import Any, Final, Literal, final
 
 import trio
 
-from .._base._addr import host_port
+from .._base._addr import SocketAddress, host_port
 from .._base._errors import leaves
 from .._base._options import DEFAULT_PROXY_PROTOCOL_TRUSTED, AcceptOptions, ConnectOptions
 from .._core._connection import Connection
@@ -94,6 +94,12 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
             f"argument --max-connections: '{args.max_connections}': a proxy session "
             "needs 2 connections (client and upstream); give at least 2"
         )
+    if isinstance(args.port, str) and args.workers > 1:
+        listen = "--listen" if args.command == "proxy" else "--port"
+        parser.error(
+            f"argument {listen}: 'unix:{args.port}': one process serves a Unix socket "
+            "(--workers share a TCP port with SO_REUSEPORT)"
+        )
     if args.stats_port and args.workers > 1:  # one page per worker, on P..P+N-1
         last = args.stats_port + args.workers - 1
         if last > 65535:
@@ -129,9 +135,11 @@ def _plan(args: argparse.Namespace) -> _Command:
         per_client_max_accept_rate=args.per_client_max_accept_rate,
         per_client_accept_burst=args.per_client_accept_burst,
     )
+    where: dict[str, Any] = {"host": bind_host(args.host), "port": args.port}
+    if isinstance(args.port, str):  # --listen unix:/path
+        where = {"path": args.port}
     listen = AcceptOptions(
-        host=bind_host(args.host),
-        port=args.port,
+        **where,
         inactivity_timeout=args.inactivity_timeout,
         active_timeout=args.active_timeout,
         ssl_context=_tls_context(args.tls_cert, args.tls_key),
@@ -160,7 +168,9 @@ def _plan(args: argparse.Namespace) -> _Command:
     return plan
 
 
-def _address(listener_address: tuple[object, ...]) -> str:
+def _address(listener_address: SocketAddress) -> str:
+    if isinstance(listener_address, str):
+        return f"unix:{listener_address}"
     return host_port(str(listener_address[0]), listener_address[1])
 
 

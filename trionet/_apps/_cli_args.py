@@ -14,7 +14,8 @@ import re
 import unicodedata
 from typing import Final, NoReturn, final
 
-from .._base._addr import host_problem
+from .._base._addr import UNIX_PREFIX, host_problem
+from .._base._options import unix_path_problem
 from .._base._version import __version__
 
 __all__ = ["MAX_WORKERS", "PROG", "bind_host", "build_parser"]
@@ -45,6 +46,16 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: a port is 0..65535")
     return value
+
+
+def _listen(text: str) -> int | str:
+    """A port, or ``unix:/path`` (``unix:@name``) for a Unix socket (its path returned)."""
+    if not text.startswith(UNIX_PREFIX):
+        return _port(text)
+    path = text[len(UNIX_PREFIX) :]
+    if (why := unix_path_problem(path)) is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PORT or unix:/PATH ({why})")
+    return path
 
 
 def _positive_int(text: str) -> int:
@@ -135,6 +146,10 @@ def _host(text: str) -> str:
 
 
 def _host_port(text: str) -> tuple[str, int]:
+    if text.startswith(UNIX_PREFIX):  # a Unix socket: ("unix:/path", 0)
+        if (why := unix_path_problem(text[len(UNIX_PREFIX) :])) is not None:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT or unix:/PATH ({why})")
+        return text, 0
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # [::1]:80
     if not sep or not host or not port.isascii() or not port.isdigit():
@@ -317,7 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="echo every byte back",
         description="An echo server: every byte a client sends is sent back.",
     )
-    echo.add_argument("--port", type=_port, default=7007, help="port (default 7007; 0 = any)")
+    echo.add_argument(
+        "--port",
+        type=_listen,
+        default=7007,
+        help="port (default 7007; 0 = any), or unix:/PATH for a Unix socket",
+    )
     proxy = commands.add_parser(
         "proxy",
         parents=[common],
@@ -331,17 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen",
         "--port",
         dest="port",
-        type=_port,
+        type=_listen,
         required=True,
         metavar="PORT",
-        help="port to listen on (0 = any)",
+        help="port to listen on (0 = any), or unix:/PATH for a Unix socket (a stale socket "
+        "file is replaced; --host does not apply)",
     )
     proxy.add_argument(
         "--upstream",
         type=_host_port,
         required=True,
         metavar="HOST:PORT",
-        help="where to forward connections",
+        help="where to forward connections (HOST:PORT, or unix:/PATH for a Unix socket)",
     )
     proxy.add_argument(
         "--connect-timeout",

@@ -16,10 +16,10 @@ from typing import Final, Literal, final
 
 import trio
 
-from .._base._addr import host_problem
+from .._base._addr import host_port, host_problem, unix_target
 from .._base._checks import check_int, is_int
 from .._base._errors import ConnectError
-from .._base._options import ConnectOptions
+from .._base._options import ConnectOptions, unix_path_problem
 from .._base._sockopt import linger_abort
 from .._core._connection import Connection
 from .._processor import NetProcessor
@@ -255,7 +255,8 @@ class TcpProxy:
 
     Args:
       net: the processor that connects upstream (usually the one serving).
-      host, port: the upstream server.
+      host, port: the upstream server; ``"unix:/path"`` with port 0 for a
+        Unix socket.
       options: :class:`ConnectOptions` for the upstream side: connect timeout,
         inactivity/active timeouts, socket options, TLS.
       chunk: the most bytes held in memory per direction, 1..16 MiB.
@@ -292,10 +293,11 @@ class TcpProxy:
             raise TypeError(f"{o}.net={net!r}: expected a trionet.NetProcessor")
         if not isinstance(host, str):
             raise TypeError(f"{o}.host={host!r}: expected a str (a host name or an IP address)")
-        problem = host_problem(host)
+        unix = unix_target(host) is not None  # "unix:/path": a Unix socket, port 0
+        problem = unix_path_problem(host[5:]) if unix else host_problem(host)
         if problem is not None:
             raise ValueError(f"{o}.host={host!r}: not a valid host name or address: {problem}")
-        check_int(o, "port", port, 1, 65535)
+        check_int(o, "port", port, 0 if unix else 1, 0 if unix else 65535)
         if options is not None and not isinstance(options, ConnectOptions):
             raise TypeError(f"{o}.options={options!r}: expected ConnectOptions or None")
         check_int(o, "chunk", chunk, 1, MAX_CHUNK)
@@ -308,7 +310,7 @@ class TcpProxy:
         self._counts = dict.fromkeys(ProxyStatistics.__slots__, 0)
 
     def __repr__(self) -> str:
-        return f"<trionet.TcpProxy to {self.host}:{self.port}>"
+        return f"<trionet.TcpProxy to {host_port(self.host, self.port)}>"
 
     def statistics(self) -> ProxyStatistics:
         """A frozen snapshot of the proxy's session counts."""

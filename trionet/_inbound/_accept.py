@@ -42,7 +42,7 @@ from .._core._rate import AcceptRate
 from .._core._stats import Counters
 from .._core._table import ConnectionTable
 from .._core._throttle import ThrottleMode
-from ._listen import Listener
+from ._listen import Listener, unix_address
 
 __all__ = [
     "slots_per_connection",
@@ -339,7 +339,10 @@ class Acceptor:
         table = self._table
         throttle = table.throttle
         counters = table.counters
-        host: str | None = addr[0]  # a TCP listener's peer: (host, port[, flow, scope])
+        if isinstance(addr, tuple):  # a TCP peer: (host, port[, flow, scope])
+            host: str | None = addr[0]
+        else:  # a Unix socket's peer has no address the per-client limits could key on
+            host, addr = None, unix_address(addr)
         if not opts.backdoor:
             if throttle.at_limit(self._need):  # only reachable in "close" mode
                 client.close()

@@ -88,7 +88,7 @@ async def bind_all(listen: tuple[int | AcceptOptions, ...]) -> list[Listener]:
             listeners.extend(await open_listeners(spec))
     except BaseException:
         for listener in listeners:
-            listener.socket.close()
+            listener.close()
         raise
     return listeners
 
@@ -227,7 +227,7 @@ class Server:
         finally:
             self._table.counters.accepts_currently_open -= 1
             trio.lowlevel.notify_closing(listener.socket)
-            listener.socket.close()
+            listener.close()
 
     async def _run(self, handler: Handler, task_status: trio.TaskStatus[Server]) -> None:
         try:
@@ -244,7 +244,7 @@ class Server:
                 # shutdown grace deadline cancels them) before the nursery exits.
         finally:
             for listener in self.listeners:
-                listener.socket.close()
+                listener.close()
             self._closed.set()
         if self._fatal is not None:
             raise self._fatal
