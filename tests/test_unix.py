@@ -527,3 +527,22 @@ async def test_howto_proxy_unix_snippets(tmp_path: Path) -> None:
         server.shutdown(0)
         upstream.shutdown(0)
     assert proxy.statistics().sessions == 1 and proxy.statistics().upstream_failures == 0
+
+
+async def test_workers_share_one_unix_listening_socket(tmp_path: Path) -> None:
+    """run_workers' plan for a Unix socket: one listening socket passed to
+    every worker, whatever the sharing mode asked (no SO_REUSEPORT group)."""
+    from trionet._apps._workers._sockets import plan_listeners
+
+    path = tmp_path / "workers.sock"
+    spec = trionet.AcceptOptions(path=str(path), mode=0o600, inactivity_timeout=7.0)
+    plan = await plan_listeners([spec], "reuseport")
+    try:
+        [opts] = plan.listen
+        [sock] = plan.held
+        assert sock.family == socket.AF_UNIX and sock.getsockname() == str(path)
+        assert opts.fd == sock.fileno() and plan.pass_fds == [sock.fileno()]
+        assert opts.path is None and opts.inactivity_timeout == 7.0
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+    finally:
+        plan.close()

@@ -172,7 +172,8 @@ class Server:
 
     @property
     def ports(self) -> list[int]:
-        """The bound port numbers, in listen order, without repeats."""
+        """The bound port numbers, in listen order, without repeats (0 for a
+        Unix socket: its path is ``Listener.path``)."""
         return list(dict.fromkeys(listener.port for listener in self.listeners))
 
     @property
