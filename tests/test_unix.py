@@ -189,6 +189,8 @@ async def test_owner_and_group_by_name(tmp_path: Path) -> None:
         ({"path": "/tmp/" + "x" * 200}, "bytes long, more than the 107"),
         ({"path": ""}, "AcceptOptions.path='': an empty path"),
         ({"path": "/tmp/a\x00b"}, "a NUL character"),
+        ({"path": "/tmp/a\nb"}, "a control character, '\\n'"),
+        ({"path": "/tmp/\ud800"}, "not encodable as a file name"),
         ({"path": b"/tmp/a"}, "AcceptOptions.path=b'/tmp/a': must be a str"),
         ({"mode": 0o600}, "AcceptOptions.mode=384: needs path"),
         ({"owner": "root"}, "AcceptOptions.owner='root': needs path"),

@@ -375,7 +375,13 @@ def unix_path_problem(path: object) -> str | None:
         return "an empty path"
     if "\0" in path:
         return "a NUL character (write an abstract name as '@name')"
-    size = len(os.fsencode(path))
+    control = next((c for c in path if c.isascii() and not c.isprintable()), None)
+    if control is not None:  # legal to the kernel, but it would break log lines
+        return f"a control character, {control!r}"
+    try:
+        size = len(os.fsencode(path))
+    except UnicodeEncodeError as exc:
+        return f"not encodable as a file name ({exc.reason})"
     if size > MAX_UNIX_PATH:
         return f"{size} bytes long, more than the {MAX_UNIX_PATH} a Unix socket address holds"
     return None
