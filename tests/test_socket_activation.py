@@ -158,7 +158,10 @@ def test_wrong_fds_are_refused_by_number(tmp_path: Path, closed_fd: int) -> None
             adopt_listener(unlistened.fileno(), opts)
         assert unlistened.fileno() >= 0  # refused, not taken over: still open
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with udp, pytest.raises(ValueError, match=rf"fd {udp.fileno()} is not a TCP socket"):
+    with (
+        udp,
+        pytest.raises(ValueError, match=rf"fd {udp.fileno()} is not a TCP or Unix stream socket"),
+    ):
         check_listening_fd(udp.fileno())
 
 

@@ -46,8 +46,10 @@ async def handler(conn: trionet.Connection) -> None:
     reveal_type(conn.remote_address)
     reveal_type(conn.local_address)
     reveal_type(conn.timed_out)
-    host, port = conn.remote_address[:2]
-    print(host.upper(), port + 1)
+    address = conn.remote_address
+    if isinstance(address, tuple):  # TCP; a Unix socket's address is a str
+        host, port = address[:2]
+        print(host.upper(), port + 1)
     await conn.send_all(data)
     await conn.send_eof()
 
@@ -75,7 +77,7 @@ async def main() -> None:
 trio.run(main)
 """
 
-ADDRESS = "tuple[str, int] | tuple[str, int, int, int]"
+ADDRESS = "tuple[str, int] | tuple[str, int, int, int] | str"
 
 
 def _cannot_run(why: str) -> None:

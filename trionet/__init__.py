@@ -63,10 +63,13 @@ from ._processor import serve_stats as serve_stats
 # Assigned here, not only imported, so that each carries its description where
 # the documentation tools look for it (a name's docstring follows its assignment).
 SocketAddress: _typing.TypeAlias = _SocketAddress
-"""A TCP socket address, as Python's :mod:`socket` module writes it.
+"""A socket address, as Python's :mod:`socket` module writes it.
 ``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6
-(``Connection.remote_address``, ``Listener.address``, ``ProxyHeader.source``...).
-The host is an IP address in text form (``"192.0.2.1"``, ``"::1"``)."""
+(``Connection.remote_address``, ``Listener.address``, ``ProxyHeader.source``...);
+the host is an IP address in text form (``"192.0.2.1"``, ``"::1"``). A Unix
+domain socket's address is a ``str``: its path, ``""`` for an unnamed socket
+(a Unix client's usually is), or ``"@name"`` for a Linux abstract name.
+``isinstance(address, str)`` tells a Unix address from a TCP one."""
 
 Handler: _typing.TypeAlias = _Handler
 """The connection handler :meth:`NetProcessor.serve` runs, once per

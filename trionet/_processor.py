@@ -11,6 +11,7 @@ here too: the stats page is a small server of its own processor.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterable, Sequence
 from typing import final
 
@@ -19,6 +20,7 @@ import trio
 from ._base._checks import check_bool, check_int, check_opt_int, check_seconds, to_networks
 from ._base._options import AcceptOptions, ConnectOptions
 from ._core._connection import Connection
+from ._core._rate import AcceptRate, default_burst
 from ._core._stats import NetStatistics, Reading, ReadingsSource, net_readings
 from ._core._stats_page import (
     STATS_INACTIVITY_TIMEOUT,
@@ -92,6 +94,25 @@ class NetProcessor:
         ``cancelled``, ``handshake_failed`` (PROXY header or TLS handshake),
         ``upstream_failed``, ``upstream_timeout``. Off by default (the
         ``trionet`` command turns it on); off, it costs nothing.
+      max_accept_rate: new inbound connections per second over every server
+        of the processor (HAProxy ``rate-limit sessions``), a token bucket of
+        ``accept_burst`` tokens: > 0 and finite; ``None`` for no limit. With
+        ``throttle="pause"`` the accept tasks stop until a token is due and
+        clients wait in the kernel backlog; with ``"close"`` the excess is
+        accepted, closed and counted in ``connections_rate_limited_in``.
+        Backdoor ports are exempt.
+      accept_burst: connections admitted at once from a full bucket, >= 1;
+        default one second's worth (``ceil(max_accept_rate)``).
+      per_client_max_accept_rate: new connections per second from one client
+        address (a bucket per client, ``per_client_accept_burst`` tokens),
+        > 0 and finite. The excess is always accepted and closed (the client
+        is known only once accepted), counted in
+        ``connections_rate_limited_in``. ``per_client_exempt`` networks and
+        backdoor ports are exempt; so are clients with no address of their
+        own (Unix sockets, PROXY protocol ports). At most 16384 clients are
+        tracked: buckets that have refilled are forgotten first.
+      per_client_accept_burst: a client's bucket size, >= 1; default one
+        second's worth of ``per_client_max_accept_rate``.
 
     Raises:
       ValueError: a bad argument, naming it and its value (an int field given
@@ -113,6 +134,10 @@ class NetProcessor:
         max_idle_connections: int | None = None,
         propagate_handler_errors: bool = False,
         access_log: bool = False,
+        max_accept_rate: float | None = None,
+        accept_burst: int | None = None,
+        per_client_max_accept_rate: float | None = None,
+        per_client_accept_burst: int | None = None,
     ) -> None:
         o = "NetProcessor"
         check_opt_int(o, "max_connections", max_connections, 1)
@@ -144,6 +169,13 @@ class NetProcessor:
             float(accept_error_grace),
             propagate_handler_errors,
             access_log,
+            _accept_rate(
+                max_accept_rate,
+                accept_burst,
+                per_client_max_accept_rate,
+                per_client_accept_burst,
+                exempt,
+            ),
         )
 
     @property
@@ -180,6 +212,18 @@ class NetProcessor:
     @property
     def default_inactivity_timeout(self) -> float | None:
         return self._table.default_inactivity_timeout
+
+    @property
+    def max_accept_rate(self) -> float | None:
+        """New connections per second over the processor, or None."""
+        rate = self._accept.rate
+        return None if rate is None or rate.overall is None else rate.overall.rate
+
+    @property
+    def per_client_max_accept_rate(self) -> float | None:
+        """New connections per second from one client address, or None."""
+        rate = self._accept.rate
+        return None if rate is None else rate.client_rate
 
     def statistics(self) -> NetStatistics:
         """A frozen snapshot of this processor's statistics."""
@@ -321,12 +365,13 @@ class NetProcessor:
     async def connect(
         self,
         host: str,
-        port: int,
+        port: int = 0,
         options: ConnectOptions | None = None,
         *,
         for_connection: Connection | None = None,
     ) -> Connection:
-        """Open a TCP connection to ``host:port`` (Netty ``Bootstrap.connect``).
+        """Open a TCP connection to ``host:port`` (Netty ``Bootstrap.connect``),
+        or a Unix socket connection to ``"unix:/path"``.
 
         Returns once the TCP handshake is complete (Netty's ``channelActive``);
         nothing is read until the caller reads. An IP literal is used as is;
@@ -335,8 +380,12 @@ class NetProcessor:
         ``options.connect_timeout`` covers resolution and every attempt together.
 
         Args:
-          host: a host name or an IPv4/IPv6 literal (``"[::1]"`` accepted).
-          port: 1..65535.
+          host: a host name or an IPv4/IPv6 literal (``"[::1]"`` accepted);
+            or ``"unix:/path"`` (``"unix:@name"``: a Linux abstract name) for
+            a Unix domain socket, which has no resolver, happy eyeballs,
+            local address or family (asking for them is a ``ValueError``);
+            TLS over it needs ``options.server_hostname``.
+          port: 1..65535 (0, or left out, for a Unix socket).
           options: a :class:`ConnectOptions`; ``None`` for the defaults.
           for_connection: the inbound connection this one is made for. If
             ``serve()`` reserved an outbound slot with it (its handler has
@@ -367,7 +416,8 @@ class NetProcessor:
           TypeError: ``host`` is not a non-empty str, ``port`` not an int,
             ``options`` not a :class:`ConnectOptions`, or ``for_connection``
             not a :class:`Connection`.
-          ValueError: ``port`` is outside 1..65535, or ``host`` (an IP
+          ValueError: ``port`` is outside 1..65535 (not 0 for a Unix socket),
+            a Unix socket path is malformed, or ``host`` (an IP
             literal) or ``options.family`` is not of the family
             ``options.local_address`` asks for.
         """
@@ -473,6 +523,57 @@ async def serve_readings(
         max_idle_connections=STATS_MAX_WAITING,
     )
     await net.serve(handler, opts, task_status=task_status)
+
+
+def _accept_rate(
+    rate: object,
+    burst: object,
+    client_rate: object,
+    client_burst: object,
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> AcceptRate | None:
+    """The processor's connection-rate limits from its arguments, checked.
+
+    Raises:
+      ValueError: a rate that is not a positive finite number, a burst that
+        is not an int >= 1, or a burst without its rate (naming each).
+    """
+    o = "NetProcessor"
+    pairs = (
+        ("max_accept_rate", rate, "accept_burst", burst),
+        ("per_client_max_accept_rate", client_rate, "per_client_accept_burst", client_burst),
+    )
+    for rate_name, rate_value, burst_name, burst_value in pairs:
+        _check_rate(o, rate_name, rate_value)
+        check_opt_int(o, burst_name, burst_value, 1)
+        if rate_value is None and burst_value is not None:
+            raise ValueError(f"{o}.{burst_name}={burst_value!r}: needs {rate_name}")
+    if rate is None and client_rate is None:
+        return None
+    assert isinstance(rate, float | int | None) and isinstance(client_rate, float | int | None)
+    assert isinstance(burst, int | None) and isinstance(client_burst, int | None)
+    return AcceptRate(
+        rate=None if rate is None else float(rate),
+        burst=burst or default_burst(rate or 1),
+        per_client_rate=None if client_rate is None else float(client_rate),
+        per_client_burst=client_burst or default_burst(client_rate or 1),
+        exempt=exempt,
+    )
+
+
+def _check_rate(owner: str, name: str, value: object) -> None:
+    """``None`` or a positive, finite number of connections per second."""
+    if value is None:
+        return
+    try:
+        number = float(value) if isinstance(value, int | float) else math.nan
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if isinstance(value, bool) or not 0 < number < math.inf:
+        raise ValueError(
+            f"{owner}.{name}={value!r}: must be a positive, finite number of "
+            "connections per second, or None"
+        )
 
 
 # --------------------------------------------------------- the layers below

@@ -49,3 +49,14 @@ def make_failover_proxy(
 
 if __name__ == "__main__":
     trio.run(main)
+
+
+def unix_listener(path: str) -> trionet.AcceptOptions:
+    # Clients on this host reach the proxy through a socket file that only the
+    # file's group may open; a stale file left by a crash is replaced.
+    return trionet.AcceptOptions(path=path, mode=0o660, inactivity_timeout=60)
+
+
+def unix_upstream(net: trionet.NetProcessor, path: str) -> trionet.TcpProxy:
+    # An upstream that listens on a Unix socket (an application server's).
+    return trionet.TcpProxy(net, f"unix:{path}", 0)

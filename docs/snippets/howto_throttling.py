@@ -24,6 +24,18 @@ def per_client() -> trionet.NetProcessor:
     )
 
 
+def rate_limited() -> trionet.NetProcessor:
+    # At most 100 new connections a second (bursts of up to 200), and 5 a
+    # second from any one client address (bursts of 10), office excepted.
+    return trionet.NetProcessor(
+        max_accept_rate=100,
+        accept_burst=200,
+        per_client_max_accept_rate=5,
+        per_client_accept_burst=10,
+        per_client_exempt=["10.0.0.0/8"],
+    )
+
+
 def health_check_port(port: int) -> trionet.AcceptOptions:
     # A "backdoor" port (ATS's term) is exempt from both limits, so health
     # checks and admin tools still get in when the server is full.

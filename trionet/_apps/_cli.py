@@ -31,7 +31,7 @@ from typing import Any, Final, Literal, final
 
 import trio
 
-from .._base._addr import host_port
+from .._base._addr import SocketAddress, host_port
 from .._base._errors import leaves
 from .._base._options import DEFAULT_PROXY_PROTOCOL_TRUSTED, AcceptOptions, ConnectOptions
 from .._core._connection import Connection
@@ -107,12 +107,22 @@ def _combination_problems(args: argparse.Namespace) -> Iterator[str]:
         yield "argument --proxy-protocol-trusted: needs --proxy-protocol"
     if args.command == "proxy":
         yield from _upstream_problems(args)
+    if args.accept_burst is not None and args.max_accept_rate is None:
+        yield "argument --accept-burst: needs --max-accept-rate"
+    if args.per_client_accept_burst is not None and args.per_client_max_accept_rate is None:
+        yield "argument --per-client-accept-burst: needs --per-client-max-accept-rate"
     if args.command == "proxy" and args.max_connections is not None and args.max_connections < 2:
         # A proxy session holds two slots, its client's and its upstream's
         # (TcpProxy reserves them together), so 1 could never serve anyone.
         yield (
             f"argument --max-connections: '{args.max_connections}': a proxy session "
             "needs 2 connections (client and upstream); give at least 2"
+        )
+    if isinstance(args.port, str) and args.workers > 1:
+        listen = "--listen" if args.command == "proxy" else "--port"
+        yield (
+            f"argument {listen}: 'unix:{args.port}': one process serves a Unix socket "
+            "(--workers share a TCP port with SO_REUSEPORT)"
         )
 
 
@@ -188,10 +198,16 @@ def _plan(args: argparse.Namespace) -> _Command:
         throttle=args.throttle,
         per_client_max_connections=args.per_client_max,
         access_log=args.access_log,
+        max_accept_rate=args.max_accept_rate,
+        accept_burst=args.accept_burst,
+        per_client_max_accept_rate=args.per_client_max_accept_rate,
+        per_client_accept_burst=args.per_client_accept_burst,
     )
+    where: dict[str, Any] = {"host": bind_host(args.host), "port": args.port}
+    if isinstance(args.port, str):  # --listen unix:/path
+        where = {"path": args.port}
     listen = AcceptOptions(
-        host=bind_host(args.host),
-        port=args.port,
+        **where,
         inactivity_timeout=args.inactivity_timeout,
         active_timeout=args.active_timeout,
         ssl_context=_tls_context(args.tls_cert, args.tls_key),
@@ -219,7 +235,9 @@ def _plan(args: argparse.Namespace) -> _Command:
     return plan
 
 
-def _address(listener_address: tuple[object, ...]) -> str:
+def _address(listener_address: SocketAddress) -> str:
+    if isinstance(listener_address, str):
+        return f"unix:{listener_address}"
     return host_port(str(listener_address[0]), listener_address[1])
 
 

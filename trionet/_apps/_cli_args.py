@@ -14,7 +14,8 @@ import re
 import unicodedata
 from typing import Final, NoReturn, final
 
-from .._base._addr import host_problem
+from .._base._addr import UNIX_PREFIX, host_problem
+from .._base._options import unix_path_problem
 from .._base._version import __version__
 from ._logging import LOG_FORMATS, LOG_LEVELS
 
@@ -58,6 +59,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _listen(text: str) -> int | str:
+    """A port, or ``unix:/path`` (``unix:@name``) for a Unix socket (its path returned)."""
+    if not text.startswith(UNIX_PREFIX):
+        return _port(text)
+    path = text[len(UNIX_PREFIX) :]
+    if (why := unix_path_problem(path)) is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PORT or unix:/PATH ({why})")
+    return path
+
+
 def _positive_int(text: str) -> int:
     value = _whole(text, "expected a whole number")
     if value < 1:
@@ -81,6 +92,18 @@ def _seconds(text: str, allow_zero: bool = False) -> float:
         rule = "zero or more" if allow_zero else "a positive number of"
         raise argparse.ArgumentTypeError(f"{text!r}: must be {rule} seconds")
     return value or 0.0  # "-0" is 0, not -0.0 ("grace -0 s")
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected connections per second, e.g. 100 or 0.5"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number per second")
+    return value
 
 
 def _grace(text: str) -> float:
@@ -139,6 +162,10 @@ def _host(text: str) -> str:
 
 
 def _host_port(text: str) -> tuple[str, int]:
+    if text.startswith(UNIX_PREFIX):  # a Unix socket: ("unix:/path", 0)
+        if (why := unix_path_problem(text[len(UNIX_PREFIX) :])) is not None:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT or unix:/PATH ({why})")
+        return text, 0
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # [::1]:80
     if not sep or not host or not port.isascii() or not port.isdigit():
@@ -314,6 +341,31 @@ def _common_options() -> _Parser:
         help="inbound connections allowed from one client address",
     )
     limits.add_argument(
+        "--max-accept-rate",
+        type=_rate,
+        metavar="R",
+        help="new connections per second over the server (token bucket; at the limit "
+        "--throttle decides: 'pause' leaves clients in the backlog, 'close' closes them)",
+    )
+    limits.add_argument(
+        "--accept-burst",
+        type=_positive_int,
+        metavar="N",
+        help="connections --max-accept-rate admits at once (default: one second's worth)",
+    )
+    limits.add_argument(
+        "--per-client-max-accept-rate",
+        type=_rate,
+        metavar="R",
+        help="new connections per second from one client address (excess closed)",
+    )
+    limits.add_argument(
+        "--per-client-accept-burst",
+        type=_positive_int,
+        metavar="N",
+        help="connections one client may open at once (default: one second's worth)",
+    )
+    limits.add_argument(
         "--inactivity-timeout",
         type=_seconds,
         metavar="S",
@@ -435,7 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="echo every byte back",
         description="An echo server: every byte a client sends is sent back.",
     )
-    echo.add_argument("--port", type=_port, default=7007, help="port (default 7007; 0 = any)")
+    echo.add_argument(
+        "--port",
+        type=_listen,
+        default=7007,
+        help="port (default 7007; 0 = any), or unix:/PATH for a Unix socket",
+    )
     proxy = commands.add_parser(
         "proxy",
         parents=[common],
@@ -449,10 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen",
         "--port",
         dest="port",
-        type=_port,
+        type=_listen,
         required=True,
         metavar="PORT",
-        help="port to listen on (0 = any)",
+        help="port to listen on (0 = any), or unix:/PATH for a Unix socket (a stale socket "
+        "file is replaced; --host does not apply)",
     )
     proxy.add_argument(
         "--upstream",
@@ -460,8 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="HOST:PORT",
-        help="where to forward connections (repeatable: several upstreams, balanced, "
-        "with failover)",
+        help="where to forward connections (HOST:PORT, or unix:/PATH for a Unix socket; "
+        "repeatable: several upstreams, balanced, with failover)",
     )
     proxy.add_argument(
         "--connect-timeout",

@@ -20,10 +20,10 @@ from typing import Final, Literal, final
 
 import trio
 
-from .._base._addr import host_problem
+from .._base._addr import host_problem, unix_target
 from .._base._checks import check_int, check_seconds, is_int
 from .._base._errors import ConnectError, ResolveError, ThrottledError, TLSError
-from .._base._options import ConnectOptions
+from .._base._options import ConnectOptions, unix_path_problem
 from .._base._ratelog import RateLimitedLog
 from .._base._sockopt import linger_abort
 from .._core._access_log import address_text
@@ -364,8 +364,9 @@ class TcpProxy:
 
     Args:
       net: the processor that connects upstream (usually the one serving).
-      host, port: the upstream server; or ``host`` a sequence of
-        ``(host, port)`` targets and ``port`` left out (``None``).
+      host, port: the upstream server (``"unix:/path"`` with port 0 for a
+        Unix socket); or ``host`` a sequence of ``(host, port)`` targets and
+        ``port`` left out (``None``).
       options: :class:`ConnectOptions` for the upstream side: connect timeout,
         inactivity/active timeouts, socket options, TLS, PROXY header.
       chunk: the most bytes held in memory per direction, 1..16 MiB.
@@ -627,7 +628,8 @@ def _check_targets(owner: str, host: object, port: object) -> tuple[tuple[str, i
     """``host, port`` or a sequence of ``(host, port)``, checked as
     ``connect()`` would check them."""
     if isinstance(host, str):
-        check_int(owner, "port", port, 1, 65535)
+        unix = unix_target(host) is not None  # "unix:/path": a Unix socket, port 0
+        check_int(owner, "port", port, 0 if unix else 1, 0 if unix else 65535)
         assert isinstance(port, int)
         return (_check_target(owner, "host", host, port),)
     if not isinstance(host, Sequence) or isinstance(host, bytes | bytearray):
@@ -644,7 +646,8 @@ def _check_targets(owner: str, host: object, port: object) -> tuple[tuple[str, i
     for i, item in enumerate(host):
         if not isinstance(item, tuple | list) or len(item) != 2:
             raise TypeError(f"{owner}.host[{i}]={item!r}: expected a (host, port) pair")
-        check_int(owner, f"host[{i}].port", item[1], 1, 65535)
+        unix = isinstance(item[0], str) and unix_target(item[0]) is not None
+        check_int(owner, f"host[{i}].port", item[1], 0 if unix else 1, 0 if unix else 65535)
         target = _check_target(owner, f"host[{i}]", item[0], item[1])
         if target in targets:
             raise ValueError(f"{owner}.host[{i}]={item!r}: the same target given twice")
@@ -655,7 +658,8 @@ def _check_targets(owner: str, host: object, port: object) -> tuple[tuple[str, i
 def _check_target(owner: str, name: str, host: object, port: int) -> tuple[str, int]:
     if not isinstance(host, str):
         raise TypeError(f"{owner}.{name}={host!r}: expected a str (a host name or an IP address)")
-    problem = host_problem(host)
+    unix = unix_target(host) is not None
+    problem = unix_path_problem(host[5:]) if unix else host_problem(host)
     if problem is not None:
         raise ValueError(f"{owner}.{name}={host!r}: not a valid host name or address: {problem}")
     return host, int(port)

@@ -38,6 +38,7 @@ __all__ = [
     "AddrInfo",
     "Network",
     "SocketAddress",
+    "TcpAddress",
     "as_socket_address",
     "client_key",
     "host_port",
@@ -48,15 +49,26 @@ __all__ = [
     "parse_address",
     "resolve_literal",
     "strip_brackets",
+    "unix_path",
+    "unix_target",
     "unspecified_address",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SocketAddress: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
-# Exported and described as trionet.SocketAddress.
+TcpAddress: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
+"""An IPv4 ``(ip, port)`` or IPv6 ``(ip, port, flowinfo, scope_id)`` address."""
 
-AddrInfo: TypeAlias = tuple[int, SocketAddress]
+SocketAddress: TypeAlias = TcpAddress | str
+# Exported and described as trionet.SocketAddress. A Unix domain socket's
+# address is a str, as Python's socket module gives it: the path, "" for an
+# unnamed (client) socket, or "\0name" for a Linux abstract name.
+
+# How a Unix socket is written where a host is expected: "unix:/run/app.sock",
+# or "unix:@name" for a Linux abstract name (HAProxy's "abns@", systemd's "@").
+UNIX_PREFIX: Final = "unix:"
+
+AddrInfo: TypeAlias = tuple[int, TcpAddress]
 """``(family, sockaddr)``: ``(AF_INET, (ip, port))`` or
 ``(AF_INET6, (ip, port, flowinfo, scope_id))``, as a resolver returns them."""
 
@@ -79,7 +91,7 @@ _NUMERIC_LABEL: Final = re.compile(r"(?:[0-9]+|0[xX][0-9a-fA-F]*)")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def as_socket_address(family: int, sockaddr: object) -> SocketAddress | None:
+def as_socket_address(family: int, sockaddr: object) -> TcpAddress | None:
     """``sockaddr`` as a :data:`SocketAddress` of ``family``, or ``None`` if it
     is not one: ``(str, int)`` for ``AF_INET``; for ``AF_INET6`` a ``(str, int)``
     followed by up to two ints, which the result completes with zeros (the
@@ -101,13 +113,33 @@ def as_socket_address(family: int, sockaddr: object) -> SocketAddress | None:
 
 def unspecified_address(family: int) -> SocketAddress:
     """The all-zero address of ``family`` (``("0.0.0.0", 0)`` or
-    ``("::", 0, 0, 0)``): what ATS reports for an address it could not read."""
+    ``("::", 0, 0, 0)``; ``""`` for a Unix socket): what ATS reports for an
+    address it could not read."""
+    if family == getattr(socket, "AF_UNIX", None):
+        return ""
     return ("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
+
+
+def unix_path(path: str) -> str:
+    """A Unix socket path as ``bind()``/``connect()`` take it: ``@name``
+    (systemd's spelling of a Linux abstract name) becomes ``\\0name``."""
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
+def unix_target(host: str) -> str | None:
+    """The socket path of a ``unix:/path`` (or ``unix:@name``) target, or
+    ``None`` if ``host`` is not written so (then it is a host name or an IP)."""
+    if not host.startswith(UNIX_PREFIX):
+        return None
+    return unix_path(host[len(UNIX_PREFIX) :])
 
 
 def host_port(host: str, port: object) -> str:
     """``host:port`` for messages, with IPv6 literals bracketed (``[::1]:80``);
-    a host already in brackets is left as it is."""
+    a host already in brackets is left as it is; a ``unix:/path`` target is
+    written alone (it has no port)."""
+    if host.startswith(UNIX_PREFIX):
+        return host
     if ":" in host and not host.startswith("["):
         return f"[{host}]:{port}"
     return f"{host}:{port}"

@@ -8,16 +8,19 @@ clearly when the platform lacks one) is done by :mod:`trionet._base._sockopt`.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import os
+import pwd
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, runtime_checkable
 
 import trio
 
-from ._addr import Network, SocketAddress, host_problem, resolve_literal
+from ._addr import Network, TcpAddress, host_problem, resolve_literal
 from ._checks import (
     C_INT_MAX,
     U32_MAX,
@@ -26,6 +29,7 @@ from ._checks import (
     check_family,
     check_host_field,
     check_instance,
+    check_int,
     check_seconds,
     int_field,
     is_int,
@@ -40,17 +44,15 @@ class Resolver(Protocol):
     """Resolves a host name to socket addresses.
 
     ``resolve(host, port, family)`` returns a list of ``(family, sockaddr)``
-    pairs (a :data:`~trionet.SocketAddress` of that family: ``(ip, port)`` or
-    ``(ip, port, flowinfo, scope_id)``), in the order the connection attempts
+    pairs (a TCP :data:`~trionet.SocketAddress` of that family: ``(ip, port)``
+    or ``(ip, port, flowinfo, scope_id)``), in the order the connection attempts
     should consider them.
     ``family`` is ``socket.AF_INET``, ``socket.AF_INET6`` or ``0`` (either).
     A failed lookup should raise :class:`trionet.ResolveError` (a plain
     ``OSError`` such as ``socket.gaierror`` is wrapped into one by ``connect``).
     """
 
-    async def resolve(
-        self, host: str, port: int, family: int
-    ) -> list[tuple[int, SocketAddress]]: ...
+    async def resolve(self, host: str, port: int, family: int) -> list[tuple[int, TcpAddress]]: ...
 
 
 SocketFactory = Callable[[int], trio.socket.SocketType]
@@ -160,6 +162,27 @@ class AcceptOptions:
         Default: loopback only (``127.0.0.0/8``, ``::1``); every source only
         when asked, with ``("0.0.0.0/0", "::/0")``.
       proxy_protocol_timeout: seconds to wait for the complete header (> 0, finite).
+      path: listen on a Unix domain socket at this path instead of TCP (at
+        most 107 bytes; ``"@name"`` is a Linux abstract name, with no file).
+        Cannot be combined with ``host``, ``port``, ``localhost_only``,
+        ``family``, ``fd`` or the TCP-only ``reuse_port``, ``transparent``,
+        ``defer_accept``. A stale socket file (nobody accepts on it:
+        connecting is refused) is removed and bound again; a path someone
+        listens on fails with ``EADDRINUSE`` naming it, and a path that is
+        not a socket (a regular file...) is never removed: ``EEXIST``. The
+        file is removed when the server closes it, if it is still the one
+        bound. ``SocketOptions.nodelay`` does not apply (no TCP); the
+        per-client limits do not either (a Unix client has no address), while
+        the connection limit, the rate limit, timeouts and statistics do. A
+        PROXY protocol header is believed from any Unix peer (who may connect
+        is what the file's permissions say), whatever
+        ``proxy_protocol_trusted`` says.
+      mode: permission bits of the socket file (``0o660``), 0..0o777; set
+        before ``listen()``, so no client connects under the umask's.
+        ``None`` leaves what the umask gives. Needs a file ``path``.
+      owner / group: the socket file's owner and group, a user or group name
+        or a numeric id (a name is looked up on construction and kept as its
+        id); needs a file ``path`` and the privilege to ``chown`` it.
 
     Every field is checked on construction (type and range, as in
     :class:`SocketOptions`); a bad one raises ``ValueError`` naming the field
@@ -185,9 +208,14 @@ class AcceptOptions:
     # Written as strs or networks; __post_init__ stores a tuple of networks.
     proxy_protocol_trusted: Sequence[str | Network] = DEFAULT_PROXY_PROTOCOL_TRUSTED
     proxy_protocol_timeout: float = DEFAULT_PROXY_PROTOCOL_TIMEOUT
+    path: str | None = None
+    mode: int | None = None
+    owner: int | str | None = None
+    group: int | str | None = None
 
     def __post_init__(self) -> None:
         o = "AcceptOptions"
+        self._check_unix(o)
         int_field(self, o, "port", 0, 65535)
         check_host_field(o, "host", self.host)
         check_bool(o, "localhost_only", self.localhost_only)
@@ -213,6 +241,36 @@ class AcceptOptions:
             why = 'trusts no source; ("0.0.0.0/0", "::/0") trusts every source'
             raise bad_value(o, "proxy_protocol_trusted", self.proxy_protocol_trusted, why)
         object.__setattr__(self, "proxy_protocol_trusted", nets)
+
+    def _check_unix(self, o: str) -> None:
+        """``path`` and what goes with it (file mode and owner), exclusive of
+        the TCP fields; names are resolved to ids."""
+        path = self.path
+        file_fields = ("mode", "owner", "group")
+        if path is None:
+            for name in file_fields:
+                if getattr(self, name) is not None:
+                    raise bad_value(o, name, getattr(self, name), "needs path (a Unix socket)")
+            return
+        why = unix_path_problem(path)
+        if why is not None:
+            raise bad_value(o, "path", path, why)
+        for name, default in _TCP_ONLY:
+            value = getattr(self, name)
+            if value is not default and value != default:
+                raise bad_value(o, name, value, f"cannot be combined with path={path!r}")
+        if path.startswith("@"):
+            for name in file_fields:
+                if getattr(self, name) is not None:
+                    raise bad_value(
+                        o, name, getattr(self, name), f"an abstract name ({path!r}) has no file"
+                    )
+        mode = self.mode
+        if mode is not None and (not is_int(mode) or not 0 <= mode <= 0o777):
+            shown = oct(mode) if is_int(mode) else repr(mode)
+            raise ValueError(f"{o}.mode={shown}: must be permission bits, 0o000..0o777")
+        object.__setattr__(self, "owner", _user_id(o, "owner", self.owner, _uid_of))
+        object.__setattr__(self, "group", _user_id(o, "group", self.group, _gid_of))
 
     @classmethod
     def coerce(cls, spec: int | AcceptOptions) -> AcceptOptions:
@@ -305,6 +363,65 @@ class ConnectOptions:
         spp = self.send_proxy_protocol
         if spp is not None and (not is_int(spp) or spp not in (1, 2)):
             raise bad_value(o, "send_proxy_protocol", spp, "must be 1, 2 or None")
+
+
+# The fields a Unix socket path cannot be combined with, and their defaults.
+_TCP_ONLY: Final = (
+    ("host", None),
+    ("port", 0),
+    ("localhost_only", False),
+    ("family", None),
+    ("fd", None),
+    ("reuse_port", False),
+    ("transparent", False),
+    ("defer_accept", None),
+)
+# sockaddr_un's sun_path is 108 bytes on Linux, one of them the final NUL.
+MAX_UNIX_PATH: Final = 107
+
+
+def unix_path_problem(path: object) -> str | None:
+    """Why ``path`` cannot name a Unix socket, or ``None``."""
+    if not isinstance(path, str):
+        return "must be a str (a file system path, or '@name' for an abstract name)"
+    if not path or path == "@":
+        return "an empty path"
+    if "\0" in path:
+        return "a NUL character (write an abstract name as '@name')"
+    control = next((c for c in path if c.isascii() and not c.isprintable()), None)
+    if control is not None:  # legal to the kernel, but it would break log lines
+        return f"a control character, {control!r}"
+    try:
+        size = len(os.fsencode(path))
+    except UnicodeEncodeError as exc:
+        return f"not encodable as a file name ({exc.reason})"
+    if size > MAX_UNIX_PATH:
+        return f"{size} bytes long, more than the {MAX_UNIX_PATH} a Unix socket address holds"
+    return None
+
+
+def _uid_of(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid_of(name: str) -> int:
+    return grp.getgrnam(name).gr_gid
+
+
+def _user_id(owner: str, name: str, value: object, lookup: Callable[[str], int]) -> int | None:
+    """``None``, a numeric id, or a user/group name turned into its id."""
+    if value is None:
+        return None
+    if is_int(value):
+        check_int(owner, name, value, 0, U32_MAX - 1)  # (uid_t)-1 means "unchanged"
+        return int(value)
+    if not isinstance(value, str) or not value:
+        raise bad_value(owner, name, value, "must be a name or a numeric id")
+    try:
+        return lookup(value)
+    except KeyError:
+        what = "user" if name == "owner" else "group"
+        raise bad_value(owner, name, value, f"no such {what} on this host") from None
 
 
 def _check_local_address(owner: str, value: object, family: object) -> None:

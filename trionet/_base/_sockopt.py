@@ -28,6 +28,9 @@ _LINUX_FALLBACK = {
 }
 
 
+_AF_UNIX = getattr(socket, "AF_UNIX", None)
+
+
 class _SockLike(Protocol):
     @property
     def family(self) -> int: ...
@@ -55,8 +58,9 @@ def _set(sock: _SockLike, what: str, level: int, const: str, value: int | bytes)
 
 
 def apply_socket_options(sock: _SockLike, opts: SocketOptions) -> None:
-    """Apply ``opts`` to ``sock`` (TCP, either family)."""
-    if opts.nodelay:
+    """Apply ``opts`` to ``sock`` (TCP, either family; on a Unix socket
+    ``nodelay``, on by default, does not apply and is skipped)."""
+    if opts.nodelay and sock.family != _AF_UNIX:
         _set(sock, "SocketOptions.nodelay", socket.IPPROTO_TCP, "TCP_NODELAY", 1)
     if opts.keepalive:
         _set(sock, "SocketOptions.keepalive", socket.SOL_SOCKET, "SO_KEEPALIVE", 1)

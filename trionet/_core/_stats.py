@@ -53,6 +53,7 @@ class NetStatistics:
     total_accepts: int = 0
     connections_throttled_in: int = 0
     per_client_connections_throttled_in: int = 0
+    connections_rate_limited_in: int = 0
     accept_errors_transient: int = 0
     accept_errors_resource: int = 0
     read_bytes: int = 0
@@ -88,6 +89,7 @@ RECORD_NAMES: Final[dict[str, str]] = {
     "total_accepts": "proxy.process.tcp.total_accepts",
     "connections_throttled_in": "proxy.process.net.connections_throttled_in",
     "per_client_connections_throttled_in": "proxy.process.net.per_client.connections_throttled_in",
+    "connections_rate_limited_in": "proxy.process.net.connections_rate_limited_in",
     "accept_errors_transient": "proxy.process.net.accept_errors_transient",
     "accept_errors_resource": "proxy.process.net.accept_errors_resource",
     "read_bytes": "proxy.process.net.read_bytes",

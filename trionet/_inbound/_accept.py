@@ -8,7 +8,7 @@ One accepted socket, step by step::
     ├── at the limit ("pause")   park until a connection closes (ConnectionTable)
     ├── its Room full            park until one is taken (ConnectionListener only)
     ├── accept() ... x batch     EAGAIN: wait readable; errors: classed (below)
-    └── _admit                   throttle / per-client limit, socket options
+    └── _admit                   throttle / per-client limit / rate limits, socket options
         └── table.open + start   Connection counted, timeouts armed; ``task`` in ``nursery``:
             ├── serve():         PROXY header, TLS handshake, handler(conn)
             │                    (trionet._inbound._server.HandlerTasks)
@@ -39,10 +39,11 @@ from .._base._ratelog import RateLimitedLog
 from .._base._sockopt import apply_socket_options
 from .._core._access_log import log_refused
 from .._core._connection import Connection
+from .._core._rate import AcceptRate
 from .._core._stats import Counters
 from .._core._table import ConnectionTable
 from .._core._throttle import ThrottleMode
-from ._listen import Listener
+from ._listen import Listener, unix_address
 
 __all__ = [
     "slots_per_connection",
@@ -184,6 +185,7 @@ class AcceptPolicy:
         "accept_error_pause",
         "access_log",
         "propagate_handler_errors",
+        "rate",
         "resource_log",
         "throttle_log",
         "throttle_mode",
@@ -197,8 +199,10 @@ class AcceptPolicy:
         accept_error_grace: float,
         propagate_handler_errors: bool,
         access_log: bool = False,
+        rate: AcceptRate | None = None,
     ) -> None:
         self.throttle_mode: ThrottleMode = throttle_mode
+        self.rate: AcceptRate | None = rate  # the connection-rate limits, if any
         self.accept_batch: int = accept_batch
         self.accept_error_pause: float = accept_error_pause
         self.accept_error_grace: float = accept_error_grace
@@ -301,11 +305,17 @@ class Acceptor:
         batch = self._policy.accept_batch
         need = self._need
         room = self._room
+        rate = None if exempt else self._policy.rate
         in_row = 0
         while True:
             if pause and not exempt and throttle.at_limit(need):
                 # Event-driven: parked until a connection closes (ConnectionTable.release).
                 await table.wait_for_slot()
+                continue
+            if pause and rate is not None and (wait := rate.pause_for(trio.current_time())):
+                # The processor's rate limit: clients wait in the backlog until
+                # the bucket has a token (trionet._core._rate).
+                await trio.sleep(wait)
                 continue
             if room is not None and room.full():
                 await room.wait_for_room()
@@ -334,7 +344,10 @@ class Acceptor:
         table = self._table
         throttle = table.throttle
         counters = table.counters
-        host: str | None = addr[0]  # a TCP listener's peer: (host, port[, flow, scope])
+        if isinstance(addr, tuple):  # a TCP peer: (host, port[, flow, scope])
+            host: str | None = addr[0]
+        else:  # a Unix socket's peer has no address the per-client limits could key on
+            host, addr = None, unix_address(addr)
         if not opts.backdoor:
             if throttle.at_limit(self._need):  # only reachable in "close" mode
                 client.close()
@@ -356,6 +369,8 @@ class Acceptor:
                 return
         else:
             host = None  # backdoor connections are not counted per client
+        if not opts.backdoor and self._rate_refused(client, host):
+            return
         counters.total_accepts += 1
         try:
             if not _INHERITS_OPTIONS:
@@ -381,3 +396,15 @@ class Acceptor:
         self._nursery.start_soon(self._task, conn, scope, name=self._task_name)
         if self._room is not None:
             self._room.admitted()
+
+    def _rate_refused(self, client: socket.socket, host: str | None) -> bool:
+        """The connection-rate limits: close ``client`` and count it if its
+        token is missing (in "pause" mode only the per-client bucket can be
+        empty here: the loop waited for the processor's)."""
+        rate = self._policy.rate
+        if rate is None or (refusal := rate.admit(host, trio.current_time())) is None:
+            return False
+        client.close()
+        self._table.counters.connections_rate_limited_in += 1
+        logger.debug("%s limit reached for %s, closing", refusal, host or "a client")
+        return True

@@ -222,9 +222,8 @@ class ConnectionListener(trio.abc.Listener[Connection]):
                 with trio.CancelScope(shield=True):
                     await self._done.wait()  # its finally closed what it held
             self._drop_ready()
-            sock = self._listener.socket
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
+            trio.lowlevel.notify_closing(self._listener.socket)
+            self._listener.close()
         await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------- the ready queue

@@ -143,8 +143,13 @@ def inherited_listeners(
       environ: the environment to read (default ``os.environ``).
       **options: :class:`AcceptOptions` fields applied to every socket
         (``inactivity_timeout=30``, ``socket=SocketOptions(...)``...). The
-        bind-time options ``host``/``port``/``reuse_port``/``transparent`` are
-        the opener's business and cannot be given.
+        bind-time options ``host``/``port``/``reuse_port``/``transparent``
+        and a Unix socket's ``path``/``mode``/``owner``/``group`` are the
+        opener's business and cannot be given.
+
+    A Unix socket (``ListenStream=/run/app.sock``) is served like a TCP one;
+    its file belongs to whoever created it and is not removed when the
+    server closes the socket.
 
     Returns:
       An :class:`InheritedListeners` (a list of ``AcceptOptions(fd=...)``),
@@ -156,8 +161,8 @@ def inherited_listeners(
 
     Raises:
       ValueError: a malformed variable, or a passed descriptor that is not a
-        listening TCP socket (naming the fd and its name); a bind-time option
-        in ``options``.
+        listening TCP or Unix stream socket (naming the fd and its name); a
+        bind-time option in ``options``.
       TypeError: ``options`` names a field AcceptOptions does not have.
     """
     env = os.environ if environ is None else environ
@@ -181,7 +186,10 @@ def inherited_listeners(
     return InheritedListeners(result)
 
 
-_BIND_TIME: Final = frozenset({"fd", "host", "port", "localhost_only", "reuse_port", "transparent"})
+_BIND_TIME: Final = frozenset(
+    {"fd", "host", "port", "localhost_only", "reuse_port", "transparent"}
+    | {"path", "mode", "owner", "group"}
+)
 
 
 def _check_options(options: Mapping[str, Any]) -> None:

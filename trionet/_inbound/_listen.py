@@ -5,20 +5,36 @@ Listening sockets are plain non-blocking stdlib sockets rather than trio
 sockets: the accept loop calls ``accept()`` on them directly so it can take
 several pending connections per wake-up (see ``_server._accept_loop``), which
 trio's socket wrapper -- one scheduler round trip per ``accept`` -- cannot.
+
+A Unix domain socket (``AcceptOptions(path=...)``) is opened here too; its
+file is the part TCP does not have: a stale one left by a crashed server is
+removed, anything else at the path never is, and the server removes its own
+file when it closes (:meth:`Listener.close`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
+import os
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import final
 
 import trio
 
-from .._base._addr import AddrInfo, SocketAddress, as_socket_address, host_port, host_problem
+from .._base._addr import (
+    AddrInfo,
+    SocketAddress,
+    TcpAddress,
+    as_socket_address,
+    host_port,
+    host_problem,
+    unix_path,
+)
 from .._base._options import AcceptOptions
 from .._base._sockopt import apply_listen_options, apply_socket_options
 
@@ -32,6 +48,8 @@ __all__ = [
     "open_listeners",
 ]
 
+logger = logging.getLogger("trionet.server")
+
 
 @final
 @dataclass(eq=False)
@@ -41,20 +59,41 @@ class Listener:
     Attributes:
       socket: the non-blocking ``socket.socket`` (owned by the server).
       options: the :class:`AcceptOptions` it was opened from.
-      address: the bound :data:`SocketAddress`, as ``getsockname()`` returns it.
+      address: the bound :data:`SocketAddress`, as ``getsockname()`` returns
+        it (a Unix socket's path, ``"@name"`` for an abstract one).
     """
 
     socket: socket.socket
     options: AcceptOptions
     address: SocketAddress
+    # (st_dev, st_ino) of the socket file this listener bound, removed by
+    # close() if it is still that file; None when there is none of ours.
+    _socket_file: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def port(self) -> int:
-        return int(self.address[1])
+        """The TCP port (0 for a Unix socket)."""
+        address = self.address
+        return 0 if isinstance(address, str) else int(address[1])
+
+    @property
+    def path(self) -> str | None:
+        """A Unix socket's path (``"@name"`` for an abstract one), else None."""
+        address = self.address
+        return address if isinstance(address, str) else None
 
     @property
     def family(self) -> int:
         return int(self.socket.family)
+
+    def close(self) -> None:
+        """Close the socket; for a Unix socket this listener bound, remove its
+        file too, unless something else has replaced it since (another
+        server that took the path over). Idempotent."""
+        self.socket.close()
+        owned, self._socket_file = self._socket_file, None
+        if owned is not None and self.path is not None:
+            _remove_if_ours(self.path, owned)
 
     def __repr__(self) -> str:
         return f"<trionet.Listener {self.address!r}>"
@@ -70,6 +109,8 @@ async def open_listeners(opts: AcceptOptions) -> list[Listener]:
     """
     if opts.fd is not None:
         return [adopt_listener(opts.fd, opts)]
+    if opts.path is not None:
+        return [open_unix_listener(opts.path, opts)]
     bound = bind_sockets(await bind_addresses(opts), opts)
     listeners: list[Listener] = []
     try:
@@ -80,7 +121,7 @@ async def open_listeners(opts: AcceptOptions) -> list[Listener]:
         for _, sock in bound:
             sock.close()
         for listener in listeners:
-            listener.socket.close()
+            listener.close()
         raise
     return listeners
 
@@ -181,7 +222,7 @@ def _bind_once(
     try:
         port = opts.port
         for family, sockaddr in addresses:
-            address: SocketAddress = (sockaddr[0], port, *sockaddr[2:])
+            address: TcpAddress = (sockaddr[0], port, *sockaddr[2:])
             try:
                 sock = bind_socket(family, address, opts)
             except OSError as exc:
@@ -212,7 +253,7 @@ def _listen_on(sock: socket.socket, opts: AcceptOptions) -> Listener:
         raise
 
 
-def bind_socket(family: int, sockaddr: SocketAddress, opts: AcceptOptions) -> socket.socket | None:
+def bind_socket(family: int, sockaddr: TcpAddress, opts: AcceptOptions) -> socket.socket | None:
     """A TCP socket bound to ``sockaddr`` with ``opts``' listening options, not
     yet listening (the worker supervisor reserves ports this way).
 
@@ -239,6 +280,129 @@ def bind_socket(family: int, sockaddr: SocketAddress, opts: AcceptOptions) -> so
     except BaseException:
         sock.close()
         raise
+
+
+# ------------------------------------------------------------ Unix sockets
+def open_unix_listener(path: str, opts: AcceptOptions) -> Listener:
+    """Bind and listen on the Unix socket ``path`` (``"@name"``: abstract).
+
+    The file gets ``opts.mode`` and ``opts.owner``/``opts.group`` before
+    ``listen()``, so no client connects under other permissions.
+
+    Raises:
+      OSError: naming ``unix:path``: ``EADDRINUSE`` if a server accepts on
+        it; ``EEXIST`` if something other than a socket is there (never
+        removed); the errno of a failed bind, chmod or chown. Nothing stays
+        open or bound.
+    """
+    address = unix_path(path)
+    abstract = address.startswith("\0")
+    if not abstract:
+        _clear_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    owned: tuple[int, int] | None = None
+    try:
+        _unix_call(path, "bind", sock.bind, address)
+        if not abstract:
+            st = os.lstat(path)
+            owned = (st.st_dev, st.st_ino)
+            _set_file_attributes(path, opts)
+        apply_socket_options(sock, opts.socket)
+        sock.listen(opts.backlog)
+        sock.setblocking(False)
+        return Listener(sock, opts, unix_address(sock.getsockname()), owned)
+    except BaseException:
+        sock.close()
+        if owned is not None:
+            _remove_if_ours(path, owned)
+        raise
+
+
+def unix_address(sockname: object) -> str:
+    """A Unix socket's ``getsockname()``/``getpeername()`` as a str: Linux
+    gives an abstract name as bytes (``b"\\0name"``), written ``"@name"`` here."""
+    if isinstance(sockname, bytes):
+        name = sockname[1:] if sockname.startswith(b"\0") else sockname
+        return "@" + name.decode(errors="backslashreplace")
+    return str(sockname)
+
+
+def _unix_call(path: str, what: str, call: Callable[..., object], *args: object) -> None:
+    """``call(*args)``, an ``OSError`` reworded to name the socket."""
+    try:
+        call(*args)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"cannot listen on unix:{path}: {what} failed: {exc.strerror}"
+        ) from exc
+
+
+def _set_file_attributes(path: str, opts: AcceptOptions) -> None:
+    if opts.mode is not None:
+        _unix_call(path, f"chmod {opts.mode:#o}", os.chmod, path, opts.mode)
+    if opts.owner is not None or opts.group is not None:
+        uid = -1 if opts.owner is None else int(opts.owner)
+        gid = -1 if opts.group is None else int(opts.group)
+        _unix_call(path, f"chown {uid}:{gid}", os.chown, path, uid, gid)
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Make way for binding ``path``: remove a socket file nobody accepts on.
+
+    A server that crashed leaves its socket file behind, and ``bind()`` then
+    fails with EADDRINUSE although nothing listens. Whether something does is
+    asked the only reliable way: connecting. Refused: the file is stale and is
+    removed. Accepted (or the backlog full): a live server's, left alone. A
+    path that is not a socket -- a regular file, a directory, a symlink -- is
+    never removed (unlinking a file because a config named it is how data
+    gets lost).
+
+    Raises:
+      OSError: EADDRINUSE (a live server), EEXIST (not a socket), or the
+        errno of the check, naming the path.
+    """
+    where = f"cannot listen on unix:{path}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OSError(exc.errno, f"{where}: {exc.strerror}") from exc
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, f"{where}: the path exists and is not a socket (not removed)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        pass  # stale: nobody accepts on it
+    except BlockingIOError:
+        raise OSError(errno.EADDRINUSE, f"{where}: a server is listening on it") from None
+    except OSError as exc:
+        raise OSError(exc.errno, f"{where}: cannot check the socket file: {exc.strerror}") from exc
+    else:
+        raise OSError(errno.EADDRINUSE, f"{where}: a server is listening on it")
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass  # removed meanwhile
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"{where}: cannot remove the stale socket file: {exc.strerror}"
+        ) from exc
+    logger.info("removed stale socket file %s (nothing was listening on it)", path)
+
+
+def _remove_if_ours(path: str, owned: tuple[int, int]) -> None:
+    """Unlink ``path`` if it is still the socket file ``owned`` names."""
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == owned and stat.S_ISSOCK(st.st_mode):
+            os.unlink(path)
+    except OSError as exc:  # gone already, or the directory no longer ours
+        logger.debug("socket file %s not removed: %s", path, exc)
 
 
 def adopt_listener(fd: int, opts: AcceptOptions) -> Listener:
@@ -269,23 +433,31 @@ def adopt_listener(fd: int, opts: AcceptOptions) -> Listener:
         if opts.defer_accept is not None:
             apply_listen_options(sock, dataclasses.replace(opts, reuse_port=False))
         sock.setblocking(False)
-        return Listener(sock, opts, sock.getsockname())
+        address = sock.getsockname()
+        if sock.family == socket.AF_UNIX:  # the file stays: it is the opener's
+            address = unix_address(address)
+        return Listener(sock, opts, address)
     except BaseException:
         sock.detach()  # not ours to close when we refuse it
         raise
 
 
 def check_listening_fd(fd: int) -> None:
-    """Check that ``fd`` is a listening TCP socket, without taking it over.
+    """Check that ``fd`` is a listening TCP or Unix stream socket, without
+    taking it over.
 
     Raises:
-      ValueError: ``fd`` is closed, not a socket, not TCP, or not listening.
+      ValueError: ``fd`` is closed, not a socket, not a stream socket of
+        those families, or not listening.
     """
     sock = _socket_for_fd(fd)
     try:
         _check_listening(fd, sock)
     finally:
         sock.detach()
+
+
+_STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
 
 def _socket_for_fd(fd: int) -> socket.socket:
@@ -296,7 +468,9 @@ def _socket_for_fd(fd: int) -> socket.socket:
 
 
 def _check_listening(fd: int, sock: socket.socket) -> None:
-    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        raise ValueError(f"fd {fd} is not a TCP socket ({sock.family!r}, {sock.type!r})")
+    if sock.type != socket.SOCK_STREAM or sock.family not in _STREAM_FAMILIES:
+        raise ValueError(
+            f"fd {fd} is not a TCP or Unix stream socket ({sock.family!r}, {sock.type!r})"
+        )
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ValueError(f"fd {fd} is a socket but is not listening")

@@ -124,5 +124,9 @@ async def _tls_handshake(conn: Connection, opts: AcceptOptions, counters: Counte
 def _trusted(address: SocketAddress, networks: tuple[Network, ...]) -> bool:
     """Is the socket peer allowed to send a PROXY header? Only if its address
     is in ``networks`` (an IPv4 peer on a dual-stack socket matches either
-    spelling of its network, :mod:`trionet._base._addr`)."""
+    spelling of its network, :mod:`trionet._base._addr`). A Unix socket's
+    peer always is: who may connect is what the socket file's permissions say
+    (``AcceptOptions.mode``/``owner``/``group``), and it has no address."""
+    if isinstance(address, str):
+        return True
     return in_networks(address[0], networks)

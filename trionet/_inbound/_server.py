@@ -89,7 +89,7 @@ async def bind_all(listen: tuple[int | AcceptOptions, ...]) -> list[Listener]:
             listeners.extend(await open_listeners(spec))
     except BaseException:
         for listener in listeners:
-            listener.socket.close()
+            listener.close()
         raise
     return listeners
 
@@ -193,7 +193,8 @@ class Server:
 
     @property
     def ports(self) -> list[int]:
-        """The bound port numbers, in listen order, without repeats."""
+        """The bound port numbers, in listen order, without repeats (0 for a
+        Unix socket: its path is ``Listener.path``)."""
         return list(dict.fromkeys(listener.port for listener in self.listeners))
 
     @property
@@ -250,7 +251,7 @@ class Server:
         finally:
             self._table.counters.accepts_currently_open -= 1
             trio.lowlevel.notify_closing(listener.socket)
-            listener.socket.close()
+            listener.close()
 
     async def _run(self, handler: Handler, task_status: trio.TaskStatus[Server]) -> None:
         try:
@@ -267,7 +268,7 @@ class Server:
                 # shutdown grace deadline cancels them) before the nursery exits.
         finally:
             for listener in self.listeners:
-                listener.socket.close()
+                listener.close()
             self._closed.set()
         if self._fatal is not None:
             raise self._fatal

@@ -15,6 +15,10 @@ One ``connect()`` call, step by step::
         ├── PROXY header if send_proxy_protocol (the client's addresses)
         └── TLS handshake if ssl_context (TLSError), inside the timeout
 
+A ``unix:/path`` target (``unix:@name``: a Linux abstract name) takes the
+same steps with one address and no resolver: a Unix stream socket connected
+to the path, under the same throttle, timeout, statistics and TLS.
+
 Where Netty differs, and why trionet does not:
 
 * Netty creates and registers the channel *before* resolving, so a connect
@@ -39,7 +43,7 @@ from typing import Final, Protocol
 
 import trio
 
-from .._base._addr import AddrInfo, host_port, resolve_literal
+from .._base._addr import AddrInfo, SocketAddress, host_port, resolve_literal, unix_target
 from .._base._checks import is_int
 from .._base._errors import (
     ENET_THROTTLING,
@@ -50,7 +54,7 @@ from .._base._errors import (
     TLSError,
     named_error,
 )
-from .._base._options import ConnectOptions, Resolver
+from .._base._options import ConnectOptions, Resolver, unix_path_problem
 from .._base._proxy_header import ProxyVersion, encode_proxy_header
 from .._base._sockopt import apply_socket_options
 from .._core._connection import Connection
@@ -141,21 +145,27 @@ async def _establish(
     client: Connection | None,
 ) -> Connection:
     """Resolve, race, wrap: everything the connect timeout covers."""
-    addresses = await _resolve(host, port, opts)
-    sock, address = await happy_eyeballs(
-        addresses,
-        target=host_port(host, port),
-        delay=opts.happy_eyeballs_delay,
-        prepare=lambda s: _prepare_socket(s, opts),
-        socket_factory=opts.socket_factory or _open_tcp_socket,
-    )
+    path = unix_target(host)
+    peer: SocketAddress
+    if path is not None:
+        sock, peer = await _connect_unix(host, path, opts), host[len("unix:") :]
+    else:
+        addresses = await _resolve(host, port, opts)
+        sock, address = await happy_eyeballs(
+            addresses,
+            target=host_port(host, port),
+            delay=opts.happy_eyeballs_delay,
+            prepare=lambda s: _prepare_socket(s, opts),
+            socket_factory=opts.socket_factory or _open_tcp_socket,
+        )
+        peer = address[1]
     slot.hand_over()
     try:
         conn = table.open(
             sock,
             inbound=False,
             client=None,
-            peer_address=address[1],
+            peer_address=peer,
             inactivity_timeout=opts.inactivity_timeout,
             active_timeout=opts.active_timeout,
         )
@@ -223,14 +233,61 @@ def _check_arguments(
         raise TypeError(f"host={host!r}: must be a non-empty str (a name or an IP literal)")
     if not is_int(port):
         raise TypeError(f"port={port!r}: must be an int")
-    if not 1 <= port <= 65535:
+    unix = unix_target(host) is not None
+    if unix and port != 0:
+        raise ValueError(f"port={port!r}: a Unix socket ({host!r}) has no port; give 0")
+    if not unix and not 1 <= port <= 65535:
         raise ValueError(f"port={port!r}: must be 1..65535")
     port = int(port)  # not an int subclass (IntEnum): getaddrinfo() refuses those
     if options is None:
         options = ConnectOptions()
     elif not isinstance(options, ConnectOptions):
         raise TypeError(f"options={options!r}: must be a trionet.ConnectOptions or None")
+    if unix:
+        _check_unix_target(host, options)
     return host, port, options
+
+
+def _check_unix_target(host: str, opts: ConnectOptions) -> None:
+    """Options that cannot apply to a ``unix:`` target are refused, not ignored.
+
+    Raises:
+      ValueError: naming the target and the option (or the bad path).
+    """
+    why = unix_path_problem(host[len("unix:") :])
+    if why is not None:
+        raise ValueError(f"host={host!r}: not a Unix socket path: {why}")
+    for name in ("local_address", "family", "socket_factory"):
+        if getattr(opts, name) is not None:
+            raise ValueError(
+                f"ConnectOptions.{name}={getattr(opts, name)!r}: does not apply to {host}"
+            )
+    if opts.local_port:
+        raise ValueError(f"ConnectOptions.local_port={opts.local_port!r}: does not apply to {host}")
+    if opts.ssl_context is not None and opts.server_hostname is None:
+        raise ValueError(
+            f"ConnectOptions.server_hostname=None: TLS to {host} needs the name to verify"
+        )
+
+
+async def _connect_unix(target: str, path: str, opts: ConnectOptions) -> trio.socket.SocketType:
+    """A Unix stream socket connected to ``path`` (closed on any failure).
+
+    Raises:
+      ConnectError: the connect failed (ENOENT, ECONNREFUSED, EACCES...),
+        the errno kept, the message ending with the target.
+    """
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        apply_socket_options(sock, opts.socket)
+        await sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise named_error(ConnectError, exc.errno, f"{exc.strerror or exc}: {target}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _timeout_seconds(opts: ConnectOptions) -> float:

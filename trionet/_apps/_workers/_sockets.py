@@ -98,7 +98,9 @@ async def plan_listeners(
                 )
             if spec.fd is not None:
                 _plan_adopted(plan, spec)
-            elif sharing == "reuseport":
+            elif sharing == "reuseport" and spec.path is None:
+                # A Unix socket has no SO_REUSEPORT group to join: its one
+                # listening socket is passed to every worker ("inherit").
                 await _plan_reuseport(plan, spec, workers)
             else:
                 await _plan_inherit(plan, spec)
@@ -121,7 +123,10 @@ async def _plan_inherit(plan: SocketPlan, spec: AcceptOptions) -> None:
         plan.held.append(listener.socket)
         fd = listener.socket.fileno()
         plan.pass_fds.append(fd)
-        plan.listen.append(dataclasses.replace(listener.options, fd=fd))
+        passed = dataclasses.replace(  # a Unix socket's file fields belong to the binding
+            listener.options, fd=fd, path=None, mode=None, owner=None, group=None
+        )
+        plan.listen.append(passed)
 
 
 async def _plan_reuseport(plan: SocketPlan, spec: AcceptOptions, workers: int) -> None:
