@@ -138,8 +138,11 @@ async def _outcome(port: int, source: str | None = None) -> bytes:
 async def test_close_mode_burst_then_rate(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="trionet.server")
-    net = trionet.NetProcessor(throttle="close", max_accept_rate=10, accept_burst=5)
+    caplog.set_level(logging.INFO, logger="trionet.access")
+    caplog.set_level(logging.DEBUG, logger="trionet.server")  # last: the handler's level
+    net = trionet.NetProcessor(
+        throttle="close", max_accept_rate=10, accept_burst=5, access_log=True
+    )
     async with trio.open_nursery() as nursery:
         server = await start_server(nursery, net, _hello)
         port = server.ports[0]
@@ -151,6 +154,10 @@ async def test_close_mode_burst_then_rate(
         assert "proxy.process.net.connections_rate_limited_in" in stats.as_records()
         server.shutdown(0)
     assert "rate limit reached for 127.0.0.1, closing" in caplog.text
+    # The session log: one rate_limited record per refused client (no
+    # connection behind it), one eof record per served one.
+    ends = [r.end for r in caplog.records if r.name == "trionet.access"]  # type: ignore[attr-defined]
+    assert sorted(ends) == ["eof"] * 6 + ["rate_limited"] * 4
 
 
 async def test_pause_mode_holds_clients_in_the_backlog(

@@ -90,7 +90,7 @@ class NetProcessor:
         and what the handler added with :meth:`Connection.note_session`
         (a :class:`TcpProxy` adds ``upstream``), in the record's ``extra``.
         ``end`` is one of ``eof``, ``reset``, ``inactivity``, ``active``,
-        ``evicted``, ``throttled``, ``handler_error``, ``shutdown``,
+        ``evicted``, ``throttled``, ``rate_limited``, ``handler_error``, ``shutdown``,
         ``cancelled``, ``handshake_failed`` (PROXY header or TLS handshake),
         ``upstream_failed``, ``upstream_timeout``. Off by default (the
         ``trionet`` command turns it on); off, it costs nothing.

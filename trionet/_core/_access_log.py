@@ -17,8 +17,9 @@ ended, :data:`SESSION_ENDS`), and what the handler added with
 
 Who knows which ending (each is decided once, where the record is written):
 
-* the accept loop refuses a client at the limit (``throttled``, with no
-  connection behind it: ``connection`` is None, duration and bytes 0);
+* the accept loop refuses a client at a connection limit (``throttled``) or
+  a connection-rate limit (``rate_limited``), with no connection behind it:
+  ``connection`` is None, duration and bytes 0;
 * the connection itself: a timeout ended it (``timed_out``: ``inactivity``,
   ``active``, ``evicted``), an I/O call found it reset (``broken``);
 * the server's connection task: the handler raised (``handler_error``), the
@@ -66,6 +67,7 @@ SessionEnd = Literal[
     "active",
     "evicted",
     "throttled",
+    "rate_limited",
     "handler_error",
     "shutdown",
     "cancelled",

@@ -176,6 +176,7 @@ _HELP: Final[dict[str, str]] = {
     "total_accepts": "Connections accepted and handed to a handler.",
     "connections_throttled_in": "Inbound connections closed at max_connections.",
     "per_client_connections_throttled_in": "Inbound connections closed at the per-client limit.",
+    "connections_rate_limited_in": "Inbound connections closed at a connection-rate limit.",
     "accept_errors_transient": "accept() failures retried at once (EAGAIN, ECONNRESET...).",
     "accept_errors_resource": "accept() failures from exhausted resources (EMFILE, ENOBUFS...).",
     "read_bytes": "Payload bytes received.",

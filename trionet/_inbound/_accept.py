@@ -370,6 +370,8 @@ class Acceptor:
         else:
             host = None  # backdoor connections are not counted per client
         if not opts.backdoor and self._rate_refused(client, host):
+            if self._policy.access_log:
+                log_refused(addr, self._listener.port, "rate_limited")
             return
         counters.total_accepts += 1
         try:
