@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -66,35 +67,72 @@ def test_sighup_stops_a_single_process_gracefully(systemd: socket.socket) -> Non
     assert states(seen) == ["READY=1", "STOPPING=1"]
 
 
+class LoadThread(threading.Thread):
+    """Short echo connections one after another until stopped; counts what
+    failed (refused, reset, short) and the bytes checked."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.stopped = threading.Event()
+        self.done = 0
+        self.bytes = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            payload = os.urandom(700)
+            try:
+                got = echo_roundtrip(self.port, payload)
+            except OSError as exc:
+                self.errors.append(repr(exc))
+                continue
+            if got != payload:
+                self.errors.append(f"sent {len(payload)} bytes, got {len(got)}")
+            self.done += 1
+            self.bytes += len(got)
+            time.sleep(0.005)
+
+
 @pytest.mark.slow
 def test_sighup_reloads_the_workers_without_dropping_a_connection(
     systemd: socket.socket,
 ) -> None:
+    # Three reloads under a continuous load of short connections, with one
+    # long connection open across all of them (served by a generation-0
+    # worker, which drains while generations 1 to 3 take over).
     seen: list[str] = []
-    argv = ["echo", "--port", "0", "--workers", "2", "--grace", "20"]
+    argv = ["echo", "--port", "0", "--workers", "2", "--grace", "60"]
     with Running("-m", "trionet", *argv) as run:
         port = int(run.expect(r"listening on 127\.0\.0\.1:(\d+) \(2 workers\)")[1])
         wait_for(systemd, "READY=1", seen)  # both workers serve
+        load = LoadThread(port)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
             client.sendall(b"before")
             assert client.recv(100) == b"before"
-            run.proc.send_signal(signal.SIGHUP)
-            run.expect(r"SIGHUP: reloading")
-            wait_for(systemd, "RELOADING=1", seen)
-            wait_for(systemd, "READY=1", seen)  # the new generation serves
-            # The old workers stopped accepting; this one is still served.
-            client.sendall(b"after")
-            assert client.recv(100) == b"after"
-            for i in range(6):
-                assert echo_roundtrip(port, b"new %d" % i) == b"new %d" % i
+            load.start()
+            try:
+                for _ in range(3):
+                    run.proc.send_signal(signal.SIGHUP)
+                    run.expect(r"SIGHUP: reloading")
+                    wait_for(systemd, "RELOADING=1", seen)
+                    wait_for(systemd, "READY=1", seen)  # the new generation serves
+                    # The old workers stopped accepting; this one is still served.
+                    client.sendall(b"after")
+                    assert client.recv(100) == b"after"
+            finally:
+                load.stopped.set()
+                load.join(30)
             client.shutdown(socket.SHUT_WR)
             assert client.recv(100) == b""
-        status, out, err = run.stop(signal.SIGTERM, timeout=60)
+        status, _, err = run.stop(signal.SIGTERM, timeout=60)
     wait_for(systemd, "STOPPING=1", seen, timeout=5)
     assert status == 0, err
-    assert states(seen) == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
+    assert load.errors == [] and load.done >= 20, (load.errors, load.done)
+    assert states(seen) == ["READY=1", *["RELOADING=1", "READY=1"] * 3, "STOPPING=1"]
     assert "MONOTONIC_USEC=" in "\n".join(seen)
-    # Two generations of two workers each printed their summary; the old
-    # connection's 11 bytes were counted by one of the first two.
-    assert out.count("connections accepted") == 4, out
+    # Four generations of two workers each printed their summary.
+    summaries = [line for line in run.lines if "connections accepted" in line]
+    assert len(summaries) == 8, run.lines
     assert "Traceback" not in err
+    print(f"{load.done} connections, {load.bytes} bytes echoed across 3 reloads")

@@ -255,7 +255,7 @@ def _listen_on(sock: socket.socket, opts: AcceptOptions) -> Listener:
 
 def bind_socket(family: int, sockaddr: TcpAddress, opts: AcceptOptions) -> socket.socket | None:
     """A TCP socket bound to ``sockaddr`` with ``opts``' listening options, not
-    yet listening (the worker supervisor reserves ports this way).
+    yet listening (``bind_sockets`` binds every address this way).
 
     Returns None when the host has no IPv6 on that address (the server then
     serves IPv4 only). Raises OSError naming the address when binding fails.
