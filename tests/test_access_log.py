@@ -10,6 +10,7 @@ import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -19,6 +20,9 @@ from trionet import AcceptOptions, ConnectOptions, NetProcessor, TcpProxy
 from trionet._core._access_log import SESSION_ENDS, address_text, session_end
 
 from .conftest import recv_exactly, start_server, tcp_client, wait_for
+from .test_haproxy import HAPROXY, haproxy
+from .test_haproxy import _client as haproxy_client
+from .test_haproxy import _listen as haproxy_listen
 
 ACCESS = "trionet.access"
 LOCAL = AcceptOptions(host="127.0.0.1")
@@ -477,3 +481,30 @@ def test_access_log_must_be_a_bool() -> None:
 )
 def test_address_text(address: object, text: str) -> None:
     assert address_text(address) == text  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(HAPROXY is None, reason="haproxy not installed (.ci/run installs it)")
+async def test_behind_haproxy_the_record_names_the_real_client(
+    tmp_path: Path, access: Records
+) -> None:
+    # The real HAProxy sends a v2 header for a client on 127.0.0.2; the record
+    # names that client and port, not HAProxy's own socket (127.0.0.1).
+    net = NetProcessor(access_log=True)
+    frontend = haproxy_listen("127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        opts = AcceptOptions(host="127.0.0.1", proxy_protocol=True)
+        server = await start_server(nursery, net, echo_token, opts)
+        backend = f"127.0.0.1:{server.ports[0]} send-proxy-v2"
+        async with haproxy(tmp_path, {"fe": ([frontend], backend)}):
+            me = await haproxy_client(frontend.getsockname(), b"token", "127.0.0.2")
+            record = await one_record(access)
+        server.shutdown(0)
+    assert record.__dict__["client"] == f"127.0.0.2:{me[1]}"
+    assert record.__dict__["end"] == "eof" and record.__dict__["bytes_in"] == 5
+    assert record.__dict__["listen_port"] == server.ports[0]
+
+
+async def echo_token(conn: trionet.Connection) -> None:
+    await conn.send_all(b"ok:" + await conn.receive_some())
+    await conn.receive_some()  # until HAProxy passes on the client's close

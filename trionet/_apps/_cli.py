@@ -12,7 +12,10 @@ Under systemd (``$NOTIFY_SOCKET``) both notify readiness and shutdown. Bad
 option values are reported by argparse naming the option
 (``argument --upstream: 'foo': expected HOST:PORT``), never as a traceback;
 what can only fail once running (a port taken, a worker that cannot start)
-ends the command with status 1 and one line on stderr.
+ends the command with status 1 and one line on stderr. ``--config FILE``
+reads the options from a TOML file first (:mod:`trionet._apps._config`);
+``--check`` lists every problem of the options and the file and exits (0 or
+1). Logging is configured here, once per process (:mod:`trionet._apps._logging`).
 """
 
 from __future__ import annotations
@@ -437,8 +440,10 @@ def check(argv: Sequence[str]) -> list[str]:
     """Every problem of the command line and its ``--config`` file, one line
     each (``trionet ... --check``); an empty list if there is none.
 
-    Nothing is bound, but host names are looked up (``--host`` must name a
-    local address), and certificate files are loaded.
+    The problems of the file and of each option value come first, all of
+    them; then those of several options together. Only when there is none of
+    those are the certificate files loaded and the host names looked up
+    (``--host`` must name a local address), as a start would; nothing is bound.
     """
     parser = build_parser()
     peek = _peek(argv)
