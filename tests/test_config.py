@@ -41,7 +41,7 @@ def write(tmp_path: Path, text: str, name: str = "trionet.toml") -> str:
 
 def test_the_file_sets_what_the_flags_set(tmp_path: Path) -> None:
     args, plan = parse(["proxy", "--config", write(tmp_path, GOOD)])
-    assert (args.port, args.upstream) == (0, ("127.0.0.1", 9))
+    assert (args.port, args.upstream) == (0, [("127.0.0.1", 9)])
     assert (args.max_connections, args.throttle) == (100, "close")
     assert (args.inactivity_timeout, args.connect_timeout) == (30.0, 2.5)
     assert args.proxy_protocol is True
@@ -56,7 +56,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     argv = ["proxy", "--config", write(tmp_path, GOOD), "--max-connections", "7"]
     argv += ["--upstream", "10.1.1.1:80", "--proxy-protocol-trusted", "172.16.0.0/12"]
     args, _plan = parse(argv)
-    assert (args.max_connections, args.upstream) == (7, ("10.1.1.1", 80))
+    assert (args.max_connections, args.upstream) == (7, [("10.1.1.1", 80)])
     assert [str(n) for n in args.proxy_protocol_trusted] == ["172.16.0.0/12"]  # replaced
     assert args.throttle == "close"  # from the file, not overridden
 
@@ -64,6 +64,12 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
 def test_listen_and_port_are_one_key(tmp_path: Path) -> None:
     args, _plan = parse(["proxy", "--config", write(tmp_path, 'port = 81\nupstream = "h:1"\n')])
     assert args.port == 81
+
+
+def test_several_upstreams_in_the_file(tmp_path: Path) -> None:
+    conf = write(tmp_path, 'port = 81\nupstream = ["h:1", "g:2"]\nbalance = "least-conn"\n')
+    args, _plan = parse(["proxy", "--config", conf])
+    assert (args.upstream, args.balance) == ([("h", 1), ("g", 2)], "least-conn")
 
 
 def test_check_lists_every_problem_of_the_file_and_the_flags(tmp_path: Path) -> None:
