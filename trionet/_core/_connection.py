@@ -1,10 +1,13 @@
 """``Connection``: the one stream object a trionet user holds for a TCP (or TLS)
 connection, inbound or outbound (ATS ``UnixNetVConnection``, Netty ``Channel``).
 
-It talks to the trio socket directly instead of wrapping a ``trio.SocketStream``:
-the hot path (``receive_some`` / ``send_all``) is where statistics are counted and
-activity is recorded for the inactivity timeout, and doing it here costs a few
-attribute stores per call instead of another stream layer.
+It talks to the non-blocking stdlib socket directly instead of wrapping a
+``trio.SocketStream`` (or a trio socket): the hot path (``receive_some`` /
+``send_all``) calls ``recv``/``send`` and waits with
+``trio.lowlevel.wait_readable``/``wait_writable`` only when the call would
+block; it is where statistics are counted and activity is recorded for the
+inactivity timeout, and doing it here costs a few attribute stores per call
+instead of two more layers.
 
 Activity is recorded as a timestamp only; nothing is scheduled per I/O call.
 The processor's :class:`~trionet._core._timeouts.TimeoutCop` re-arms lazily
@@ -27,6 +30,7 @@ connection needs from the table that opened it.
 from __future__ import annotations
 
 import math
+import socket as _stdlib_socket
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from types import MappingProxyType
@@ -118,7 +122,8 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         iocore shim reports a reset as ``VC_EVENT_EOS``, as ATS does; this
         tells the two apart.
       tls: a :class:`TLSInfo` for TLS connections, else ``None``.
-      socket: the underlying ``trio.socket.SocketType``.
+      socket: the underlying ``trio.socket.SocketType`` (made when first
+        asked for).
       inbound: ``True`` for accepted connections.
     """
 
@@ -150,7 +155,7 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
 
     def __init__(
         self,
-        sock: trio.socket.SocketType,
+        sock: _stdlib_socket.socket | trio.socket.SocketType,
         *,
         conn_id: int,
         owner: Owner,
@@ -398,9 +403,9 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         ``("::", 0, 0, 0)``), as ATS's ``get_local_addr`` reports it."""
         if self._sock_address is None:
             try:
-                self._sock_address = self.socket.getsockname()
+                self._sock_address = self._sock.getsockname()
             except OSError:
-                return unspecified_address(self.socket.family)
+                return unspecified_address(self._sock.family)
         return self._sock_address
 
     @property

@@ -17,6 +17,7 @@ table, not on the facade.
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Iterable
 from typing import cast, final
 
@@ -27,7 +28,7 @@ from ._connection import Connection
 from ._stats import Counters, NetStatistics
 from ._throttle import Throttle
 from ._timeouts import TimeoutCop
-from ._wire import Wire
+from ._wire import DEFAULT_SCHEDULE_INTERVAL, Wire
 
 __all__ = ["ConnectionTable", "Reservation"]
 
@@ -40,14 +41,29 @@ class ConnectionTable:
       max_connections / per_client_max / exempt: the :class:`Throttle`'s limits.
       max_idle_connections: keep-alive eviction limit (the cop's).
       default_inactivity_timeout: given to connections opened without one.
+      schedule_interval: a wire call that did not wait is followed by a
+        schedule point when it is this many such calls in a row (1: every call);
+        see ``trionet._core._wire``, "Checkpoints".
 
     Attributes:
       counters: the live statistics (every connection counts here).
       throttle: open connections, globally and per client.
       cop: the timeout cop.
+      schedule_interval: as the argument.
+      unyielded_calls: wire calls of this table's connections since the last
+        one that waited or yielded (the schedule-point policy's count).
     """
 
-    __slots__ = ("_ids", "_slot_freed", "cop", "counters", "default_inactivity_timeout", "throttle")
+    __slots__ = (
+        "_ids",
+        "_slot_freed",
+        "cop",
+        "counters",
+        "default_inactivity_timeout",
+        "schedule_interval",
+        "throttle",
+        "unyielded_calls",
+    )
 
     def __init__(
         self,
@@ -57,11 +73,14 @@ class ConnectionTable:
         exempt: Iterable[Network] = (),
         max_idle_connections: int | None = None,
         default_inactivity_timeout: float | None = None,
+        schedule_interval: int = DEFAULT_SCHEDULE_INTERVAL,
     ) -> None:
         self.counters: Counters = Counters()
         self.throttle: Throttle = Throttle(max_connections, per_client_max, exempt)
         self.cop: TimeoutCop = TimeoutCop(self.counters, max_idle_connections)
         self.default_inactivity_timeout: float | None = default_inactivity_timeout
+        self.schedule_interval: int = schedule_interval
+        self.unyielded_calls: int = 0
         self._ids = itertools.count(1)
         self._slot_freed = trio.lowlevel.ParkingLot()
 
@@ -72,7 +91,7 @@ class ConnectionTable:
     # ---------------------------------------------------------- open/release
     def open(
         self,
-        sock: trio.socket.SocketType,
+        sock: socket.socket | trio.socket.SocketType,
         *,
         inbound: bool,
         client: str | None,
