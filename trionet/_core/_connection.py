@@ -156,7 +156,6 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
     def __init__(
         self,
         sock: _stdlib_socket.socket | trio.socket.SocketType,
-        *,
         conn_id: int,
         owner: Owner,
         inbound: bool,
@@ -169,6 +168,8 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
     ) -> None:
         """Wrap a connected socket (by :meth:`ConnectionTable.open`, which has
         counted it; users get connections from ``serve`` and ``connect``).
+        The table passes every argument by position (the accept path runs
+        this once per connection; keywords cost a dict lookup each).
 
         Args:
           peer_address: the socket's peer, as ``accept()`` or the connect
@@ -207,8 +208,13 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         # The connection spliced with this one (see trionet._apps._tcp_proxy.splice),
         # whose activity counts as this one's for the inactivity timeout; else None.
         self._peer: Connection | None = None
-        if inactivity_timeout is not None or active_timeout is not None:
-            owner.cop.rearm(self)
+        # Armed directly at the earliest deadline (cop.arm: a new connection has
+        # nothing armed to drop, and _deadline() would compute the same thing).
+        if inactivity_timeout is not None:
+            idle_at = now + inactivity_timeout
+            owner.cop.arm(self, idle_at if idle_at < self._active_deadline else self._active_deadline)
+        elif active_timeout is not None:
+            owner.cop.arm(self, self._active_deadline)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
