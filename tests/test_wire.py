@@ -102,7 +102,8 @@ async def test_every_call_is_a_cancel_point_and_loses_nothing() -> None:
         await b.send_all(b"never sent")
     assert scope.cancelled_caught
     after = net.statistics()
-    assert (after.calls_to_read, after.calls_to_write) == (before.calls_to_read, before.calls_to_write)
+    assert after.calls_to_read == before.calls_to_read
+    assert after.calls_to_write == before.calls_to_write
     assert await b.receive_some() == b"ready"  # still queued, still usable
     await b.send_eof()
     assert await a.receive_some() == b""  # "never sent" was not

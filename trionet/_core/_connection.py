@@ -210,9 +210,10 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         self._peer: Connection | None = None
         # Armed directly at the earliest deadline (cop.arm: a new connection has
         # nothing armed to drop, and _deadline() would compute the same thing).
+        active_at = self._active_deadline
         if inactivity_timeout is not None:
             idle_at = now + inactivity_timeout
-            owner.cop.arm(self, idle_at if idle_at < self._active_deadline else self._active_deadline)
+            owner.cop.arm(self, idle_at if idle_at < active_at else active_at)
         elif active_timeout is not None:
             owner.cop.arm(self, self._active_deadline)
 
