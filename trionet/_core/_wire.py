@@ -305,14 +305,11 @@ class Wire:
             waited = False
             while True:
                 try:
-                    # No flags argument unless asked: one argument less per call.
-                    data = sock.recv(max_bytes, flags) if flags else sock.recv(max_bytes)
-                    break
-                except BlockingIOError:
-                    pass
+                    data = _recv(sock, max_bytes, flags)
                 except OSError as exc:
                     raise self._translate(exc) from exc
-                # Outside the except block: the wait must not keep the exception alive.
+                if data is not None:
+                    break
                 await _wait_readable(sock)
                 waited = True
             owner = self._owner
@@ -356,9 +353,7 @@ class Wire:
             sock = self._sock
             # The common case first: one send() takes it all; no memoryview.
             try:
-                n = sock.send(data)
-            except BlockingIOError:
-                n = 0
+                n = _send(sock, data)
             except OSError as exc:
                 raise self._translate(exc) from exc
             total = len(data) if type(data) is bytes else memoryview(data).nbytes
@@ -397,9 +392,7 @@ class Wire:
             while sent < total:
                 await _wait_writable(sock)
                 try:
-                    n = sock.send(view[sent:])
-                except BlockingIOError:
-                    continue
+                    n = _send(sock, view[sent:])
                 except OSError as exc:
                     raise self._translate(exc) from exc
                 sent += n
@@ -451,6 +444,26 @@ class Wire:
         if buflen is None:
             return self._sock.getsockopt(level, option)
         return self._sock.getsockopt(level, option, buflen)
+
+
+# The socket calls, as plain functions returning None / 0 when the call would
+# block. Catching BlockingIOError in the coroutine itself would make CPython
+# materialize the coroutine's frame object for the traceback, and that object
+# (272 bytes) stays with the coroutine as long as it lives: in every idle
+# connection. Here it is this call's frame, gone when the call returns.
+def _recv(sock: _stdlib_socket.socket, max_bytes: int, flags: int) -> bytes | None:
+    try:
+        # No flags argument unless asked: one argument less per call.
+        return sock.recv(max_bytes, flags) if flags else sock.recv(max_bytes)
+    except BlockingIOError:
+        return None
+
+
+def _send(sock: _stdlib_socket.socket, data: bytes | bytearray | memoryview) -> int:
+    try:
+        return sock.send(data)
+    except BlockingIOError:
+        return 0
 
 
 async def _schedule(owner: Owner, waited: bool) -> None:
