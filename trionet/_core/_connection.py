@@ -233,6 +233,11 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         """Wait until data arrives and return some of it
         (:meth:`trio.abc.ReceiveStream.receive_some`).
 
+        Always a cancel point; a schedule point when it had to wait, and
+        otherwise at least every ``schedule_interval`` calls of the
+        processor's connections (:class:`NetProcessor`; TLS: as the
+        transport's calls).
+
         Args:
           max_bytes: the most bytes to return, >= 1 (default: 65536 on plain
             TCP; TLS picks its own).
@@ -258,7 +263,8 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
     def send_all(self, data: bytes | bytearray | memoryview) -> Coroutine[Any, Any, None]:
         """Send every byte of ``data``, waiting while the socket's send buffer
         is full (:meth:`trio.abc.SendStream.send_all`). It returns once the
-        kernel holds them all, which is not delivery.
+        kernel holds them all, which is not delivery. Checkpoints as
+        :meth:`receive_some`.
 
         Raises:
           trio.BusyResourceError: another task is already sending (or in
