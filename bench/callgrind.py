@@ -107,6 +107,9 @@ class Settings:
     keep_profiles: bool
     top: int  # functions listed per subject (0: none)
     jobs: int  # runs at once
+    # --per-connection: a third run per subject, 0 rounds on conns + this many
+    # connections; (its Ir - the 0-round run's) / this = Ir per connection.
+    extra_conns: int = 0
 
 
 # ------------------------------------------------------------------ trees and subjects
@@ -389,8 +392,11 @@ def client(port: int, conns: int, rounds: int, size: int) -> dict[str, Any]:
     return result
 
 
-def measure(subject: Subject, rounds: int, settings: Settings, out_file: Path) -> dict[str, Any]:
-    """One server under callgrind, ``settings.conns`` connections of ``rounds`` round trips.
+def measure(
+    subject: Subject, rounds: int, settings: Settings, out_file: Path, conns: int | None = None
+) -> dict[str, Any]:
+    """One server under callgrind, ``conns`` (default ``settings.conns``)
+    connections of ``rounds`` round trips.
 
     Returns:
       The record: label, rounds, ``ir`` (total instructions), the client's
@@ -398,13 +404,14 @@ def measure(subject: Subject, rounds: int, settings: Settings, out_file: Path) -
       ``ir`` when a step failed (recorded, not raised, so one bad run does not
       lose the others).
     """
-    record: dict[str, Any] = {"label": subject.label, "rounds": rounds}
+    conns = settings.conns if conns is None else conns
+    record: dict[str, Any] = {"label": subject.label, "rounds": rounds, "conns": conns}
     t0 = time.monotonic()
     log = out_file.with_suffix(".stderr")
     try:
         with started(server_argv(subject, out_file), server_env(subject.tree), log) as (proc, port):
             wait_quiet(proc)
-            record["client"] = client(port, settings.conns, rounds, settings.size)
+            record["client"] = client(port, conns, rounds, settings.size)
             wait_quiet(proc)
             record["server_exit"] = stop(proc)
         record["ir"] = total_ir(out_file)
@@ -496,9 +503,12 @@ def top_functions(zero: Path, rounds: Path, round_trips: int, n: int) -> list[li
 # ------------------------------------------------------------------ the matrix and its summary
 
 
-def profile_path(profiles_dir: Path, subject: Subject, rounds: int, rep: int) -> Path:
-    """Where the callgrind file of one run goes."""
-    return profiles_dir / f"{subject.label}-r{rounds}-{rep}.callgrind.out"
+def profile_path(
+    profiles_dir: Path, subject: Subject, rounds: int, rep: int, conns: int | None = None
+) -> Path:
+    """Where the callgrind file of one run goes (``conns``: a --per-connection run)."""
+    more = "" if conns is None else f"-c{conns}"
+    return profiles_dir / f"{subject.label}-r{rounds}{more}-{rep}.callgrind.out"
 
 
 def run_all(
@@ -519,24 +529,28 @@ def run_all(
     with tempfile.TemporaryDirectory() as scratch:
         for subject in subjects:
             prime(subject, Path(scratch))
+    # (rep, subject, rounds, conns): conns None is settings.conns.
+    kinds: list[tuple[int, int | None]] = [(0, None), (settings.rounds, None)]
+    if settings.extra_conns:
+        kinds.append((0, settings.conns + settings.extra_conns))
     plan = [
-        (rep, subject, rounds)
+        (rep, subject, rounds, conns)
         for rep in range(settings.reps)
         for subject in subjects
-        for rounds in (0, settings.rounds)
+        for rounds, conns in kinds
     ]
     done = [0]
     lock = threading.Lock()  # the pool's threads count and log one at a time
 
-    def one(rep: int, subject: Subject, rounds: int) -> dict[str, Any]:
-        out_file = profile_path(profiles_dir, subject, rounds, rep)
-        record = {"rep": rep, **measure(subject, rounds, settings, out_file)}
+    def one(rep: int, subject: Subject, rounds: int, conns: int | None) -> dict[str, Any]:
+        out_file = profile_path(profiles_dir, subject, rounds, rep, conns)
+        record = {"rep": rep, **measure(subject, rounds, settings, out_file, conns)}
         what = record.get("failure") or f"Ir {record['ir']:,}"
         with lock:
             done[0] += 1
             log(
                 f"[{done[0]}/{len(plan)}] rep {rep} {subject.label:<20} "
-                f"{rounds:>5} rounds: {what} ({record['wall_s']} s)"
+                f"{rounds:>5} rounds, {record['conns']} conns: {what} ({record['wall_s']} s)"
             )
         return record
 
@@ -560,10 +574,31 @@ def per_round_trip(
         ir = {
             r["rounds"]: r["ir"]
             for r in records
-            if r["label"] == subject.label and r["rep"] == rep and "ir" in r
+            if r["label"] == subject.label
+            and r["rep"] == rep
+            and "ir" in r
+            and r.get("conns", settings.conns) == settings.conns
         }
         if 0 in ir and settings.rounds in ir:
             values.append((ir[settings.rounds] - ir[0]) / (settings.conns * settings.rounds))
+    return values
+
+
+def per_connection(
+    records: list[dict[str, Any]], subject: Subject, settings: Settings
+) -> list[float]:
+    """(Ir of 0 rounds on conns + extra - Ir of 0 rounds on conns) / extra, per
+    repetition: a connection's accept, handler start, EOF and close."""
+    values = []
+    more = settings.conns + settings.extra_conns
+    for rep in range(settings.reps):
+        ir = {
+            r["conns"]: r["ir"]
+            for r in records
+            if r["label"] == subject.label and r["rep"] == rep and "ir" in r and r["rounds"] == 0
+        }
+        if settings.extra_conns and settings.conns in ir and more in ir:
+            values.append((ir[more] - ir[settings.conns]) / settings.extra_conns)
     return values
 
 
@@ -577,7 +612,12 @@ def summarize(
     rows: list[dict[str, Any]] = []
     for s in subjects:
         values = per_round_trip(records, s, settings)
-        mine = [r for r in records if r["label"] == s.label]
+        conn_values = per_connection(records, s, settings)
+        mine = [
+            r
+            for r in records
+            if r["label"] == s.label and r.get("conns", settings.conns) == settings.conns
+        ]
         rows.append(
             {
                 "label": s.label,
@@ -587,6 +627,7 @@ def summarize(
                 "per_round_trip": values,
                 "median": statistics.median(values) if values else None,
                 "spread": (max(values) - min(values)) if values else None,
+                "per_connection": statistics.median(conn_values) if conn_values else None,
                 "ir_zero": [r["ir"] for r in mine if r["rounds"] == 0 and "ir" in r],
                 "ir_rounds": [r["ir"] for r in mine if r["rounds"] != 0 and "ir" in r],
                 "failures": sum(1 for r in mine if "failure" in r),
@@ -596,6 +637,8 @@ def summarize(
     base = by_label.get(BASELINE)
     for s, row in zip(subjects, rows, strict=True):
         row["ratio_to_trio"] = _ratio(row, base)
+        if base is not None and row["per_connection"] and base["per_connection"]:
+            row["per_connection_to_trio"] = row["per_connection"] / base["per_connection"]
         if baseline_tree is not None and is_trionet(s.variant):
             before = next(
                 (
@@ -695,6 +738,22 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         cells += [_millions(row["ir_zero"]), _millions(row["ir_rounds"])]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
+    if s.get("extra_conns"):
+        out += [
+            f"Per connection: 0 round trips on {s['conns'] + s['extra_conns']} connections "
+            f"minus 0 round trips on {s['conns']}, divided by {s['extra_conns']} (accept, "
+            "handler start, EOF, close).",
+            "",
+            "| variant | Ir per connection | x trio |",
+            "|---|---:|---:|",
+        ]
+        for row in rows:
+            value = row.get("per_connection")
+            out.append(
+                f"| {row['label']} | {f'{value:,.0f}' if value else 'failed'} | "
+                f"{_fmt_ratio(row.get('per_connection_to_trio'))} |"
+            )
+        out.append("")
     for note in meta["notes"]:
         out.append(f"- note: {note}")
     for fail in meta["failures"]:
@@ -761,6 +820,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conns", type=int, default=20, help="connections (20)")
     p.add_argument("--rounds", type=int, default=200, help="round trips per connection (200)")
     p.add_argument("--size", type=int, default=64, help="message bytes (64)")
+    p.add_argument(
+        "--per-connection",
+        type=int,
+        default=0,
+        metavar="EXTRA",
+        help="also run 0 rounds on conns + EXTRA connections: Ir per connection (0: off)",
+    )
     p.add_argument("--reps", type=int, default=2, help="repetitions, for the spread (2)")
     p.add_argument(
         "--tree",
@@ -827,6 +893,8 @@ def _check_settings(args: argparse.Namespace) -> Settings:
         raise CallgrindError("valgrind not found (Debian: apt-get install valgrind)")
     if args.top < 0:
         raise CallgrindError(f"--top must be >= 0, got {args.top}")
+    if args.per_connection < 0:
+        raise CallgrindError(f"--per-connection must be >= 0, got {args.per_connection}")
     if args.top and args.discard_profiles:
         raise CallgrindError("--top needs the callgrind files: use --top 0 with --discard-profiles")
     return Settings(
@@ -837,6 +905,7 @@ def _check_settings(args: argparse.Namespace) -> Settings:
         keep_profiles=not args.discard_profiles,
         top=args.top,
         jobs=args.jobs,
+        extra_conns=args.per_connection,
     )
 
 

@@ -25,9 +25,13 @@ import trionet
 
 RECEIVE_SIZE = 65536
 KINDS = ("trio", "trionet", "trionet-timeout")
+# Handlers started so far: the snapshot is taken once every connection opened
+# has its handler waiting in receive (a busy machine accepts late).
+_started = [0]
 
 
 async def _trio_echo(stream: trio.SocketStream) -> None:
+    _started[0] += 1
     try:
         while data := await stream.receive_some(RECEIVE_SIZE):
             await stream.send_all(data)
@@ -36,6 +40,7 @@ async def _trio_echo(stream: trio.SocketStream) -> None:
 
 
 async def _trionet_echo(conn: trionet.Connection) -> None:
+    _started[0] += 1
     while data := await conn.receive_some(RECEIVE_SIZE):
         await conn.send_all(data)
 
@@ -60,6 +65,12 @@ async def _open(port: int, count: int, into: list[socket.socket]) -> None:
         into.append(socket.create_connection(("127.0.0.1", port)))
         if i % 200 == 199:
             await trio.sleep(0.05)
+    for _ in range(600):  # at most 30 s for the server to accept them all
+        if _started[0] >= len(into):
+            break
+        await trio.sleep(0.05)
+    else:
+        raise RuntimeError(f"{_started[0]} of {len(into)} connections accepted after 30 s")
     await trio.sleep(0.5)
 
 
@@ -80,6 +91,7 @@ def measure(kind: str, conns: int, top: int) -> tuple[float, list[str]]:
 
     async def main() -> None:
         nonlocal result
+        _started[0] = 0
         clients: list[socket.socket] = []
         try:
             async with trio.open_nursery() as nursery:

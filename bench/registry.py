@@ -95,7 +95,7 @@ class Comparison:
     label: str
     numerator: str
     denominator: str
-    targets: dict[str, Target] = field(default_factory=dict)  # keyed by Mode
+    targets: dict[str, Target] = field(default_factory=dict)  # keyed by Mode or scenario name
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,21 @@ register_variant(
         f"as trionet, AcceptOptions(inactivity_timeout={TIMEOUT_SECONDS})",
     )
 )
+register_variant(
+    Variant(
+        "trionet-every-call",
+        "trionet_echo.py",
+        (
+            "--max-connections",
+            "100000",
+            "--inactivity-timeout",
+            TIMEOUT_SECONDS,
+            "--schedule-interval",
+            "1",
+        ),
+        "as trionet-timeout, NetProcessor(schedule_interval=1): every call a full checkpoint",
+    )
+)
 register_variant(Variant("trio", "trio_echo.py", (), "bare trio.serve_tcp"))
 register_variant(
     Variant(
@@ -205,6 +220,20 @@ register_comparison(
             "pingpong": Target("ops_per_s", ">=", 0.97),
             "connrate": Target("ops_per_s", ">=", 1.0),
             "idle": Target("bytes_per_conn", "<=", 1.1),
+        },
+    )
+)
+# Issue 14's targets: throttle, statistics and an inactivity timeout on.
+register_comparison(
+    Comparison(
+        "trionet (timeout on) / bare trio, issue 14",
+        "trionet-timeout",
+        BASELINE,
+        {
+            "pp-100x64": Target("ops_per_s", ">=", 1.5),
+            "pp-100x4k": Target("ops_per_s", ">=", 1.5),
+            "connrate": Target("ops_per_s", ">=", 2.0),
+            "idle": Target("bytes_per_conn", "<=", 0.8),
         },
     )
 )

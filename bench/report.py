@@ -130,7 +130,8 @@ def comparison_rows(
             if value is None:
                 continue
             metric = SCENARIOS[scenario].metric
-            target = comp.targets.get(SCENARIOS[scenario].mode)
+            # A target for the scenario itself wins over its mode's.
+            target = comp.targets.get(scenario) or comp.targets.get(SCENARIOS[scenario].mode)
             paired = Spread.of(
                 paired_ratios(records, scenario, comp.numerator, comp.denominator, metric)
             )

@@ -17,7 +17,9 @@ from .conftest import connection_pair
 
 
 async def test_half_closeable_stream_contract() -> None:
-    net = trionet.NetProcessor()
+    # trio's checks want every call to be a full checkpoint: schedule_interval=1
+    # (the default bounded policy is checked in tests/test_wire.py).
+    net = trionet.NetProcessor(schedule_interval=1)
     await trio.testing.check_half_closeable_stream(partial(connection_pair, net), None)
     assert net.statistics().connections_currently_open == 0
 

@@ -271,9 +271,7 @@ def test_the_command_logs_json_lines() -> None:
         status, _out, err = run.stop(signal.SIGTERM)
     assert status == 0, err
     records = json_lines(err)
-    [warning] = [
-        r for r in records if r["logger"] == "trionet.proxy" and r["level"] == "WARNING"
-    ]
+    [warning] = [r for r in records if r["logger"] == "trionet.proxy" and r["level"] == "WARNING"]
     assert warning["error"] == "refused"
     assert warning["upstream"] == f"127.0.0.1:{dead}"
     [session] = [r for r in records if r["logger"] == "trionet.access"]

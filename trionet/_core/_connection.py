@@ -1,10 +1,13 @@
 """``Connection``: the one stream object a trionet user holds for a TCP (or TLS)
 connection, inbound or outbound (ATS ``UnixNetVConnection``, Netty ``Channel``).
 
-It talks to the trio socket directly instead of wrapping a ``trio.SocketStream``:
-the hot path (``receive_some`` / ``send_all``) is where statistics are counted and
-activity is recorded for the inactivity timeout, and doing it here costs a few
-attribute stores per call instead of another stream layer.
+It talks to the non-blocking stdlib socket directly instead of wrapping a
+``trio.SocketStream`` (or a trio socket): the hot path (``receive_some`` /
+``send_all``) calls ``recv``/``send`` and waits with
+``trio.lowlevel.wait_readable``/``wait_writable`` only when the call would
+block; it is where statistics are counted and activity is recorded for the
+inactivity timeout, and doing it here costs a few attribute stores per call
+instead of two more layers.
 
 Activity is recorded as a timestamp only; nothing is scheduled per I/O call.
 The processor's :class:`~trionet._core._timeouts.TimeoutCop` re-arms lazily
@@ -27,6 +30,7 @@ connection needs from the table that opened it.
 from __future__ import annotations
 
 import math
+import socket as _stdlib_socket
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from types import MappingProxyType
@@ -120,7 +124,8 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         iocore shim reports a reset as ``VC_EVENT_EOS``, as ATS does; this
         tells the two apart.
       tls: a :class:`TLSInfo` for TLS connections, else ``None``.
-      socket: the underlying ``trio.socket.SocketType``.
+      socket: the underlying ``trio.socket.SocketType`` (made when first
+        asked for).
       inbound: ``True`` for accepted connections.
     """
 
@@ -153,8 +158,7 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
 
     def __init__(
         self,
-        sock: trio.socket.SocketType,
-        *,
+        sock: _stdlib_socket.socket | trio.socket.SocketType,
         conn_id: int,
         owner: Owner,
         inbound: bool,
@@ -167,6 +171,8 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
     ) -> None:
         """Wrap a connected socket (by :meth:`ConnectionTable.open`, which has
         counted it; users get connections from ``serve`` and ``connect``).
+        The table passes every argument by position (the accept path runs
+        this once per connection; keywords cost a dict lookup each).
 
         Args:
           peer_address: the socket's peer, as ``accept()`` or the connect
@@ -208,8 +214,14 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         # The connection spliced with this one (see trionet._apps._tcp_proxy.splice),
         # whose activity counts as this one's for the inactivity timeout; else None.
         self._peer: Connection | None = None
-        if inactivity_timeout is not None or active_timeout is not None:
-            owner.cop.rearm(self)
+        # Armed directly at the earliest deadline (cop.arm: a new connection has
+        # nothing armed to drop, and _deadline() would compute the same thing).
+        active_at = self._active_deadline
+        if inactivity_timeout is not None:
+            idle_at = now + inactivity_timeout
+            owner.cop.arm(self, idle_at if idle_at < active_at else active_at)
+        elif active_timeout is not None:
+            owner.cop.arm(self, self._active_deadline)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -226,6 +238,11 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
     def receive_some(self, max_bytes: int | None = None) -> Coroutine[Any, Any, bytes]:
         """Wait until data arrives and return some of it
         (:meth:`trio.abc.ReceiveStream.receive_some`).
+
+        Always a cancel point; a schedule point when it had to wait, and
+        otherwise at least every ``schedule_interval`` calls of the
+        processor's connections (:class:`NetProcessor`; TLS: as the
+        transport's calls).
 
         Args:
           max_bytes: the most bytes to return, >= 1 (default: 65536 on plain
@@ -252,7 +269,8 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
     def send_all(self, data: bytes | bytearray | memoryview) -> Coroutine[Any, Any, None]:
         """Send every byte of ``data``, waiting while the socket's send buffer
         is full (:meth:`trio.abc.SendStream.send_all`). It returns once the
-        kernel holds them all, which is not delivery.
+        kernel holds them all, which is not delivery. Checkpoints as
+        :meth:`receive_some`.
 
         Raises:
           trio.BusyResourceError: another task is already sending (or in
@@ -435,9 +453,9 @@ class Connection(Wire, trio.abc.HalfCloseableStream):
         ``("::", 0, 0, 0)``), as ATS's ``get_local_addr`` reports it."""
         if self._sock_address is None:
             try:
-                self._sock_address = self.socket.getsockname()
+                self._sock_address = self._sock.getsockname()
             except OSError:
-                return unspecified_address(self.socket.family)
+                return unspecified_address(self._sock.family)
         return self._sock_address
 
     @property

@@ -25,8 +25,9 @@ is the whole interface; a table that keeps its own ``Throttle`` pays nothing.
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Iterable
-from typing import cast, final
+from typing import final
 
 import trio
 
@@ -35,7 +36,7 @@ from ._connection import Connection
 from ._stats import Counters, NetStatistics
 from ._throttle import Throttle
 from ._timeouts import TimeoutCop
-from ._wire import Wire
+from ._wire import DEFAULT_SCHEDULE_INTERVAL, Wire
 
 __all__ = ["ConnectionTable", "Reservation"]
 
@@ -48,12 +49,18 @@ class ConnectionTable:
       max_connections / per_client_max / exempt: the :class:`Throttle`'s limits.
       max_idle_connections: keep-alive eviction limit (the cop's).
       default_inactivity_timeout: given to connections opened without one.
+      schedule_interval: a wire call that did not wait is followed by a
+        schedule point when it is this many such calls in a row (1: every call);
+        see ``trionet._core._wire``, "Checkpoints".
 
     Attributes:
       counters: the live statistics (every connection counts here).
       throttle: open connections, globally and per client.
       exempt: the networks exempt from the per-client limit (as given).
       cop: the timeout cop.
+      schedule_interval: as the argument.
+      unyielded_calls: wire calls of this table's connections since the last
+        one that waited or yielded (the schedule-point policy's count).
     """
 
     __slots__ = (
@@ -63,7 +70,9 @@ class ConnectionTable:
         "counters",
         "default_inactivity_timeout",
         "exempt",
+        "schedule_interval",
         "throttle",
+        "unyielded_calls",
     )
 
     def __init__(
@@ -74,12 +83,15 @@ class ConnectionTable:
         exempt: Iterable[Network] = (),
         max_idle_connections: int | None = None,
         default_inactivity_timeout: float | None = None,
+        schedule_interval: int = DEFAULT_SCHEDULE_INTERVAL,
     ) -> None:
         self.counters: Counters = Counters()
         self.exempt: tuple[Network, ...] = tuple(exempt)
         self.throttle: Throttle = Throttle(max_connections, per_client_max, self.exempt)
         self.cop: TimeoutCop = TimeoutCop(self.counters, max_idle_connections)
         self.default_inactivity_timeout: float | None = default_inactivity_timeout
+        self.schedule_interval: int = schedule_interval
+        self.unyielded_calls: int = 0
         self._ids = itertools.count(1)
         self._slot_freed = trio.lowlevel.ParkingLot()
 
@@ -109,7 +121,7 @@ class ConnectionTable:
     # ---------------------------------------------------------- open/release
     def open(
         self,
-        sock: trio.socket.SocketType,
+        sock: socket.socket | trio.socket.SocketType,
         *,
         inbound: bool,
         client: str | None,
@@ -131,24 +143,27 @@ class ConnectionTable:
         self.throttle.acquire(client)
         reservation = Reservation(self) if reserve else None
         counters.connections_currently_open += 1
+        # By position: see Connection.__init__.
         return Connection(
             sock,
-            conn_id=next(self._ids),
-            owner=self,
-            inbound=inbound,
-            peer_address=peer_address,
-            client=client,
-            inactivity_timeout=inactivity_timeout,
-            active_timeout=active_timeout,
-            scope=scope,
-            reservation=reservation,
+            next(self._ids),
+            self,
+            inbound,
+            peer_address,
+            client,
+            inactivity_timeout,
+            active_timeout,
+            scope,
+            reservation,
         )
 
     def release(self, conn: Wire, client: str | None) -> None:
         """Called exactly once per connection, from ``Connection.close``."""
         self.throttle.release(client)
         self.counters.connections_currently_open -= 1
-        self.cop.closed(cast(Connection, conn))  # every Wire this table opens is one
+        # Every Wire this table opens is a Connection (typing.cast would be a
+        # call per connection; the ignore costs nothing).
+        self.cop.closed(conn)  # type: ignore[arg-type]
         self.slot_freed()
 
     def admit_client(self, host: str) -> bool:

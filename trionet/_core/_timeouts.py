@@ -111,6 +111,12 @@ class TimeoutCop:
         self.pushes: int = 0
 
     # ------------------------------------------------------------ arming
+    def arm(self, conn: Timed, deadline: float) -> None:
+        """Arm a connection that was never armed (a new one) at ``deadline``,
+        its earliest deadline: the per-connection part of the accept path, so
+        no disarm and no second deadline computation."""
+        self._push(deadline, conn)
+
     def rearm(self, conn: Timed) -> None:
         """Re-read ``conn``'s timeouts after one was set or cancelled."""
         self._disarm(conn)

@@ -33,11 +33,29 @@ if TYPE_CHECKING:
     from ._table import Reservation
     from ._timeouts import TimeoutCop
 
-__all__ = ["DEFAULT_RECEIVE_SIZE", "Owner", "Wire", "bytes_acked_if_unsent"]
+__all__ = [
+    "DEFAULT_RECEIVE_SIZE",
+    "DEFAULT_SCHEDULE_INTERVAL",
+    "Owner",
+    "Wire",
+    "bytes_acked_if_unsent",
+    "count_received",
+    "count_sent",
+    "raw_socket",
+]
 
 DEFAULT_RECEIVE_SIZE: Final = 65536
+# A schedule point at least every this many wire calls that did not wait (see
+# "Checkpoints" below and in docs/design.rst); 1 = every call.
+DEFAULT_SCHEDULE_INTERVAL: Final = 16
 # Module-level, not a bound method per connection (64 bytes each); honours MockClock.
 _now: Final = trio.current_time
+# trio's public low-level API, bound once (a module global, not an attribute
+# lookup through trio.lowlevel per call).
+_checkpoint_if_cancelled: Final = trio.lowlevel.checkpoint_if_cancelled
+_cancel_shielded_checkpoint: Final = trio.lowlevel.cancel_shielded_checkpoint
+_wait_readable: Final = trio.lowlevel.wait_readable
+_wait_writable: Final = trio.lowlevel.wait_writable
 
 # errnos after which the connection is broken (the peer went away), as opposed
 # to an errno that means we misused a closed socket.
@@ -47,7 +65,11 @@ _CLOSED_ERRNOS: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
 class Owner(Protocol):
     """What a connection needs from the table that opened it
     (:class:`~trionet._core._table.ConnectionTable`): the counters its I/O
-    counts in, the timeout cop, and two calls."""
+    counts in, the timeout cop, the schedule-point policy's interval and
+    count (shared by the processor's connections), and two calls."""
+
+    schedule_interval: int
+    unyielded_calls: int
 
     @property
     def counters(self) -> Counters: ...
@@ -77,16 +99,17 @@ class Wire:
         "_receiving",
         "_reserved",
         "_sending",
+        "_shut_wr",
+        "_sock",
+        "_trio_socket",
         "broken",
         "bytes_received",
         "bytes_sent",
         "id",
-        "socket",
     )
 
     # Declared here (the slots above hold them) so that type checkers see the
     # public fields' types, also where ``Connection`` writes them.
-    socket: trio.socket.SocketType
     id: int
     bytes_received: int
     bytes_sent: int
@@ -94,13 +117,25 @@ class Wire:
 
     def __init__(
         self,
-        sock: trio.socket.SocketType,
+        sock: _stdlib_socket.socket | trio.socket.SocketType,
         conn_id: int,
         owner: Owner,
         client: str | None,
         reservation: Reservation | None,
     ) -> None:
-        self.socket = sock
+        if not isinstance(sock, _stdlib_socket.socket):
+            # A trio socket (an outbound connect's): the wire works on a stdlib
+            # socket, so take over its descriptor; the trio object is left
+            # closed (fileno() -1) and ``socket`` makes a new one if asked.
+            family, kind, proto = sock.family, sock.type, sock.proto
+            sock = _stdlib_socket.socket(family, kind, proto, fileno=sock.detach())
+        # Non-blocking: recv/send raise BlockingIOError instead of waiting.
+        sock.setblocking(False)
+        self._sock = sock
+        # The trio socket object over it, made when first asked for (``socket``):
+        # the hot path never needs one, and it costs ~200 bytes per connection.
+        self._trio_socket: trio.socket.SocketType | None = None
+        self._shut_wr = False
         self.id = conn_id
         self._owner = owner
         self._client_key = client
@@ -123,7 +158,12 @@ class Wire:
         if self._closed:
             return
         self._closed = True
-        self.socket.close()
+        sock = self._sock
+        if sock.fileno() != -1:
+            # Wake a task waiting on the descriptor (ClosedResourceError) before
+            # the number can be reused, as trio's own socket close does.
+            trio.lowlevel.notify_closing(sock)
+        sock.close()
         reservation = self._reserved
         if reservation is not None:  # reserved for an outbound connect that never took it
             self._reserved = None
@@ -146,12 +186,21 @@ class Wire:
         """
         if self._closed:
             return
-        linger_abort(self.socket)
+        linger_abort(self._sock)
         self.close()
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def socket(self) -> trio.socket.SocketType:  # documented with Connection's attributes
+        # A trio socket object over the stdlib one, made when first asked for:
+        # the connection's own I/O calls the stdlib socket directly.
+        tsock = self._trio_socket
+        if tsock is None:
+            tsock = self._trio_socket = trio.socket.from_stdlib_socket(self._sock)
+        return tsock
 
     @property
     def last_activity(self) -> float:
@@ -194,7 +243,7 @@ class Wire:
           when it did not, nothing is unsent, or the kernel cannot tell. See
           "kernel progress of a send" at the end of this module.
         """
-        acked = bytes_acked_if_unsent(self.socket)
+        acked = bytes_acked_if_unsent(self._sock)
         if acked is None:
             return False
         seen, self._acked_seen = self._acked_seen, acked
@@ -209,10 +258,30 @@ class Wire:
     # payload=False, so handshake, record and header bytes are counted in the
     # processor's statistics and are activity exactly like plain bytes, while
     # bytes_received/bytes_sent stay payload counts.
+    #
+    # The raw path: the stdlib socket's recv/send are called directly (the
+    # socket is non-blocking), and trio.lowlevel.wait_readable/wait_writable
+    # run only when the call would block (BlockingIOError). An idle connection
+    # waiting to read is this one frame plus trio's wait; a call that does not
+    # block allocates nothing but the bytes it returns.
+    #
+    # Checkpoints ("schedule points on purpose"): every call starts with
+    # checkpoint_if_cancelled, so every call is a cancel point, as trio's own
+    # stream methods. A call that waited has been a schedule point; one that
+    # did not is followed by a real (cancel-shielded) schedule point only when
+    # it is the owner's ``schedule_interval``-th call in a row that did not
+    # wait -- counted per processor across its connections, so a task pumping
+    # data that is always ready yields at least every N calls, and another
+    # connection's task waits for at most that many calls of it (the
+    # fairness bound, tests/test_wire.py). With N = 1 every call is a full
+    # checkpoint, trio's contract for its own streams; the default (16) saves
+    # most of a scheduler round trip per call (see docs/design.rst,
+    # "Checkpoints"), as asyncio's streams do when data is buffered.
     async def _wire_receive(
         self, max_bytes: int | None = None, flags: int = 0, payload: bool = True
     ) -> bytes:
-        """One ``recv`` on the socket, counted.
+        """One ``recv`` on the socket, counted; a cancel point, and a schedule
+        point when it waited or by the owner's schedule interval (above).
 
         Args:
           max_bytes: as ``receive_some``.
@@ -231,65 +300,107 @@ class Wire:
             raise trio.BusyResourceError("another task is already receiving on this connection")
         self._receiving = True
         try:
-            try:
-                # No flags argument unless asked: it would travel through
-                # trio's wrappers on every call of the hot path.
-                if flags:
-                    data = await self.socket.recv(max_bytes, flags)
+            await _checkpoint_if_cancelled()
+            sock = self._sock
+            waited = False
+            while True:
+                try:
+                    data = _recv(sock, max_bytes, flags)
+                except OSError as exc:
+                    raise self._translate(exc) from exc
+                if data is not None:
+                    break
+                await _wait_readable(sock)
+                waited = True
+            owner = self._owner
+            if flags:  # MSG_PEEK: the bytes stay queued for the receive that takes them
+                await _schedule(owner, waited)
+                return data
+            counters = owner.counters
+            counters.calls_to_read += 1
+            if data:
+                n = len(data)
+                counters.read_bytes += n
+                if payload:
+                    self.bytes_received += n
+                self._last_activity = _now()
+            else:
+                counters.calls_to_read_nodata += 1
+            if waited:
+                owner.unyielded_calls = 0
+            else:
+                calls = owner.unyielded_calls + 1
+                if calls >= owner.schedule_interval:
+                    owner.unyielded_calls = 0
+                    # Shielded: the bytes are taken, a cancellation must not lose them.
+                    await _cancel_shielded_checkpoint()
                 else:
-                    data = await self.socket.recv(max_bytes)
-            except OSError as exc:
-                raise self._translate(exc) from exc
+                    owner.unyielded_calls = calls
+            return data
         finally:
             self._receiving = False
-        if flags:  # MSG_PEEK: the bytes stay queued for the receive that takes them
-            return data
-        counters = self._owner.counters
-        counters.calls_to_read += 1
-        if data:
-            n = len(data)
-            counters.read_bytes += n
-            if payload:
-                self.bytes_received += n
-            self._last_activity = _now()
-        else:
-            counters.calls_to_read_nodata += 1
-        return data
 
     async def _wire_send(self, data: bytes | bytearray | memoryview, payload: bool = True) -> None:
         """``send`` until every byte of ``data`` is in the kernel, counted
-        (``payload``: in ``bytes_sent`` too)."""
+        (``payload``: in ``bytes_sent`` too); checkpoints as ``_wire_receive``."""
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this connection")
         self._sending = True
         try:
-            if self.socket.did_shutdown_SHUT_WR:
+            if self._shut_wr:
                 raise trio.ClosedResourceError("can't send data after sending EOF")
-            with memoryview(data) as view:
-                total = len(view)
-                if not total:
-                    await trio.lowlevel.checkpoint()
-                    if self._closed:
-                        raise trio.ClosedResourceError("connection was closed")
-                    return
-                counters = self._owner.counters
-                sent = 0
-                while sent < total:
-                    try:
-                        n = await self.socket.send(view[sent:] if sent else view)
-                    except OSError as exc:
-                        raise self._translate(exc) from exc
-                    # Every send that moves bytes into the kernel is activity (Netty's
-                    # observeOutput); while one is stuck on a full send buffer, the
-                    # cop asks the kernel instead ("kernel progress of a send").
-                    sent += n
-                    counters.calls_to_write += 1
-                    counters.write_bytes += n
-                    if payload:
-                        self.bytes_sent += n
-                    self._last_activity = _now()
+            await _checkpoint_if_cancelled()
+            sock = self._sock
+            # The common case first: one send() takes it all; no memoryview.
+            try:
+                n = _send(sock, data)
+            except OSError as exc:
+                raise self._translate(exc) from exc
+            total = len(data) if type(data) is bytes else memoryview(data).nbytes
+            owner = self._owner
+            counters = owner.counters
+            if n:
+                # Every send that moves bytes into the kernel is activity (Netty's
+                # observeOutput); while one is stuck on a full send buffer, the
+                # cop asks the kernel instead ("kernel progress of a send").
+                counters.calls_to_write += 1
+                counters.write_bytes += n
+                if payload:
+                    self.bytes_sent += n
+                self._last_activity = _now()
+            if n < total:
+                await self._send_rest(data, n, total, payload)
+                owner.unyielded_calls = 0
+                return
+            calls = owner.unyielded_calls + 1
+            if calls >= owner.schedule_interval:
+                owner.unyielded_calls = 0
+                await _cancel_shielded_checkpoint()
+            else:
+                owner.unyielded_calls = calls
         finally:
             self._sending = False
+
+    async def _send_rest(
+        self, data: bytes | bytearray | memoryview, sent: int, total: int, payload: bool
+    ) -> None:
+        """The slow part of ``_wire_send``: the socket's send buffer is full;
+        wait until it is writable and send the rest, counted."""
+        sock = self._sock
+        counters = self._owner.counters
+        with memoryview(data) as whole, whole.cast("B") as view:
+            while sent < total:
+                await _wait_writable(sock)
+                try:
+                    n = _send(sock, view[sent:])
+                except OSError as exc:
+                    raise self._translate(exc) from exc
+                sent += n
+                counters.calls_to_write += 1
+                counters.write_bytes += n
+                if payload:
+                    self.bytes_sent += n
+                self._last_activity = _now()
 
     async def _wait_wire_writable(self) -> None:
         if self._sending:
@@ -297,11 +408,9 @@ class Wire:
         self._sending = True
         try:
             if self._closed:
+                await trio.lowlevel.checkpoint()
                 raise trio.ClosedResourceError("connection was closed")
-            try:
-                await self.socket.wait_writable()
-            except OSError as exc:
-                raise self._translate(exc) from exc
+            await _wait_writable(self._sock)
         finally:
             self._sending = False
 
@@ -311,12 +420,13 @@ class Wire:
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("connection was closed")
-        if self.socket.did_shutdown_SHUT_WR:
+        if self._shut_wr:
             return
         try:
-            self.socket.shutdown(_stdlib_socket.SHUT_WR)
+            self._sock.shutdown(_stdlib_socket.SHUT_WR)
         except OSError as exc:
             raise self._translate(exc) from exc
+        self._shut_wr = True
 
     def _translate(self, exc: OSError) -> Exception:
         if self._closed or exc.errno in _CLOSED_ERRNOS:
@@ -327,13 +437,80 @@ class Wire:
     # ----------------------------------------------------------- socket options
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         """``setsockopt`` on the underlying socket."""
-        self.socket.setsockopt(level, option, value)
+        self._sock.setsockopt(level, option, value)
 
     def getsockopt(self, level: int, option: int, buflen: int | None = None) -> int | bytes:
         """``getsockopt`` on the underlying socket."""
         if buflen is None:
-            return self.socket.getsockopt(level, option)
-        return self.socket.getsockopt(level, option, buflen)
+            return self._sock.getsockopt(level, option)
+        return self._sock.getsockopt(level, option, buflen)
+
+
+# The socket calls, as plain functions returning None / 0 when the call would
+# block. Catching BlockingIOError in the coroutine itself would make CPython
+# materialize the coroutine's frame object for the traceback, and that object
+# (272 bytes) stays with the coroutine as long as it lives: in every idle
+# connection. Here it is this call's frame, gone when the call returns.
+def _recv(sock: _stdlib_socket.socket, max_bytes: int, flags: int) -> bytes | None:
+    try:
+        # No flags argument unless asked: one argument less per call.
+        return sock.recv(max_bytes, flags) if flags else sock.recv(max_bytes)
+    except BlockingIOError:
+        return None
+
+
+def _send(sock: _stdlib_socket.socket, data: bytes | bytearray | memoryview) -> int:
+    try:
+        return sock.send(data)
+    except BlockingIOError:
+        return 0
+
+
+async def _schedule(owner: Owner, waited: bool) -> None:
+    """The schedule-point policy of a call that is not counted inline (a peek)."""
+    if waited:
+        owner.unyielded_calls = 0
+        return
+    calls = owner.unyielded_calls + 1
+    if calls >= owner.schedule_interval:
+        owner.unyielded_calls = 0
+        await _cancel_shielded_checkpoint()
+    else:
+        owner.unyielded_calls = calls
+
+
+# --------------------------------------------- for code moving bytes itself
+# A zero-copy path (splice(2) between two sockets) moves bytes without these
+# methods; it reads the raw socket here and reports what it moved, so that
+# statistics, byte counts and activity stay exactly what recv/send would give.
+def raw_socket(wire: Wire) -> _stdlib_socket.socket:
+    """The connection's non-blocking stdlib socket (the one the wire primitive
+    calls ``recv``/``send`` on). Wait on it with ``trio.lowlevel.wait_*``."""
+    return wire._sock
+
+
+def count_received(wire: Wire, n: int) -> None:
+    """Count one read call that took ``n`` payload bytes off ``wire``'s socket
+    (0: it found EOF), as ``_wire_receive`` would: statistics, ``bytes_received``
+    and, when ``n`` > 0, activity now."""
+    counters = wire._owner.counters
+    counters.calls_to_read += 1
+    if n:
+        counters.read_bytes += n
+        wire.bytes_received += n
+        wire._last_activity = _now()
+    else:
+        counters.calls_to_read_nodata += 1
+
+
+def count_sent(wire: Wire, n: int) -> None:
+    """Count one write call that put ``n`` (> 0) payload bytes into ``wire``'s
+    socket, as ``_wire_send`` would: statistics, ``bytes_sent``, activity now."""
+    counters = wire._owner.counters
+    counters.calls_to_write += 1
+    counters.write_bytes += n
+    wire.bytes_sent += n
+    wire._last_activity = _now()
 
 
 # ------------------------------------------------ kernel progress of a send
@@ -376,7 +553,7 @@ _TCP_INFO_LEN: Final = 148  # through tcpi_notsent_bytes, the newer of the two
 _INET_FAMILIES: Final = frozenset({_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6})
 
 
-def bytes_acked_if_unsent(sock: trio.socket.SocketType) -> int | None:
+def bytes_acked_if_unsent(sock: _stdlib_socket.socket | trio.socket.SocketType) -> int | None:
     """The kernel's count of bytes the peer acknowledged on ``sock``, if the
     kernel still holds bytes for it that it has not sent.
 

@@ -374,17 +374,18 @@ class Acceptor:
                 log_refused(addr, self._listener.port, "rate_limited")
             return
         counters.total_accepts += 1
-        try:
-            if not _INHERITS_OPTIONS:
+        if not _INHERITS_OPTIONS:
+            try:
                 apply_socket_options(client, opts.socket)
-            tsock = trio.socket.from_stdlib_socket(client)
-        except OSError as exc:  # the peer may already be gone
-            client.close()
-            logger.debug("dropping connection from %r: %s", addr, exc)
-            return
+            except OSError as exc:  # the peer may already be gone
+                client.close()
+                logger.debug("dropping connection from %r: %s", addr, exc)
+                return
         scope = trio.CancelScope()
+        # The stdlib socket as it is: the connection's wire works on it directly
+        # (no trio socket object per connection; Wire makes it non-blocking).
         conn = table.open(
-            tsock,
+            client,
             inbound=True,
             client=host,
             # Kept (about 90 bytes per connection): a lazy getpeername() would

@@ -99,7 +99,7 @@ class HandlerTasks:
     """serve()'s :data:`~trionet._inbound._accept.ConnectionTask`: the
     pre-handler steps, the handler, and the close, in one task per connection."""
 
-    __slots__ = ("_handler", "_opts", "_policy", "_port", "_server", "_table")
+    __slots__ = ("_handler", "_opts", "_policy", "_port", "_server", "_steps", "_table")
 
     def __init__(
         self,
@@ -117,11 +117,13 @@ class HandlerTasks:
         self._handler = handler
         self._port = port  # the listening port, for the session log
         self._server = server  # stopping: a cancellation is the shutdown's
+        # Decided once per listener, not per connection: PROXY/TLS steps to run
+        # before the handler; and whether the close must try TLS close_notify.
+        self._steps = has_steps(opts)
 
     async def run(self, conn: Connection, scope: trio.CancelScope) -> None:
         """One connection's task: the steps before the handler, the handler,
         and the close, whatever happens."""
-        opts = self._opts
         handler = self._handler
         outcome: Outcome = "returned"
         try:
@@ -129,7 +131,7 @@ class HandlerTasks:
                 # Plain TCP pays one test here; PROXY/TLS steps run before the
                 # handler, inside the connection's scope (so its timeouts and a
                 # shutdown apply), and a failure closes it without the handler.
-                if has_steps(opts) and not await prepare_inbound(conn, opts, self._table):
+                if self._steps and not await prepare_inbound(conn, self._opts, self._table):
                     outcome = "handshake_failed"
                     return
                 await handler(conn)
@@ -156,7 +158,7 @@ class HandlerTasks:
             outcome = "shutdown" if server is not None and server.stopping else "cancelled"
             raise
         finally:
-            if opts.ssl_context is not None and not conn.closed:
+            if self._steps and self._opts.ssl_context is not None and not conn.closed:
                 # TLS: send close_notify if that can be done promptly (shielded,
                 # bounded in Connection.aclose).
                 with trio.CancelScope(shield=True):
