@@ -145,7 +145,7 @@ def _plan(args: argparse.Namespace) -> _Command:
             inactivity_timeout=args.inactivity_timeout,
             active_timeout=args.active_timeout,
         )
-        plan.proxy = plan.handler = TcpProxy(net, host, port, upstream)
+        plan.proxy = plan.handler = TcpProxy(net, host, port, upstream, zero_copy=args.zero_copy)
         plan.suffix = f", forwarding to {host_port(host, port)}"
     if listen.ssl_context is not None:
         plan.suffix += " (TLS)"

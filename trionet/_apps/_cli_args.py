@@ -313,4 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to resolve and connect upstream (default 10)",
     )
+    proxy.add_argument(
+        "--no-zero-copy",
+        dest="zero_copy",
+        action="store_false",
+        help="copy the bytes through the process instead of moving them inside "
+        "the kernel with splice(2) (the default on Linux for plain TCP)",
+    )
     return parser

@@ -17,12 +17,13 @@ from typing import Final, Literal, final
 import trio
 
 from .._base._addr import host_problem
-from .._base._checks import check_int, is_int
+from .._base._checks import check_bool, check_int, is_int
 from .._base._errors import ConnectError
 from .._base._options import ConnectOptions
 from .._base._sockopt import linger_abort
 from .._core._connection import Connection
 from .._processor import NetProcessor
+from ._zero_copy import kernel_pumps
 
 __all__ = ["ProxyStatistics", "SpliceResult", "TcpProxy", "splice"]
 
@@ -68,11 +69,16 @@ class SpliceResult:
       ending: ``"eof"`` when both directions ended with an orderly EOF,
         ``"reset"`` when either side broke (reset, or closed under us); both
         streams were then aborted.
+      zero_copy: ``True`` when the bytes were moved inside the kernel
+        (Linux ``splice(2)``), ``False`` when they were copied through the
+        process (TLS on either side, streams that are not plain-TCP
+        :class:`Connection` objects, another platform, or switched off).
     """
 
     a_to_b: int
     b_to_a: int
     ending: Ending
+    zero_copy: bool = False
 
 
 @final
@@ -121,6 +127,8 @@ async def splice(
     a: trio.abc.HalfCloseableStream,
     b: trio.abc.HalfCloseableStream,
     chunk: int = DEFAULT_CHUNK,
+    *,
+    zero_copy: bool = True,
 ) -> SpliceResult:
     """Copy bytes ``a → b`` and ``b → a`` until both directions have ended.
 
@@ -141,9 +149,23 @@ async def splice(
     tunnel``): a client reading a slow download is not cut because the
     upstream side has only been waiting for the client to read.
 
+    Zero-copy: between two plain-TCP :class:`Connection` objects on Linux the
+    bytes never enter the process: ``splice(2)`` moves them from one socket
+    into a pipe and from the pipe into the other socket, inside the kernel
+    (one pipe per direction, from a pool kept per trio run). Everything above
+    holds the same way, and statistics, byte counts and activity are counted
+    as for ``receive_some`` / ``send_all``. Where it does not apply (TLS on
+    either side, other streams, no ``os.splice``) bytes are copied through
+    the process; :attr:`SpliceResult.zero_copy` says which way ran.
+
     Args:
       a, b: the two streams (e.g. a client connection and an upstream one).
-      chunk: the most bytes read at once, and so held in memory, per direction.
+      chunk: the most bytes read at once, and so held in memory, per direction
+        (zero-copy: the size of each direction's pipe, in the kernel, rounded
+        up to a power of two of pages; the kernel's default where it refuses
+        the size).
+      zero_copy: ``False`` copies through the process even where
+        ``splice(2)`` could be used.
 
     Returns:
       A :class:`SpliceResult` with the bytes copied each way.
@@ -155,6 +177,10 @@ async def splice(
       ``SO_LINGER`` 0 on a socket underneath if there is one, then
       :func:`trio.aclose_forcefully`), so the caller's close does nothing more.
       At most ``chunk`` bytes per direction are in flight in the process.
+      Zero-copy pipes go back to the pool when the session ends with them
+      empty; a pipe still holding bytes (a reset or a cut mid-transfer) is
+      closed. The pool keeps at most 64 idle pipes and closes them when the
+      trio run ends.
 
     Error handling:
       ``BrokenResourceError`` / ``ClosedResourceError`` on either side end
@@ -162,11 +188,14 @@ async def splice(
       Cancellation (e.g. a connection's timeout) propagates as usual.
 
     Raises:
-      ValueError: ``chunk`` is not a positive int.
+      ValueError: ``chunk`` is not a positive int, or ``zero_copy`` not a
+        bool.
     """
     if not is_int(chunk) or chunk < 1:
         raise ValueError(f"chunk={chunk!r}: must be an int >= 1")
-    forward, backward = _Pump(a, b, chunk), _Pump(b, a, chunk)
+    check_bool("splice", "zero_copy", zero_copy)
+    kernel = kernel_pumps(a, b, chunk) if zero_copy else None
+    forward, backward = kernel or (_Pump(a, b, chunk), _Pump(b, a, chunk))
     # While two Connections are spliced, each one's activity keeps both alive.
     linked: AbstractContextManager[None] = nullcontext()
     if isinstance(a, Connection) and isinstance(b, Connection):
@@ -181,8 +210,8 @@ async def splice(
             raise
     if forward.ending == "reset" or backward.ending == "reset":
         await _abort(a, b)
-        return SpliceResult(forward.copied, backward.copied, "reset")
-    return SpliceResult(forward.copied, backward.copied, "eof")
+        return SpliceResult(forward.copied, backward.copied, "reset", kernel is not None)
+    return SpliceResult(forward.copied, backward.copied, "eof", kernel is not None)
 
 
 async def _abort(*streams: trio.abc.AsyncResource) -> None:
@@ -258,7 +287,11 @@ class TcpProxy:
       host, port: the upstream server.
       options: :class:`ConnectOptions` for the upstream side: connect timeout,
         inactivity/active timeouts, socket options, TLS.
-      chunk: the most bytes held in memory per direction, 1..16 MiB.
+      chunk: the most bytes held in memory per direction, 1..16 MiB (with
+        zero-copy: the size of each direction's pipe, in the kernel).
+      zero_copy: move the bytes inside the kernel with Linux ``splice(2)``
+        where both sides are plain TCP (see :func:`splice`); ``False``
+        copies them through the process always.
 
     Raises:
       TypeError: an argument of the wrong type (``net`` not a
@@ -286,6 +319,7 @@ class TcpProxy:
         options: ConnectOptions | None = None,
         *,
         chunk: int = DEFAULT_CHUNK,
+        zero_copy: bool = True,
     ) -> None:
         o = "TcpProxy"
         if not isinstance(net, NetProcessor):
@@ -299,11 +333,13 @@ class TcpProxy:
         if options is not None and not isinstance(options, ConnectOptions):
             raise TypeError(f"{o}.options={options!r}: expected ConnectOptions or None")
         check_int(o, "chunk", chunk, 1, MAX_CHUNK)
+        check_bool(o, "zero_copy", zero_copy)
         self.net: NetProcessor = net
         self.host: str = host
         self.port: int = int(port)
         self.options = options
         self.chunk = chunk
+        self.zero_copy: bool = zero_copy
         self.reserve_outbound_slot = True
         self._counts = dict.fromkeys(ProxyStatistics.__slots__, 0)
 
@@ -328,7 +364,7 @@ class TcpProxy:
             # aborted both and these closes do nothing.
             async with upstream:
                 with upstream.enforce_timeouts():
-                    result = await splice(client, upstream, self.chunk)
+                    result = await splice(client, upstream, self.chunk, zero_copy=self.zero_copy)
                     counts["resets"] += result.ending == "reset"
         except trio.Cancelled:
             cancelled = True

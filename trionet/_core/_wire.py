@@ -318,6 +318,26 @@ class Wire:
         except OSError as exc:
             raise self._translate(exc) from exc
 
+    # Bytes moved between this socket and a pipe inside the kernel (splice(2),
+    # trionet._apps._zero_copy): counted exactly as a receive / send above
+    # counts them (statistics, payload counts, activity), one call per splice.
+    def _count_received(self, n: int) -> None:
+        counters = self._owner.counters
+        counters.calls_to_read += 1
+        if n:
+            counters.read_bytes += n
+            self.bytes_received += n
+            self._last_activity = _now()
+        else:
+            counters.calls_to_read_nodata += 1
+
+    def _count_sent(self, n: int) -> None:
+        counters = self._owner.counters
+        counters.calls_to_write += 1
+        counters.write_bytes += n
+        self.bytes_sent += n
+        self._last_activity = _now()
+
     def _translate(self, exc: OSError) -> Exception:
         if self._closed or exc.errno in _CLOSED_ERRNOS:
             return trio.ClosedResourceError("connection was closed")
