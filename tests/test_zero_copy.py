@@ -405,3 +405,13 @@ def test_pool_is_bounded_and_sizes_fall_back() -> None:
     finally:
         pool.close()
     assert pool.idle == 0
+
+
+# -------------------------------------------------------------------- CLI
+@pytest.mark.parametrize(("flags", "expected"), [([], True), (["--no-zero-copy"], False)])
+def test_cli_proxy_zero_copy_switch(flags: list[str], expected: bool) -> None:
+    from trionet._apps._cli import parse
+
+    _args, plan = parse(["proxy", "--listen", "0", "--upstream", "127.0.0.1:9", *flags])
+    assert plan.proxy is not None
+    assert plan.proxy.zero_copy is expected
