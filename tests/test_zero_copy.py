@@ -8,6 +8,7 @@ the processor's statistics count the two spliced connections only."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -317,6 +318,30 @@ async def test_switched_off_copies_through_the_process() -> None:
         await upstream.send_eof()
     assert results == [SpliceResult(4, 0, "eof", zero_copy=False)]
     assert pipe_pool().created == 0
+
+
+async def test_no_pipe_to_be_had_copies_instead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors for a pipe: the session is copied through the
+    process, not refused; the pipe taken before the failure is given back."""
+    real_take = PipePool.take
+    calls = []
+
+    def take_one_then_fail(pool: PipePool, size: int) -> object:
+        calls.append(size)
+        if len(calls) == 2:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_take(pool, size)
+
+    monkeypatch.setattr(PipePool, "take", take_one_then_fail)
+    net = NetProcessor()
+    results: list[SpliceResult] = []
+    async with spliced(net, results) as (client, _, _, upstream):
+        await client.send_all(b"still served")
+        await client.send_eof()
+        assert await read_all(upstream) == b"still served"
+        await upstream.send_eof()
+    assert results == [SpliceResult(12, 0, "eof", zero_copy=False)]
+    assert (pipe_pool().created, pipe_pool().idle) == (1, 1)
 
 
 async def test_tcp_proxy_switch_and_other_streams() -> None:

@@ -152,7 +152,8 @@ async def splice(
     Zero-copy: between two plain-TCP :class:`Connection` objects on Linux the
     bytes never enter the process: ``splice(2)`` moves them from one socket
     into a pipe and from the pipe into the other socket, inside the kernel
-    (one pipe per direction, from a pool kept per trio run). Everything above
+    (one 1 MiB pipe per direction -- less if ``fs.pipe-max-size`` is lower --
+    from a pool kept per trio run). Everything above
     holds the same way, and statistics, byte counts and activity are counted
     as for ``receive_some`` / ``send_all``. Where it does not apply (TLS on
     either side, other streams, no ``os.splice``) bytes are copied through
@@ -161,9 +162,7 @@ async def splice(
     Args:
       a, b: the two streams (e.g. a client connection and an upstream one).
       chunk: the most bytes read at once, and so held in memory, per direction
-        (zero-copy: the size of each direction's pipe, in the kernel, rounded
-        up to a power of two of pages; the kernel's default where it refuses
-        the size).
+        (zero-copy holds none in the process; its pipes are in the kernel).
       zero_copy: ``False`` copies through the process even where
         ``splice(2)`` could be used.
 
@@ -194,7 +193,7 @@ async def splice(
     if not is_int(chunk) or chunk < 1:
         raise ValueError(f"chunk={chunk!r}: must be an int >= 1")
     check_bool("splice", "zero_copy", zero_copy)
-    kernel = kernel_pumps(a, b, chunk) if zero_copy else None
+    kernel = kernel_pumps(a, b) if zero_copy else None
     forward, backward = kernel or (_Pump(a, b, chunk), _Pump(b, a, chunk))
     # While two Connections are spliced, each one's activity keeps both alive.
     linked: AbstractContextManager[None] = nullcontext()
@@ -288,7 +287,7 @@ class TcpProxy:
       options: :class:`ConnectOptions` for the upstream side: connect timeout,
         inactivity/active timeouts, socket options, TLS.
       chunk: the most bytes held in memory per direction, 1..16 MiB (with
-        zero-copy: the size of each direction's pipe, in the kernel).
+        zero-copy none are: the bytes stay in the kernel).
       zero_copy: move the bytes inside the kernel with Linux ``splice(2)``
         where both sides are plain TCP (see :func:`splice`); ``False``
         copies them through the process always.
