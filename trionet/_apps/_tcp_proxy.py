@@ -178,7 +178,7 @@ async def splice(
       At most ``chunk`` bytes per direction are in flight in the process.
       Zero-copy pipes go back to the pool when the session ends with them
       empty; a pipe still holding bytes (a reset or a cut mid-transfer) is
-      closed. The pool keeps at most 64 idle pipes and closes them when the
+      closed. The pool keeps at most 16 idle pipes and closes them when the
       trio run ends.
 
     Error handling:

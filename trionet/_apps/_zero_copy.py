@@ -55,8 +55,11 @@ _F_GETPIPE_SZ: Final = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 # which F_SETPIPE_SZ is refused to unprivileged processes.
 PIPE_SIZE: Final = 1024 * 1024
 # Idle pipes kept per trio run (two fds each). Past it a returned pipe is
-# closed: a burst of sessions does not leave hundreds of fds behind.
-POOL_LIMIT: Final = 64
+# closed: a burst of sessions does not leave hundreds of fds behind. Kept
+# small because Linux charges a pipe's capacity, used or not, to the user's
+# pipe quota (fs.pipe-user-pages-soft, 64 MiB: 64 pipes of 1 MiB), past which
+# new pipes get two pages.
+POOL_LIMIT: Final = 16
 # A direction that keeps moving bytes without ever waiting yields to the
 # scheduler after this many rounds (each round is at most two splice calls,
 # up to a pipe's worth of bytes): a bulk transfer stays fair to the other
