@@ -66,6 +66,12 @@ POOL_LIMIT: Final = 16
 # tasks, and a request/response session, which waits between messages, pays
 # no extra schedule point at all (wait_readable is one).
 _ROUNDS_PER_YIELD: Final = 4
+# A read this short emptied the socket (a splice takes all there is, up to a
+# pipe's worth): once it has gone on, the pump waits for the socket instead of
+# asking it again. Request/response traffic saves one of three splice calls
+# per message (measured: 30 µs each on the loaded 2-core VM); bulk reads are
+# longer and keep asking, which there is cheaper than a wait.
+_SHORT_READ: Final = 16 * 1024
 
 Ending = Literal["eof", "reset"]
 
@@ -299,7 +305,7 @@ class KernelPump:
         eof = False
         rounds = 0
         while True:
-            moved = False
+            moved = short = False
             # The fds are read again after every wait: a connection closed
             # meanwhile has fileno() -1 (EBADF below, "closed"), never a
             # number the kernel may have given to another file since.
@@ -315,6 +321,7 @@ class KernelPump:
                     if n:
                         pipe.held += n
                         moved = True
+                        short = n < _SHORT_READ
                     else:
                         eof = True
             if pipe.held:
@@ -331,6 +338,13 @@ class KernelPump:
                     moved = True
             elif eof:
                 return
+            if short and not pipe.held:
+                # All of a short read has gone on: wait for the next bytes.
+                # The wait is level-triggered (trio's epoll), so bytes that
+                # came in meanwhile, or the EOF, end it at once.
+                rounds = 0
+                await trio.lowlevel.wait_readable(src.socket.fileno())
+                continue
             if moved:
                 rounds += 1
                 if rounds >= _ROUNDS_PER_YIELD:
