@@ -153,11 +153,12 @@ async def splice(
     bytes never enter the process: ``splice(2)`` moves them from one socket
     into a pipe and from the pipe into the other socket, inside the kernel
     (one 1 MiB pipe per direction -- less if ``fs.pipe-max-size`` is lower --
-    from a pool kept per trio run). Everything above
-    holds the same way, and statistics, byte counts and activity are counted
-    as for ``receive_some`` / ``send_all``. Where it does not apply (TLS on
-    either side, other streams, no ``os.splice``) bytes are copied through
-    the process; :attr:`SpliceResult.zero_copy` says which way ran.
+    from a pool kept per trio run). Everything above holds the same way, and
+    statistics, byte counts and activity are counted as for ``receive_some``
+    / ``send_all``. Where it does not apply (TLS on either side, other
+    streams, no ``os.splice``, no descriptors left for the pipes) bytes are
+    copied through the process; :attr:`SpliceResult.zero_copy` says which way
+    ran.
 
     Args:
       a, b: the two streams (e.g. a client connection and an upstream one).
