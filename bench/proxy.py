@@ -2,7 +2,7 @@
 long stream) as the client, and each proxy in between -- HAProxy in TCP mode
 with one thread, a bare-trio proxy, trionet's TcpProxy with splice(2) on and off.
 
-python -m bench.proxy                       # 3 interleaved rounds, ~6 minutes
+python -m bench.proxy                       # 3 interleaved rounds, ~9 minutes
 python -m bench.proxy --rounds 1 --duration 2 --scenarios 1k,1m
 python -m bench.proxy --variants haproxy,trionet
 
