@@ -176,6 +176,7 @@ def _proxy(args: argparse.Namespace, net: NetProcessor) -> TcpProxy:
         balance=args.balance,
         max_fails=args.max_fails,
         fail_backoff=args.fail_backoff,
+        zero_copy=args.zero_copy,
     )
 
 

@@ -530,6 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
         "next upstream included",
     )
     _upstream_options(proxy)
+    proxy.add_argument(
+        "--no-zero-copy",
+        dest="zero_copy",
+        action="store_false",
+        help="copy the bytes through the process instead of moving them inside "
+        "the kernel with splice(2) (the default on Linux for plain TCP)",
+    )
     return parser
 
 

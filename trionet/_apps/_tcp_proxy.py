@@ -21,7 +21,7 @@ from typing import Final, Literal, final
 import trio
 
 from .._base._addr import host_problem, unix_target
-from .._base._checks import check_int, check_seconds, is_int
+from .._base._checks import check_bool, check_int, check_seconds, is_int
 from .._base._errors import ConnectError, ResolveError, ThrottledError, TLSError
 from .._base._options import ConnectOptions, unix_path_problem
 from .._base._ratelog import RateLimitedLog
@@ -38,6 +38,7 @@ from ._upstreams import (
     UpstreamPool,
     UpstreamStatistics,
 )
+from ._zero_copy import kernel_pumps
 
 __all__ = ["PROXY_STATISTICS", "ProxyStatistics", "SpliceResult", "TcpProxy", "splice"]
 
@@ -86,11 +87,16 @@ class SpliceResult:
       ending: ``"eof"`` when both directions ended with an orderly EOF,
         ``"reset"`` when either side broke (reset, or closed under us); both
         streams were then aborted.
+      zero_copy: ``True`` when the bytes were moved inside the kernel
+        (Linux ``splice(2)``), ``False`` when they were copied through the
+        process (TLS on either side, streams that are not plain-TCP
+        :class:`Connection` objects, another platform, or switched off).
     """
 
     a_to_b: int
     b_to_a: int
     ending: Ending
+    zero_copy: bool = False
 
 
 @final
@@ -139,6 +145,8 @@ async def splice(
     a: trio.abc.HalfCloseableStream,
     b: trio.abc.HalfCloseableStream,
     chunk: int = DEFAULT_CHUNK,
+    *,
+    zero_copy: bool = True,
 ) -> SpliceResult:
     """Copy bytes ``a → b`` and ``b → a`` until both directions have ended.
 
@@ -159,9 +167,23 @@ async def splice(
     tunnel``): a client reading a slow download is not cut because the
     upstream side has only been waiting for the client to read.
 
+    Zero-copy: between two plain-TCP :class:`Connection` objects on Linux the
+    bytes never enter the process: ``splice(2)`` moves them from one socket
+    into a pipe and from the pipe into the other socket, inside the kernel
+    (one 1 MiB pipe per direction -- less if ``fs.pipe-max-size`` is lower --
+    from a pool kept per trio run). Everything above holds the same way, and
+    statistics, byte counts and activity are counted as for ``receive_some``
+    / ``send_all``. Where it does not apply (TLS on either side, other
+    streams, no ``os.splice``, no descriptors left for the pipes) bytes are
+    copied through the process; :attr:`SpliceResult.zero_copy` says which way
+    ran.
+
     Args:
       a, b: the two streams (e.g. a client connection and an upstream one).
-      chunk: the most bytes read at once, and so held in memory, per direction.
+      chunk: the most bytes read at once, and so held in memory, per direction
+        (zero-copy holds none in the process; its pipes are in the kernel).
+      zero_copy: ``False`` copies through the process even where
+        ``splice(2)`` could be used.
 
     Returns:
       A :class:`SpliceResult` with the bytes copied each way.
@@ -173,6 +195,10 @@ async def splice(
       ``SO_LINGER`` 0 on a socket underneath if there is one, then
       :func:`trio.aclose_forcefully`), so the caller's close does nothing more.
       At most ``chunk`` bytes per direction are in flight in the process.
+      Zero-copy pipes go back to the pool when the session ends with them
+      empty; a pipe still holding bytes (a reset or a cut mid-transfer) is
+      closed. The pool keeps at most 16 idle pipes and closes them when the
+      trio run ends.
 
     Error handling:
       ``BrokenResourceError`` / ``ClosedResourceError`` on either side end
@@ -180,11 +206,14 @@ async def splice(
       Cancellation (e.g. a connection's timeout) propagates as usual.
 
     Raises:
-      ValueError: ``chunk`` is not a positive int.
+      ValueError: ``chunk`` is not a positive int, or ``zero_copy`` not a
+        bool.
     """
     if not is_int(chunk) or chunk < 1:
         raise ValueError(f"chunk={chunk!r}: must be an int >= 1")
-    forward, backward = _Pump(a, b, chunk), _Pump(b, a, chunk)
+    check_bool("splice", "zero_copy", zero_copy)
+    kernel = kernel_pumps(a, b) if zero_copy else None
+    forward, backward = kernel or (_Pump(a, b, chunk), _Pump(b, a, chunk))
     # While two Connections are spliced, each one's activity keeps both alive.
     linked: AbstractContextManager[None] = nullcontext()
     if isinstance(a, Connection) and isinstance(b, Connection):
@@ -199,8 +228,8 @@ async def splice(
             raise
     if forward.ending == "reset" or backward.ending == "reset":
         await _abort(a, b)
-        return SpliceResult(forward.copied, backward.copied, "reset")
-    return SpliceResult(forward.copied, backward.copied, "eof")
+        return SpliceResult(forward.copied, backward.copied, "reset", kernel is not None)
+    return SpliceResult(forward.copied, backward.copied, "eof", kernel is not None)
 
 
 async def _abort(*streams: trio.abc.AsyncResource) -> None:
@@ -369,12 +398,16 @@ class TcpProxy:
         ``port`` left out (``None``).
       options: :class:`ConnectOptions` for the upstream side: connect timeout,
         inactivity/active timeouts, socket options, TLS, PROXY header.
-      chunk: the most bytes held in memory per direction, 1..16 MiB.
+      chunk: the most bytes held in memory per direction, 1..16 MiB (with
+        zero-copy none are: the bytes stay in the kernel).
       balance: ``"round-robin"`` (default): sessions go to the targets in
         turn; ``"least-conn"``: to the one with the fewest open sessions.
       max_fails: connect failures in a row that mark a target down, >= 1
         (default 3).
       fail_backoff: seconds a target marked down is skipped, > 0 (default 10).
+      zero_copy: move the bytes inside the kernel with Linux ``splice(2)``
+        where both sides are plain TCP (see :func:`splice`); ``False``
+        copies them through the process always.
 
     Attributes:
       targets: the ``(host, port)`` targets, in the order given.
@@ -421,6 +454,7 @@ class TcpProxy:
         balance: Literal["round-robin", "least-conn"] = "round-robin",
         max_fails: int = DEFAULT_MAX_FAILS,
         fail_backoff: float = DEFAULT_FAIL_BACKOFF,
+        zero_copy: bool = True,
     ) -> None:
         o = "TcpProxy"
         if not isinstance(net, NetProcessor):
@@ -435,12 +469,14 @@ class TcpProxy:
         check_seconds(
             o, "fail_backoff", fail_backoff, allow_zero=False, finite=True, optional=False
         )
+        check_bool(o, "zero_copy", zero_copy)
         self.net: NetProcessor = net
         self.targets: tuple[tuple[str, int], ...] = targets
         self.host: str = targets[0][0]
         self.port: int = targets[0][1]
         self.options = options
         self.chunk = chunk
+        self.zero_copy: bool = zero_copy
         self.reserve_outbound_slot = True
         self._pool = UpstreamPool(targets, balance, max_fails, float(fail_backoff))
         self._counts = dict.fromkeys(_COUNTERS, 0)
@@ -495,7 +531,7 @@ class TcpProxy:
             # aborted both and these closes do nothing.
             async with upstream:
                 with upstream.enforce_timeouts():
-                    result = await splice(client, upstream, self.chunk)
+                    result = await splice(client, upstream, self.chunk, zero_copy=self.zero_copy)
                     counts["resets"] += result.ending == "reset"
                     if result.ending == "reset" and self._log_sessions:
                         client.note_session("reset")  # maybe the upstream's reset
