@@ -104,9 +104,11 @@ SLOT_WORDS: Final = _HEADER + len(_STATS)
 
 
 def fleet_capacity(workers: int) -> int:
-    """Slots for ``workers`` workers: two generations (a reload's new one
-    starts while the old one drains) and restarts in flight."""
-    return 2 * workers + 2
+    """Slots for ``workers`` workers: three generations (the serving one, a
+    reload's new one, one still draining) and restarts in flight; past that a
+    new worker waits for a draining one to exit (the supervisor's
+    ``_claim_slot``)."""
+    return 3 * workers + 2
 
 
 def _size(capacity: int) -> int:

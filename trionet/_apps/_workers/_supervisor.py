@@ -206,6 +206,7 @@ class WorkerSupervisor:
         self.readiness: Readiness = fleet_readiness(self)
         self._fleet: FleetMemory | None = None
         self._notifier = SystemdNotifier(None)
+        self._slot_freed = trio.lowlevel.ParkingLot()
 
     @property
     def pids(self) -> dict[int, int]:
@@ -525,12 +526,41 @@ class WorkerSupervisor:
         self.shutdown()
 
     async def _run_one(self, gen: Generation, wid: int, restarts: int) -> _Exit:
+        slot = await self._claim_slot(gen, wid)
+        if slot is None:  # stopping, or the generation retired, while it waited
+            return _Exit(0, ready=False, error=None)
         assert self._fleet is not None
-        slot = self._fleet.claim(wid)
         try:
             return await self._run_in_slot(gen, wid, restarts, slot)
         finally:
             self._fleet.retire(slot)  # reaped (or never started): its counts fold in
+            self._slot_freed.unpark_all()
+
+    # The shared memory has room for a bounded number of worker processes
+    # (fleet_capacity: the serving generation, one being started by a reload,
+    # one still draining, and restarts in flight). Reloads in quick succession
+    # while old generations still drain long connections can ask for more:
+    # then the new worker waits for a draining one to exit (at the latest at
+    # its grace deadline, when it is killed) instead of failing the reload or
+    # running outside the fleet's limits and statistics.
+    async def _claim_slot(self, gen: Generation, wid: int) -> int | None:
+        assert self._fleet is not None
+        waited = False
+        while not (self._stopping.is_set() or gen.retired.is_set()):
+            try:
+                return self._fleet.claim(wid)
+            except RuntimeError:
+                if not waited:
+                    logger.info(
+                        "generation %d: worker %d waits for a draining worker to exit "
+                        "(every shared statistics slot is in use)",
+                        gen.number,
+                        wid,
+                    )
+                    waited = True
+                with trio.move_on_after(1.0):  # also notices a shutdown or a retirement
+                    await self._slot_freed.park()
+        return None
 
     async def _run_in_slot(self, gen: Generation, wid: int, restarts: int, slot: int) -> _Exit:
         try:
