@@ -415,7 +415,7 @@ async def test_worker_ignoring_shutdown_is_killed_after_grace(
         stubborn_worker, trionet.AcceptOptions(host="127.0.0.1"), workers=1, grace=0.2
     )
     status: list[int] = []
-    with trio.fail_after(9):
+    with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(_run_supervisor, supervisor, status)
             [pid] = (await supervisor.wait_ready()).values()
