@@ -5,7 +5,7 @@ Four documents:
 - ``GET /stats`` -- JSON, one key per statistic under ATS's record names
   (``{"proxy.process.net.connections_currently_open": 3, ...}``), as ATS's
   ``stats_over_http`` plugin serves them; a labelled reading's key has its
-  label values in the name (:attr:`~trionet._core._stats.Reading.record`).
+  label values in the name (``Reading.record``).
 - ``GET /metrics`` -- the Prometheus text exposition format (or OpenMetrics,
   if the scraper asks for it in ``Accept``), produced by ``prometheus-client``
   through a collector over :class:`~trionet._core._stats.Reading` objects:
