@@ -6,7 +6,10 @@ prometheus-client's parsers), flat ``proxy.process.tcp_proxy.upstream.
 from __future__ import annotations
 
 import json
+import signal
+import time
 import urllib.request
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -17,6 +20,9 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 import trionet
+from trionet._apps._tcp_proxy import ProxyStatistics
+from trionet._apps._upstreams import UpstreamStatistics
+from trionet._apps._workers._shared import LABEL_BYTES, MAX_TARGETS, FleetMemory, WorkerSlot
 from trionet._core._stats import Reading, Statistic
 from trionet._core._stats_page import Readiness, _Page
 
@@ -73,9 +79,9 @@ async def test_page_shows_each_target_after_failover(nursery: trio.Nursery) -> N
     refused = f"127.0.0.1:{_refusing_port()}"
     good_label = f"127.0.0.1:{good.ports[0]}"
     targets = [("127.0.0.1", int(refused.rsplit(":")[1])), ("127.0.0.1", good.ports[0])]
-    # max_fails=1: the first refusal marks the refused target down (for 10 s:
-    # the rest of the test), so later sessions go straight to the good one.
-    proxy = trionet.TcpProxy(net, targets, max_fails=1)
+    # max_fails=1: the first refusal marks the refused target down (for the
+    # rest of the test), so later sessions go straight to the good one.
+    proxy = trionet.TcpProxy(net, targets, max_fails=1, fail_backoff=300)
     front = await nursery.start(net.serve, proxy, trionet.AcceptOptions(host="127.0.0.1"))
     page = await nursery.start(partial_serve_stats(net, proxy), 0)
     for i in range(3):
@@ -111,7 +117,8 @@ async def check_page(
     assert f'{UPSTREAM}sessions_total{{upstream="{good_label}"}} 4.0' in text
     assert (
         f"# HELP {UPSTREAM}down 1 while this upstream target is marked down by passive "
-        f"health, else 0. (ATS record {RECORD}down)"
+        "health, else 0 (a fleet's total: the workers that marked it down). "
+        f"(ATS record {RECORD}down)"
     ) in text
     # The proxy's own totals are still there, unlabelled.
     assert "trionet_tcp_proxy_failovers_total 1.0" in text
@@ -220,7 +227,7 @@ def test_cli_proxy_page_shows_targets() -> None:
         good = f"127.0.0.1:{port}"
         refused = f"127.0.0.1:{_refusing_port()}"
         argv = ["proxy", "--listen", "0", "--upstream", refused, "--upstream", good]
-        argv += ["--max-fails", "1", "--stats-port", "0"]
+        argv += ["--max-fails", "1", "--fail-backoff", "300", "--stats-port", "0"]
         with Running("-m", "trionet", *argv) as proxy:
             front = int(proxy.expect(r"trionet proxy: listening on 127\.0\.0\.1:(\d+)")[1])
             page = int(proxy.expect(r"statistics on http://127\.0\.0\.1:(\d+)/stats")[1])
@@ -238,3 +245,115 @@ def test_cli_proxy_page_shows_targets() -> None:
     assert records[f"{RECORD}{good}.sessions"] == 3
     assert records[f"{RECORD}{refused}.down"] == 1
     assert records[f"{RECORD}{refused}.connect_failures"] == 1
+
+
+# -------------------------------------------------------------------- fleet
+def _fleet_targets(fleet: FleetMemory) -> dict[str, dict[str, tuple[int, tuple[Any, ...]]]]:
+    """record -> (total, per worker) of the fleet's per-target readings."""
+    return {r.record: (r.value, r.workers) for r in fleet.readings() if r.labels}
+
+
+def _proxy(*targets: UpstreamStatistics) -> ProxyStatistics:
+    return ProxyStatistics(sessions=sum(t.sessions for t in targets), upstreams=targets)
+
+
+def test_fleet_sums_targets_by_label_and_keeps_retired_counts() -> None:
+    fleet = FleetMemory(4)
+    with ExitStack() as stack:
+        stack.callback(fleet.close)
+        slots = []
+        for wid in (0, 1):
+            slot = WorkerSlot(fleet.fd, fleet.capacity, fleet.claim(wid))
+            stack.callback(slot.close)
+            slots.append(slot)
+        slots[0].publish(
+            trionet.NetStatistics(),
+            _proxy(UpstreamStatistics("a:1", 0, 2, 0, True, 1), UpstreamStatistics("b:2", 5, 0, 1)),
+        )
+        slots[1].publish(
+            trionet.NetStatistics(),
+            _proxy(
+                UpstreamStatistics("a:1", 1, 3, 0, False, 1), UpstreamStatistics("b:2", 7, 0, 2)
+            ),
+        )
+        got = _fleet_targets(fleet)
+        assert got[f"{RECORD}a:1.sessions"] == (1, ((0, 0), (1, 1)))
+        assert got[f"{RECORD}a:1.connect_failures"] == (5, ((0, 2), (1, 3)))
+        assert got[f"{RECORD}a:1.down"] == (1, ((0, 1), (1, 0)))  # one worker has it down
+        assert got[f"{RECORD}a:1.downs"] == (2, ((0, 1), (1, 1)))
+        assert got[f"{RECORD}b:2.sessions"] == (12, ((0, 5), (1, 7)))
+        assert got[f"{RECORD}b:2.sessions_open"] == (3, ((0, 1), (1, 2)))
+        assert len(got) == 10
+        # Worker 0 exits: its counters stay in the totals, its gauges go.
+        [slot0] = [s for s, w in fleet.live().items() if w == 0]
+        fleet.retire(slot0)
+        got = _fleet_targets(fleet)
+        assert got[f"{RECORD}a:1.connect_failures"] == (5, ((1, 3),))
+        assert got[f"{RECORD}a:1.down"] == (0, ((1, 0),))
+        assert got[f"{RECORD}b:2.sessions"] == (12, ((1, 7),))
+        assert got[f"{RECORD}b:2.sessions_open"] == (2, ((1, 2),))
+        # Published again with new values: overwritten, label unchanged.
+        slots[1].publish(
+            trionet.NetStatistics(),
+            _proxy(UpstreamStatistics("a:1", 4), UpstreamStatistics("b:2", 9)),
+        )
+        got = _fleet_targets(fleet)
+        assert got[f"{RECORD}a:1.sessions"] == (4, ((1, 4),))
+        assert got[f"{RECORD}b:2.sessions"] == (14, ((1, 9),))
+
+
+def test_fleet_publishes_long_labels_and_many_targets_within_bounds() -> None:
+    fleet = FleetMemory(2)
+    with ExitStack() as stack:
+        stack.callback(fleet.close)
+        slot = WorkerSlot(fleet.fd, fleet.capacity, fleet.claim(0))
+        stack.callback(slot.close)
+        host = "h" * 253
+        many = [UpstreamStatistics(f"{host}:{p}", sessions=p) for p in range(1, MAX_TARGETS + 3)]
+        slot.publish(trionet.NetStatistics(), _proxy(*many))
+        sessions = {
+            r.labels[0][1]: r.value
+            for r in fleet.readings()
+            if r.labels and r.statistic.record.endswith(".sessions")
+        }
+        # The first MAX_TARGETS targets, whole labels (a 253-byte host fits).
+        assert len(f"{host}:65535".encode()) <= LABEL_BYTES
+        assert sessions == {f"{host}:{p}": p for p in range(1, MAX_TARGETS + 1)}
+
+
+@pytest.mark.slow
+def test_cli_fleet_page_shows_targets() -> None:
+    with Running("-m", "trionet", "echo", "--port", "0") as upstream:
+        port = int(upstream.expect(r"trionet echo: listening on 127\.0\.0\.1:(\d+)")[1])
+        good = f"127.0.0.1:{port}"
+        refused = f"127.0.0.1:{_refusing_port()}"
+        argv = ["proxy", "--listen", "0", "--upstream", refused, "--upstream", good]
+        argv += ["--max-fails", "1", "--fail-backoff", "300"]
+        argv += ["--workers", "2", "--stats-port", "0", "--grace", "2"]
+        with Running("-m", "trionet", *argv) as proxy:
+            front = int(proxy.expect(r"listening on 127\.0\.0\.1:(\d+)")[1])
+            page = int(proxy.expect(r"statistics on http://127\.0\.0\.1:(\d+)/stats", 60)[1])
+            for i in range(6):
+                assert echo_roundtrip(front, b"hop %d" % i) == b"hop %d" % i
+            # Workers publish every 0.1 s: wait for all six sessions.
+            deadline = time.monotonic() + 20
+            while (records := json.loads(http_get(page, "/stats")))[f"{RECORD}{good}.sessions"] < 6:
+                assert time.monotonic() < deadline, records
+                time.sleep(0.05)
+            text = http_get(page, "/metrics")
+            status, _out, err = proxy.stop(signal.SIGTERM, timeout=30)
+        upstream.stop()
+    assert status == 0, err
+    assert records[f"{RECORD}{refused}.sessions"] == 0
+    # Each worker has its own passive health: a worker that tried the
+    # refused target marked it down (max_fails=1); one or both did.
+    failures = records[f"{RECORD}{refused}.connect_failures"]
+    assert 1 <= failures <= 2 and records[f"{RECORD}{refused}.downs"] == failures
+    assert records[f"{RECORD}{refused}.down"] == failures
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    sessions = {
+        (s.labels["upstream"], s.labels.get("worker", "all")): s.value
+        for s in families[UPSTREAM + "sessions"].samples
+    }
+    assert sessions[(good, "all")] == 6 == sessions[(good, "0")] + sessions[(good, "1")]
+    assert sessions[(refused, "all")] == 0

@@ -107,7 +107,8 @@ UPSTREAM_STATISTICS: Final[dict[str, Statistic]] = {
     ),
     "down": Statistic(
         "proxy.process.tcp_proxy.upstream.down",
-        "1 while this upstream target is marked down by passive health, else 0.",
+        "1 while this upstream target is marked down by passive health, else 0 "
+        "(a fleet's total: the workers that marked it down).",
         gauge=True,
     ),
     "downs": Statistic(
