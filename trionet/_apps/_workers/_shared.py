@@ -4,7 +4,7 @@ One block of memory, mapped by the supervisor and by every worker (a
 ``memfd`` -- an unlinked temporary file elsewhere -- created by the
 supervisor, inherited by each worker as a descriptor and mapped
 ``MAP_SHARED``), holds ``capacity`` *slots*, one per running worker process.
-Everything is native 64-bit integers, in four regions::
+Everything is native 64-bit integers (but for the targets' labels), in four regions::
 
     counters   capacity x SLOT_WORDS   [publishes, has proxy, NetStatistics...,
                                         ProxyStatistics...] per slot
