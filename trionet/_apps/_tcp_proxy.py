@@ -37,6 +37,7 @@ from ._upstreams import (
     Target,
     UpstreamPool,
     UpstreamStatistics,
+    upstream_readings,
 )
 from ._zero_copy import kernel_pumps
 
@@ -512,8 +513,13 @@ class TcpProxy:
 
     def readings(self) -> list[Reading]:
         """The statistics as the stats page shows them:
-        ``serve_stats(net.statistics, 9100, extra=[proxy.readings])``."""
-        return readings_of(self.statistics(), PROXY_STATISTICS)
+        ``serve_stats(net.statistics, 9100, extra=[proxy.readings])``. The
+        proxy's totals, then each target's figures labelled
+        ``upstream="host:port"`` (``trionet_tcp_proxy_upstream_*`` in
+        ``/metrics``, ``proxy.process.tcp_proxy.upstream.<host:port>.*`` in
+        ``/stats``)."""
+        stats = self.statistics()
+        return readings_of(stats, PROXY_STATISTICS) + upstream_readings(stats.upstreams)
 
     async def __call__(self, client: Connection) -> None:
         counts = self._counts

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, final
 
 from .._base._addr import host_port
+from .._core._stats import Reading, Statistic
 
 __all__ = [
     "BALANCES",
@@ -39,7 +40,10 @@ __all__ = [
     "Balance",
     "Target",
     "UpstreamPool",
+    "UPSTREAM_LABEL",
+    "UPSTREAM_STATISTICS",
     "UpstreamStatistics",
+    "upstream_readings",
 ]
 
 Balance = Literal["round-robin", "least-conn"]
@@ -78,6 +82,51 @@ class UpstreamStatistics:
     open: int = 0
     down: bool = False
     downs: int = 0
+
+
+# How the stats page shows each target (TcpProxy.readings): one reading per
+# statistic and target, labelled upstream="host:port" -- a labelled series in
+# /metrics, proxy.process.tcp_proxy.upstream.<host:port>.<name> in /stats
+# (Reading.record). The names avoid the proxy's own totals':
+# "upstream.failures" would be trionet_tcp_proxy_upstream_failures, the
+# metric of proxy.process.tcp_proxy.upstream_failures (sessions no target
+# took), a different figure -- hence "connect_failures" (attempts).
+UPSTREAM_LABEL: Final = "upstream"
+UPSTREAM_STATISTICS: Final[dict[str, Statistic]] = {
+    "sessions": Statistic(
+        "proxy.process.tcp_proxy.upstream.sessions", "Sessions connected to this upstream target."
+    ),
+    "failures": Statistic(
+        "proxy.process.tcp_proxy.upstream.connect_failures",
+        "Connect attempts to this upstream target that failed.",
+    ),
+    "open": Statistic(
+        "proxy.process.tcp_proxy.upstream.sessions_open",
+        "Sessions with this upstream target now.",
+        gauge=True,
+    ),
+    "down": Statistic(
+        "proxy.process.tcp_proxy.upstream.down",
+        "1 while this upstream target is marked down by passive health, else 0 "
+        "(a fleet's total: the workers that marked it down).",
+        gauge=True,
+    ),
+    "downs": Statistic(
+        "proxy.process.tcp_proxy.upstream.downs",
+        "Times this upstream target was marked down.",
+    ),
+}
+
+
+def upstream_readings(upstreams: Sequence[UpstreamStatistics]) -> list[Reading]:
+    """The stats page's readings of ``upstreams``: per statistic of
+    :data:`UPSTREAM_STATISTICS`, one reading per target, labelled
+    ``upstream="host:port"`` (every target, also with only one)."""
+    return [
+        Reading(stat, int(getattr(target, name)), labels=((UPSTREAM_LABEL, target.target),))
+        for name, stat in UPSTREAM_STATISTICS.items()
+        for target in upstreams
+    ]
 
 
 @final

@@ -10,12 +10,16 @@ What the stats page shows is described as data: a :class:`Statistic` names
 one statistic (its ATS record name for ``/stats``, its ``trionet_`` metric
 name for ``/metrics``, its help line, gauge or counter) and a :class:`Reading`
 is its value now -- the total, and for a fleet of workers each live worker's
-own. Statistics of other layers (the TCP proxy's) reach the page as readings
+own. A reading may carry labels (a proxy's per-target figures: one reading
+per target, labelled ``upstream="host:port"``): ``/metrics`` shows them as
+labelled series of one family, ``/stats`` as records with the label values
+in the name. Statistics of other layers (the TCP proxy's) reach the page as readings
 through the same interface, so the page never imports them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Final, TypeAlias, final
@@ -151,17 +155,60 @@ class Statistic:
 class Reading:
     """One statistic's value as the stats page shows it.
 
+    Several readings of one statistic, each with its own ``labels``, make
+    one labelled family in ``/metrics`` (a proxy's per-target figures:
+    ``trionet_tcp_proxy_upstream_sessions_total{upstream="10.0.0.5:80"}``)
+    and one record each in ``/stats`` (:attr:`record`).
+
     Attributes:
       statistic: what it is (:class:`Statistic`).
       value: the total (for a fleet, over every worker: counters include
-        workers that have exited, gauges only live ones).
+        workers that have exited, gauges only live ones), or, with
+        ``labels``, the value of that series.
       workers: ``(worker id, value)`` per live worker, for a fleet's
         ``worker="i"`` series in ``/metrics``; empty in one process.
+      labels: ``(name, value)`` Prometheus labels of this reading, e.g.
+        ``(("upstream", "10.0.0.5:80"),)``; empty for a statistic's one
+        unlabelled series.
+
+    Raises:
+      ValueError: a label name is not a Prometheus label name
+        (``[a-zA-Z_][a-zA-Z0-9_]*``, not starting with ``__``), is
+        ``worker`` (the fleet's own label) or appears twice.
     """
 
     statistic: Statistic
     value: int
     workers: tuple[tuple[int, int], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.labels]
+        for name in names:
+            if not _LABEL_NAME.fullmatch(name) or name.startswith("__") or name == "worker":
+                raise ValueError(
+                    f"Reading.labels: {name!r} of {self.statistic.record} is not a usable "
+                    "label name ([a-zA-Z_][a-zA-Z0-9_]*, no leading __, not 'worker')"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError(f"Reading.labels: a label repeats in {self.labels!r}")
+
+    @property
+    def record(self) -> str:
+        """Its key in ``/stats``: the statistic's record name, with the label
+        values, if any, inserted before its last part (ATS records are flat
+        dotted names): ``proxy.process.tcp_proxy.upstream.sessions``
+        labelled ``upstream="10.0.0.5:80"`` is
+        ``proxy.process.tcp_proxy.upstream.10.0.0.5:80.sessions``."""
+        record = self.statistic.record
+        if not self.labels:
+            return record
+        head, _, last = record.rpartition(".")
+        return ".".join([head, *(value for _, value in self.labels), last])
+
+
+# Prometheus' label names (its data model); "__" names are reserved to it.
+_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 ReadingsSource: TypeAlias = Callable[[], Iterable[Reading]]

@@ -4,12 +4,14 @@ Four documents:
 
 - ``GET /stats`` -- JSON, one key per statistic under ATS's record names
   (``{"proxy.process.net.connections_currently_open": 3, ...}``), as ATS's
-  ``stats_over_http`` plugin serves them.
+  ``stats_over_http`` plugin serves them; a labelled reading's key has its
+  label values in the name (``Reading.record``).
 - ``GET /metrics`` -- the Prometheus text exposition format (or OpenMetrics,
   if the scraper asks for it in ``Accept``), produced by ``prometheus-client``
   through a collector over :class:`~trionet._core._stats.Reading` objects:
   ``trionet_`` names, the ATS record in each HELP line, per-worker series
-  labelled ``worker="i"`` for a fleet, and ``trionet_build_info``.
+  labelled ``worker="i"`` for a fleet, labelled readings (a proxy's
+  ``upstream="host:port"``) as series of one family, and ``trionet_build_info``.
 - ``GET /healthz`` -- 200 whenever the page answers at all (its event loop
   runs); ``GET /readyz`` -- 200 while :class:`Readiness` says ready, 503 with
   the reason once a shutdown or a reload has begun.
@@ -216,20 +218,37 @@ class StatsCollector:
         return map(_family, net_readings(NetStatistics()))
 
 
-def _family(reading: Reading) -> Metric:
-    """One metric family: the total unlabelled, then one ``worker="i"``
-    sample per live worker (a fleet's)."""
+def _family(reading: Reading, *more: Reading) -> Metric:
+    """One metric family from the readings of one statistic: for each, its
+    series (unlabelled, or with the reading's labels), then one sample per
+    live worker (a fleet's) with ``worker="i"`` added."""
     stat = reading.statistic
     doc = f"{stat.help} (ATS record {stat.record})"
     family: Metric
     if stat.gauge:
-        family, sample = GaugeMetricFamily(stat.metric, doc, value=reading.value), stat.metric
+        family, sample = GaugeMetricFamily(stat.metric, doc), stat.metric
     else:
-        family = CounterMetricFamily(stat.metric, doc, value=reading.value)
-        sample = stat.metric + "_total"
-    for worker, value in reading.workers:
-        family.samples.append(Sample(sample, {"worker": str(worker)}, value))
+        # prometheus-client drops a trailing "_total" from a counter's name
+        # (trionet_net_connects_total) and puts it on the samples.
+        family = CounterMetricFamily(stat.metric, doc)
+        sample = family.name + "_total"
+    for each in (reading, *more):
+        labels = dict(each.labels)
+        family.samples.append(Sample(sample, labels, each.value))
+        for worker, value in each.workers:
+            family.samples.append(Sample(sample, {**labels, "worker": str(worker)}, value))
     return family
+
+
+def _families(readings: Iterable[Reading]) -> Iterator[Metric]:
+    """One family per metric name, in the order each name first appears:
+    the readings of one statistic (a proxy's targets) are series of one
+    family -- a name twice in an exposition is an error to scrapers."""
+    grouped: dict[str, list[Reading]] = {}
+    for reading in readings:
+        grouped.setdefault(reading.statistic.metric, []).append(reading)
+    for group in grouped.values():
+        yield _family(*group)
 
 
 @final
@@ -245,7 +264,7 @@ class _PageCollector:
         )
         info.add_metric([__version__], 1)
         yield info
-        yield from map(_family, self._source())
+        yield from _families(self._source())
 
 
 # ------------------------------------------------------------------ the page
@@ -274,7 +293,7 @@ class _Page:
                 return 200, TEXT, b"ready\n"
             return 503, TEXT, f"not ready: {problem}\n".encode()
         if path == "/stats":
-            records = {r.statistic.record: r.value for r in self._source()}
+            records = {r.record: r.value for r in self._source()}
             return 200, b"application/json", json.dumps(records, indent=1).encode() + b"\n"
         content_type, body = self._exposition(accept)
         return 200, content_type, body

@@ -4,13 +4,25 @@ One block of memory, mapped by the supervisor and by every worker (a
 ``memfd`` -- an unlinked temporary file elsewhere -- created by the
 supervisor, inherited by each worker as a descriptor and mapped
 ``MAP_SHARED``), holds ``capacity`` *slots*, one per running worker process.
-Everything is native 64-bit integers, in three regions::
+Everything is native 64-bit integers (but for the targets' labels), in four regions::
 
     counters   capacity x SLOT_WORDS   [publishes, has proxy, NetStatistics...,
                                         ProxyStatistics...] per slot
     open       capacity                the worker's open connections (throttle.open)
     clients    BUCKETS x capacity      per-client counts, bucket-major: the
                                         slots of one bucket are contiguous
+    targets    capacity x TARGET_SLOT_WORDS
+                                       a proxy's upstream targets per slot:
+                                       [count, (UpstreamStatistics values...,
+                                        label bytes) x MAX_TARGETS]
+
+A proxy's targets carry their label (``"host:port"``, UTF-8, NUL-padded to
+LABEL_BYTES) in the slot, so the supervisor learns them from the workers and
+needs no configuration of its own: it sums each target's figures by label
+(the workers of a fleet all run the same target list). A worker writes a
+target's label before the count that makes it visible, and never changes it
+(the slot is zeroed when claimed). Only the first MAX_TARGETS targets are
+published; a label longer than LABEL_BYTES is cut there.
 
 Who writes what. Each worker writes only its own slot -- its counters, its
 open count, its column of the client table -- so no two processes ever write
@@ -76,10 +88,13 @@ from ..._base._addr import Network, client_key
 from ..._core._stats import NET_STATISTICS, NetStatistics, Reading, Statistic
 from ..._core._throttle import Throttle
 from .._tcp_proxy import PROXY_STATISTICS, ProxyStatistics
+from .._upstreams import UPSTREAM_LABEL, UPSTREAM_STATISTICS, UpstreamStatistics
 
 __all__ = [
     "BUCKETS",
     "FLEET_ENV",
+    "LABEL_BYTES",
+    "MAX_TARGETS",
     "PUBLISH_INTERVAL",
     "FleetMemory",
     "SharedThrottle",
@@ -101,6 +116,13 @@ _PUBLISHES: Final = 0  # header word: how many times the slot was published
 _HAS_PROXY: Final = 1  # header word: 1 when the worker runs a TcpProxy
 _HEADER: Final = 2
 SLOT_WORDS: Final = _HEADER + len(_STATS)
+# A proxy's targets: sessions, failures, open, down, downs and the label.
+MAX_TARGETS: Final = 16
+LABEL_BYTES: Final = 320  # a 253-byte host name, brackets and a port fit
+_TARGET: Final = list(UPSTREAM_STATISTICS)
+_TARGET_STATS: Final[list[Statistic]] = [UPSTREAM_STATISTICS[n] for n in _TARGET]
+_TARGET_WORDS: Final = len(_TARGET) + LABEL_BYTES // WORD
+TARGET_SLOT_WORDS: Final = 1 + MAX_TARGETS * _TARGET_WORDS
 
 
 def fleet_capacity(workers: int) -> int:
@@ -112,7 +134,7 @@ def fleet_capacity(workers: int) -> int:
 
 
 def _size(capacity: int) -> int:
-    return WORD * capacity * (SLOT_WORDS + 1 + BUCKETS)
+    return WORD * capacity * (SLOT_WORDS + 1 + BUCKETS + TARGET_SLOT_WORDS)
 
 
 def bucket_of(host: str) -> int:
@@ -123,19 +145,51 @@ def bucket_of(host: str) -> int:
 
 @final
 class _Regions:
-    """The three int64 regions of one mapping."""
+    """The four int64 regions of one mapping (the targets' also as bytes,
+    for their labels)."""
 
     def __init__(self, memory: mmap.mmap, capacity: int) -> None:
-        words = memoryview(memory).cast("q")
+        self.raw = memoryview(memory)
+        words = self.raw.cast("q")
         self.all = words
         counters_end = capacity * SLOT_WORDS
+        clients_end = counters_end + capacity + BUCKETS * capacity
         self.counters = words[:counters_end]
         self.open = words[counters_end : counters_end + capacity]
-        self.clients = words[counters_end + capacity :]
+        self.clients = words[counters_end + capacity : clients_end]
+        self.targets = words[clients_end:]
+        self.target_bytes = self.raw[WORD * clients_end :]
 
     def release(self) -> None:
-        for view in (self.counters, self.open, self.clients, self.all):
+        views = (self.counters, self.open, self.clients, self.targets, self.target_bytes)
+        for view in (*views, self.all, self.raw):
             view.release()
+
+    def read_targets(self, slot: int) -> list[tuple[str, list[int]]]:
+        """The targets published in ``slot``: ``(label, [values...])`` each."""
+        base = slot * TARGET_SLOT_WORDS
+        found = []
+        for j in range(min(self.targets[base], MAX_TARGETS)):
+            at = base + 1 + j * _TARGET_WORDS
+            start = WORD * (at + len(_TARGET))
+            label = bytes(self.target_bytes[start : start + LABEL_BYTES]).rstrip(b"\0")
+            values = list(self.targets[at : at + len(_TARGET)])
+            found.append((label.decode("utf-8", "replace"), values))
+        return found
+
+    def write_targets(self, slot: int, upstreams: tuple[UpstreamStatistics, ...]) -> None:
+        """Publish ``upstreams`` in ``slot`` (labels once: they never change)."""
+        base = slot * TARGET_SLOT_WORDS
+        published = self.targets[base]
+        for j, target in enumerate(upstreams[:MAX_TARGETS]):
+            at = base + 1 + j * _TARGET_WORDS
+            for i, name in enumerate(_TARGET):
+                self.targets[at + i] = int(getattr(target, name))
+            if j >= published:
+                start = WORD * (at + len(_TARGET))
+                label = target.target.encode()[:LABEL_BYTES].ljust(LABEL_BYTES, b"\0")
+                self.target_bytes[start : start + LABEL_BYTES] = label
+        self.targets[base] = min(len(upstreams), MAX_TARGETS)
 
 
 # ----------------------------------------------------------------- supervisor
@@ -159,6 +213,7 @@ class FleetMemory:
         self._regions = _Regions(self._memory, capacity)
         self._owner: dict[int, int] = {}  # slot -> worker id
         self._retired = [0] * len(_STATS)
+        self._retired_targets: dict[str, list[int]] = {}  # label -> counters
         self._proxy_seen = False
 
     @property
@@ -193,6 +248,11 @@ class FleetMemory:
         for i, stat in enumerate(_STATS):
             if not stat.gauge:
                 self._retired[i] += counters[base + _HEADER + i]
+        for label, values in self._regions.read_targets(slot):
+            totals = self._retired_targets.setdefault(label, [0] * len(_TARGET))
+            for i, stat in enumerate(_TARGET_STATS):
+                if not stat.gauge:
+                    totals[i] += values[i]
         self._zero(slot)
 
     def live(self) -> dict[int, int]:
@@ -205,7 +265,8 @@ class FleetMemory:
 
     def readings(self) -> list[Reading]:
         """The fleet's statistics: counters summed over live and retired
-        processes, gauges over live ones, and per worker id (live)."""
+        processes, gauges over live ones, and per worker id (live); then a
+        proxy's per-target figures, summed by target label the same way."""
         counters = self._regions.counters
         live = sorted(self._owner.items(), key=lambda item: item[1])
         proxy = self._proxy_seen or any(counters[s * SLOT_WORDS + _HAS_PROXY] for s, _ in live)
@@ -219,6 +280,29 @@ class FleetMemory:
                 per_worker[wid] = per_worker.get(wid, 0) + value
             total = sum(per_worker.values()) + (0 if stat.gauge else self._retired[i])
             found.append(Reading(stat, total, tuple(per_worker.items())))
+        return found + self._target_readings(live) if proxy else found
+
+    def _target_readings(self, live: list[tuple[int, int]]) -> list[Reading]:
+        """Per statistic and target label: counters over live and retired
+        processes, gauges over live ones (``down``: how many live workers
+        have the target marked down), and per worker id."""
+        retired = self._retired_targets
+        # label -> worker id -> values, labels in the order first seen.
+        per_label: dict[str, dict[int, list[int]]] = {label: {} for label in retired}
+        for slot, wid in live:
+            for label, values in self._regions.read_targets(slot):
+                mine = per_label.setdefault(label, {}).setdefault(wid, [0] * len(_TARGET))
+                for i, value in enumerate(values):
+                    mine[i] += value
+        found: list[Reading] = []
+        for i, stat in enumerate(_TARGET_STATS):
+            for label, workers in per_label.items():
+                per_worker = tuple((wid, values[i]) for wid, values in workers.items())
+                total = sum(v for _, v in per_worker)
+                if not stat.gauge and label in retired:
+                    total += retired[label][i]
+                labels = ((UPSTREAM_LABEL, label),)
+                found.append(Reading(stat, total, per_worker, labels=labels))
         return found
 
     def close(self) -> None:
@@ -231,6 +315,9 @@ class FleetMemory:
         regions = self._regions
         base = slot * SLOT_WORDS
         regions.counters[base : base + SLOT_WORDS] = memoryview(bytes(WORD * SLOT_WORDS)).cast("q")
+        at = slot * TARGET_SLOT_WORDS
+        blank = memoryview(bytes(WORD * TARGET_SLOT_WORDS)).cast("q")
+        regions.targets[at : at + TARGET_SLOT_WORDS] = blank
         regions.open[slot] = 0
         clients = regions.clients
         for index in range(slot, BUCKETS * self.capacity, self.capacity):
@@ -315,6 +402,7 @@ class WorkerSlot:
             at += len(_NET)
             for i, name in enumerate(_PROXY):
                 counters[at + i] = getattr(proxy, name)
+            self._regions.write_targets(self.slot, proxy.upstreams)
             counters[self._base + _HAS_PROXY] = 1
         counters[self._base + _PUBLISHES] += 1
 
