@@ -25,6 +25,7 @@ import pytest
 import trio
 
 import trionet
+import trionet._apps._workers._supervisor
 from trionet._apps._workers._sockets import Sharing
 from trionet._apps._workers._supervisor import STARTUP_ATTEMPTS, WorkerSupervisor
 
@@ -298,6 +299,62 @@ async def test_a_reload_that_cannot_start_keeps_the_old_generation_serving(
         f"({STARTUP_ATTEMPTS} attempts): RuntimeError: generation 1: bad configuration); "
         "generation 0 keeps serving"
     ]
+
+
+async def _header(stream: trio.SocketStream) -> bytes:
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = await stream.receive_some(1)
+        assert chunk, "closed before the header"
+        got += chunk
+    return got
+
+
+@pytest.mark.slow
+async def test_a_reload_waits_for_a_shared_slot_held_by_a_draining_worker(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Shared memory with room for two worker processes (normally 3 x workers
+    # + 2): generation 0 drains a long connection while generation 1 serves,
+    # so generation 2's worker has no slot until generation 0's exits. It must
+    # wait for it -- not fail the reload, not run outside the fleet's limits.
+    monkeypatch.setattr(trionet._apps._workers._supervisor, "fleet_capacity", lambda n: 2)
+    caplog.set_level(logging.INFO, logger="trionet.workers")
+    supervisor = WorkerSupervisor(
+        tagged_echo_worker,
+        trionet.AcceptOptions(host="127.0.0.1"),
+        workers=1,
+        grace=60.0,
+        restart_delay=0.05,
+    )
+    status: list[int] = []
+    waiting = "generation 2: worker 0 waits for a draining worker to exit"
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_run_supervisor, supervisor, status)
+            [port] = supervisor.ports
+            await supervisor.wait_ready()
+            long = await trio.open_tcp_stream("127.0.0.1", port)
+            assert (await _header(long)).startswith(b"0 ")
+            supervisor.reload()
+            await supervisor.wait_reloaded(1)  # generation 1 serves, 0 drains `long`
+            supervisor.reload()
+            while not any(waiting in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.05)
+            assert supervisor.generation == 1 and supervisor.reloading
+            await long.send_all(b"still served")  # the draining worker was not cut
+            got = b""
+            while len(got) < len(b"still served"):
+                got += await long.receive_some()
+            assert got == b"still served"
+            await long.aclose()  # generation 0's worker exits: its slot is free
+            await supervisor.wait_reloaded(2)
+            assert (supervisor.generation, supervisor.reloads) == (2, 2)
+            fresh = await trio.open_tcp_stream("127.0.0.1", port)
+            assert (await _header(fresh)).startswith(b"2 ")
+            await fresh.aclose()
+            supervisor.shutdown()
+    assert supervisor.failed_reloads == 0 and status == [0]
 
 
 @pytest.mark.slow
