@@ -61,27 +61,6 @@ nitpick_ignore = [
     # WorkerSupervisor), described in Readiness.watch's docstring.
     ("py:class", "trionet._core._stats_page.Accepting"),
 ]
-# TODO: fix in the docstrings after the layout refactor. Each target below is
-# an unresolved reference written in a docstring under trionet/ (a private
-# alias, a "TypeError / ValueError" Raises entry napoleon reads as one name, a
-# description parsed as a type); docs/NITPICK_TODO.txt lists them with counts.
-# Remove each entry once its docstring is fixed: the build must then still pass.
-nitpick_ignore += [
-    ("py:exc", "TypeError / ValueError"),
-    ("py:exc", "ValueError / TypeError"),
-    ("py:exc", "OSError / UnsupportedOptionError / AcceptError"),
-    ("py:class", "ThrottleMode"),
-    ("py:class", "Handler"),
-    ("py:class", "EventHandler"),
-    ("py:class", "StatisticsSource"),
-    ("py:class", "Sharing"),
-    ("py:class", "WorkerMain"),
-    ("py:class", "restart_delay /"),
-    ("py:class", "The client's address"),
-    ("py:class", "Our address as the client sees it"),
-    ("py:meth", "NetProcessor.connect"),
-    ("py:func", "host_problem"),
-]
 
 # Docstrings are Google style (Args / Returns / Raises) plus trio's own
 # "Resource handling" and "Error handling" sections.
@@ -100,7 +79,7 @@ primary_domain = "py"
 highlight_language = "python3"
 pygments_style = "sphinx"
 
-exclude_patterns = ["_build", "_inv", "snippets/README.md", "NITPICK_TODO.txt"]
+exclude_patterns = ["_build", "_inv", "snippets/README.md"]
 myst_heading_anchors = 2
 
 # Read the Docs' theme, as trio's documentation uses; styles.css widens the
