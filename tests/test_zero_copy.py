@@ -96,9 +96,13 @@ async def reset(stream: trio.SocketStream) -> None:
 
 
 async def send_until_reset(stream: trio.SocketStream, data: bytes) -> None:
-    """Send ``data``; the proxy is expected to abort the connection first."""
+    """Send ``data`` again and again; the proxy is expected to abort the
+    connection first. Once is not enough: with net.ipv4.tcp_rmem's maximum at
+    32 MiB (this machine's), the kernel's buffers on the way can take all of a
+    32 MiB send and a CI run saw it complete; 16 times is more than they hold."""
     with pytest.raises(trio.BrokenResourceError):
-        await stream.send_all(data)
+        for _ in range(16):
+            await stream.send_all(data)
 
 
 def numbered_blocks(count: int, size: int = MIB) -> tuple[list[bytes], str]:
