@@ -83,17 +83,25 @@ def _escaped(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+class _FieldsFormatter(logging.Formatter):
+    """What both formats share: fields added to every record, after the
+    record's own structured fields."""
+
+    def __init__(self, fields: Mapping[str, object] | None = None) -> None:
+        super().__init__()
+        self.fields: dict[str, object] = dict(fields or {})
+
+    def _fields_of(self, record: logging.LogRecord) -> dict[str, object]:
+        return {**structured_fields(record), **self.fields}
+
+
 @final
-class TextFormatter(logging.Formatter):
+class TextFormatter(_FieldsFormatter):
     """``TIME LEVEL LOGGER: MESSAGE key=value...`` (see the module notes).
 
     Args:
       fields: fields added to every record (a worker's ``worker`` number).
     """
-
-    def __init__(self, fields: Mapping[str, object] | None = None) -> None:
-        super().__init__()
-        self.fields: dict[str, object] = dict(fields or {})
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -101,7 +109,7 @@ class TextFormatter(logging.Formatter):
             message = _escaped(message)
         line = f"{_timestamp(record)} {record.levelname} {record.name}: {message}"
         shown = record.args if isinstance(record.args, Mapping) else {}
-        extra = {**structured_fields(record), **self.fields}
+        extra = self._fields_of(record)
         pairs = [f"{k}={_text_value(v)}" for k, v in extra.items() if k not in shown]
         if pairs:
             line += " " + " ".join(pairs)
@@ -113,16 +121,12 @@ class TextFormatter(logging.Formatter):
 
 
 @final
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(_FieldsFormatter):
     """One JSON object per record, on one line (see the module notes).
 
     Args:
       fields: fields added to every record (a worker's ``worker`` number).
     """
-
-    def __init__(self, fields: Mapping[str, object] | None = None) -> None:
-        super().__init__()
-        self.fields: dict[str, object] = dict(fields or {})
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -133,7 +137,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
-        for key, value in {**structured_fields(record), **self.fields}.items():
+        for key, value in self._fields_of(record).items():
             out[f"field_{key}" if key in _BASE_KEYS else key] = value
         return json.dumps(out, default=str, ensure_ascii=False)
 
